@@ -1,0 +1,31 @@
+"""Shared fixtures.
+
+Tiers (see docs/architecture.md): tests/unit (no Ray, fast), tests/integration (one local Ray
+cluster per session, real small model), tests/e2e (CLI and `ray job submit` against a local head).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data sits beside the checkout on the project's own machines only (third-party data,
+# never copied into the repo). RAY_COTD_SHARED_DATA points elsewhere when it lives somewhere else.
+SHARED_DATA = Path(os.environ.get("RAY_COTD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; skips the test with the reason when it is absent."""
+    if not (SHARED_DATA / "README.md").exists():
+        pytest.skip(f"third-party data not present at {SHARED_DATA} (set RAY_COTD_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
