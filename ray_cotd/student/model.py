@@ -170,6 +170,33 @@ def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> Any:
     return model
 
 
+STUDENT_META = "ray_cotd_student.json"  # written by training beside an adapter: the base ModelSpec
+
+
+def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSpec:
+    """The ModelSpec that loads a trained student directory: full weights, or base + adapter.
+
+    An adapter directory names its base in STUDENT_META (portable: "default" stays "default"
+    instead of one machine's cache path), falling back to peft's base_model_name_or_path.
+    """
+    import json
+
+    directory = Path(path)
+    if (directory / "config.json").is_file():
+        return ModelSpec(source=str(directory), dtype=dtype)
+    if (directory / "adapter_config.json").is_file():
+        meta = directory / STUDENT_META
+        if meta.is_file():
+            base = json.loads(meta.read_text())["base"]
+            return ModelSpec(**{**base, "adapter": str(directory), "dtype": dtype})
+        base_name = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return ModelSpec(source=base_name, adapter=str(directory), dtype=dtype)
+    raise ModelLoadError(
+        f"{directory} is not a student directory: it has neither config.json (full weights) "
+        "nor adapter_config.json (a PEFT adapter)"
+    )
+
+
 def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[Any, Any]:
     spec = spec or ModelSpec()
     return load_model(spec), load_tokenizer(spec)
@@ -186,4 +213,5 @@ __all__ = [
     "load_tokenizer",
     "materialize_gguf",
     "resolve_source",
+    "spec_for_student_dir",
 ]
