@@ -1,0 +1,351 @@
+"""Splitting teacher/student text into rationale + answer, and comparing answers.
+
+The one parser for "... The answer is X" text (STYLE 6, 13): annotation, training, evaluation and
+serving all import `split_output`, `normalize_answer` and `join_rationale_answer` from here.
+Pure functions: no torch, no Ray.
+
+Strict parsing (the default) accepts only the marker, in these shapes (case-insensitive, any
+whitespace between the words, optional markdown bold around it, optional colon after it):
+
+    The answer is X            -> marker "The answer is"
+    Therefore, the answer is X -> marker "Therefore, the answer is" (also Thus, So, Hence,
+                                  Consequently, Finally; with or without the comma)
+
+The LAST occurrence wins: teachers often say "the answer is true." mid-text and then restate it.
+A stray markup tag at either end of the rationale (`<Solution Path>`, `<br>`, `<explanation>`) is
+dropped; markdown bold, quotes, a stray `<answer>` tag and the trailing period are dropped from
+the answer. Glued numbered steps inside the rationale ("which is 290.2. Note that") are left as
+they are: the answer is read only from after the marker, never by splitting the text on ".".
+
+Lenient parsing (`lenient=True`, opt-in, needs an `answer_type`) is for text without any strict
+marker, e.g. LLaMA-70B StrategyQA rationales ending "...Thus answering True", "verdictFalse" or
+"TheanswerisFalse" (spaces lost). It reads the last typed answer within the final 120 characters:
+
+    boolean          -> marker "final-boolean"   the last "true"/"false" (glued words included)
+    multiple_choice  -> marker "trailing-choice" a capital letter A-E ending the text ("...was D",
+                                                 "...her B: classroom.")
+    numeric          -> marker "final-number"    the last number in the text
+
+Lenient results are guesses: annotation keeps them out of training data unless asked, and reports
+count them by marker so one can see how many came from a fallback.
+
+Numeric rules (`normalize_answer(..., "numeric")`): "$145", "145", "145.0", "145." are "145";
+thousands separators need groups of three ("1,450" -> "1450"; "1,45" is unreadable); unicode minus
+(U+2212) and en dash are minus signs; a trailing "%" is dropped ("50%" -> "50", SVAMP golds carry
+no percent sign); a fraction "a/b" is read as its value ("1/2" -> "0.5"; a non-terminating one stays
+reduced, "2/6" -> "1/3"); trailing unit words are allowed ("16 pounds" -> "16") but a second number
+is not ("13 is incorrect, the correct answer is 68" is unreadable). Values compare exactly; there
+is no float tolerance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Literal, get_args
+
+from ray_cotd.data.errors import DataError
+
+ANSWER_MARKER = "The answer is"
+
+AnswerType = Literal["numeric", "boolean", "multiple_choice", "text"]
+ANSWER_TYPES: tuple[str, ...] = get_args(AnswerType)
+
+PARSE_FAILURE_REASONS = (
+    "not_text",  # the input is not a str (e.g. None from a missing column)
+    "empty",  # empty or whitespace only
+    "no_marker",  # no strict marker, and no lenient fallback asked for or found
+    "empty_answer",  # a marker with nothing readable after it ("The answer is <answer>")
+    "empty_rationale",  # require_rationale=True and nothing before the marker
+    "unreadable_answer",  # answer_type given and the text after the marker is not of that type
+)
+
+STRICT_MARKERS = (
+    "The answer is",
+    "Therefore, the answer is",
+    "Thus, the answer is",
+    "So, the answer is",
+    "Hence, the answer is",
+    "Consequently, the answer is",
+    "Finally, the answer is",
+)
+LENIENT_MARKERS = {"boolean": "final-boolean", "multiple_choice": "trailing-choice", "numeric": "final-number"}
+
+# Letters read as multiple-choice options: A-J covers CommonsenseQA (A-E), ARC/MMLU (A-D) and
+# MMLU-Pro (A-J). A bare letter only counts when it stands alone ("B", "(B)", "B: ...", "B. ...").
+CHOICE_LETTERS = "ABCDEFGHIJ"
+
+_CONNECTIVES = ("therefore", "thus", "so", "hence", "consequently", "finally")
+# No word boundary before "the": the release often glues the marker to the rationale's last word
+# ("= 252 piecesThe answer is 252", "our conclusionthe answer is False").
+_MARKER_RE = re.compile(
+    r"(?:\b(?P<conn>" + "|".join(_CONNECTIVES) + r")\b\s*,?\s*)?"
+    r"[*_]{0,2}the\s+answer\s+is(?![a-z])[*_]{0,2}\s*:?",
+    re.IGNORECASE,
+)
+# A markup tag at an end of the rationale: <Solution Path>, </Solution Path>, <br />, <explanation>.
+_EDGE_TAG = r"</?[A-Za-z][A-Za-z ]{0,40}/?>"
+_LEADING_TAGS_RE = re.compile(rf"^(?:\s*{_EDGE_TAG})+")
+_TRAILING_TAGS_RE = re.compile(rf"(?:{_EDGE_TAG}\s*)+$")
+_ANSWER_EDGE_JUNK = " \t*_`'\"<>"
+
+_MINUS = "-\u2212\u2013"  # ASCII hyphen-minus, unicode minus, en dash
+_NUMBER = (
+    rf"(?P<sign>[{_MINUS}])?\s*[$€£]?\s*"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
+    r"(?![\d,]*\d)"
+)
+_NUMBER_RE = re.compile(_NUMBER)
+_NUMERIC_RE = re.compile(
+    rf"^[$€£]?\s*{_NUMBER}\s*(?P<pct>%)?(?:\s*[A-Za-z][A-Za-z\s'-]*)?\.?$",
+)
+# A lone decimal with one fractional digit followed by ". Capital" is a number glued to the next
+# numbered step ("which is 290.2. Note that"): read as 290 when scanning free text.
+_GLUED_STEP_RE = re.compile(r"^\d+\.\d\.\s+[A-Z]")
+_BOOLEAN_WORDS = {"true": "true", "yes": "true", "false": "false", "no": "false"}
+_BOOLEAN_RE = re.compile(r"^(?P<word>true|false|yes|no)(?=$|\s*[.,;:!)]|\s*$)", re.IGNORECASE)
+_CHOICE_RE = re.compile(
+    rf"^(?:(?:option|choice)\s+)?\(?(?P<letter>[{CHOICE_LETTERS}])\)?(?=$|\s*[.:),]|\s*$)",
+    re.IGNORECASE,
+)
+# Lenient fallbacks only look this far back from the end: an answer stated earlier and then
+# argued against must not be picked up.
+_LENIENT_WINDOW = 120
+_FINAL_BOOLEAN_RE = re.compile(r"(?<!un)(?P<word>true|false)(?![a-z])", re.IGNORECASE)
+_TRAILING_CHOICE_RE = re.compile(
+    rf"(?<![A-Za-z])\(?(?P<letter>[{CHOICE_LETTERS[:5]}])\)?(?::\s*[^.:\n]{{0,80}})?\.?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """A rationale and the answer after the marker.
+
+    `marker` is one of STRICT_MARKERS, or a LENIENT_MARKERS value when a fallback found the answer.
+    `answer` is cleaned text ("145.0", "True", "B: populated areas"); with an answer_type it is the
+    typed token only ("145.0", "True", "B"). Compare answers with `answers_match`, not ==.
+    """
+
+    rationale: str
+    answer: str
+    marker: str
+
+    @property
+    def lenient(self) -> bool:
+        return self.marker not in STRICT_MARKERS
+
+
+@dataclass(frozen=True)
+class ParseFailure:
+    """Why a text could not be split; `reason` is one of PARSE_FAILURE_REASONS."""
+
+    reason: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in PARSE_FAILURE_REASONS:
+            raise DataError(f"unknown parse failure reason {self.reason!r}", choices=PARSE_FAILURE_REASONS)
+
+
+def split_output(
+    text: str,
+    *,
+    answer_type: AnswerType | None = None,
+    lenient: bool = False,
+    require_rationale: bool = False,
+) -> ParsedOutput | ParseFailure:
+    """Split "<rationale> The answer is <answer>" at the last marker. Never raises on any input.
+
+    answer_type: when given, the answer must read as that type (else "unreadable_answer") and
+        `answer` is the typed token; "text" keeps the whole cleaned answer.
+    lenient: fall back to the type-aware endings described in the module docstring when there is
+        no strict marker. Has no effect without a non-text answer_type.
+    require_rationale: an empty rationale ("The answer is 5") is "empty_rationale" instead of a
+        ParsedOutput with rationale "". Annotation wants True; evaluating answer-only students False.
+    """
+    if not isinstance(text, str):
+        return ParseFailure("not_text", type(text).__name__)
+    if not text.strip():
+        return ParseFailure("empty")
+
+    last = None
+    for last in _MARKER_RE.finditer(text):
+        pass
+    if last is None:
+        if lenient and answer_type in LENIENT_MARKERS:
+            found = _lenient_split(text, answer_type)
+            if found is not None:
+                return _with_rationale_check(found, require_rationale)
+        return ParseFailure("no_marker", _tail(text))
+
+    conn = last.group("conn")
+    marker = f"{conn.capitalize()}, the answer is" if conn else ANSWER_MARKER
+    answer = _clean_answer(text[last.end() :])
+    if not answer:
+        return ParseFailure("empty_answer", _tail(text))
+    if answer_type is not None and answer_type != "text":
+        token = _typed_token(answer, answer_type)
+        if token is None:
+            return ParseFailure("unreadable_answer", answer[:80])
+        answer = token
+    parsed = ParsedOutput(_clean_rationale(text[: last.start()]), answer, marker)
+    return _with_rationale_check(parsed, require_rationale)
+
+
+def normalize_answer(raw: str | None, answer_type: AnswerType) -> str | None:
+    """Canonical form of an answer, or None when it cannot be read as `answer_type`.
+
+    numeric: "145" (see the module docstring for the rules); boolean: "true"/"false" from
+    True/true/yes/Yes./False/no; multiple_choice: "B" from B, b, (B), "B: populated areas",
+    "B. populated areas"; text: whitespace-collapsed, casefolded, trailing period dropped.
+    """
+    if answer_type not in ANSWER_TYPES:
+        raise DataError(f"unknown answer type {answer_type!r}", choices=ANSWER_TYPES)
+    if not isinstance(raw, str):
+        return None
+    text = _clean_answer(raw)
+    if not text:
+        return None
+    if answer_type == "text":
+        return " ".join(text.split()).casefold()
+    if answer_type == "numeric":
+        return _canonical_number(text)
+    token = _typed_token(text, answer_type)
+    if token is None:
+        return None
+    if answer_type == "boolean":
+        return _BOOLEAN_WORDS[token.lower()]
+    return token.upper()
+
+
+def answers_match(pred: str | None, gold: str | None, answer_type: AnswerType) -> bool:
+    """True when both normalize to the same canonical answer; False when either cannot."""
+    pred_norm = normalize_answer(pred, answer_type)
+    return pred_norm is not None and pred_norm == normalize_answer(gold, answer_type)
+
+
+def infer_answer_type(golds: Iterable[str | None], *, min_share: float = 1.0) -> AnswerType:
+    """The narrowest type the golds read as: boolean, then multiple_choice, numeric, else text.
+
+    multiple_choice needs bare letters ("B", "(B)"), so "B: populated areas" golds infer as text.
+    None and empty values are ignored; with nothing left the type is "text".
+    min_share: the share of values that must read as the type (1.0 = all). Inspecting parsed
+        teacher answers, where a few are garbage, uses e.g. 0.95.
+    """
+    values = [g.strip() for g in golds if isinstance(g, str) and g.strip()]
+    if not values:
+        return "text"
+    checks: tuple[tuple[AnswerType, Callable[[str], bool]], ...] = (
+        ("boolean", lambda v: bool(re.fullmatch(r"(?:true|false|yes|no)\.?", v, re.IGNORECASE))),
+        ("multiple_choice", lambda v: bool(re.fullmatch(rf"\(?[{CHOICE_LETTERS}]\)?\.?", v, re.IGNORECASE))),
+        ("numeric", lambda v: normalize_answer(v, "numeric") is not None),
+    )
+    for answer_type, reads_as in checks:
+        if sum(reads_as(v) for v in values) >= min_share * len(values):
+            return answer_type
+    return "text"
+
+
+def join_rationale_answer(rationale: str, answer: str) -> str:
+    """The training target: f"{rationale}\\n{ANSWER_MARKER} {answer}." (exactly one "\\n").
+
+    The separator is a single newline so that the marker starts a new token: question + rationale
+    then tokenizes as a causal prefix of the full target, which CasCoD's rationale/answer split
+    relies on. `rationale` is used as given (split_output returns it stripped; an empty one gives
+    "\\nThe answer is X."); `answer` is stripped and loses one trailing period so that parsing the
+    target back with split_output returns the same rationale and answer.
+    """
+    answer = " ".join(answer.split()).removesuffix(".").strip()
+    if not answer:
+        raise DataError("cannot build a training target with an empty answer", field="answer")
+    return f"{rationale}\n{ANSWER_MARKER} {answer}."
+
+
+def _with_rationale_check(parsed: ParsedOutput, require_rationale: bool) -> ParsedOutput | ParseFailure:
+    if require_rationale and not parsed.rationale:
+        return ParseFailure("empty_rationale", f"answer {parsed.answer!r}")
+    return parsed
+
+
+def _tail(text: str) -> str:
+    return " ".join(text[-80:].split())
+
+
+def _clean_rationale(text: str) -> str:
+    text = _LEADING_TAGS_RE.sub("", text)
+    text = _TRAILING_TAGS_RE.sub("", text.rstrip())
+    return text.strip()
+
+
+def _clean_answer(text: str) -> str:
+    """First non-empty line, without markup, quotes, a stray <answer> tag or the final period."""
+    text = re.sub(r"</?answer>", " ", text, flags=re.IGNORECASE).lstrip(" \t\n:")
+    line = next((ln for ln in text.splitlines() if ln.strip(_ANSWER_EDGE_JUNK + ".")), "")
+    line = " ".join(line.split()).strip(_ANSWER_EDGE_JUNK)
+    if line.endswith(")") and "(" not in line:
+        line = line[:-1]
+    return line.rstrip(" .").strip(_ANSWER_EDGE_JUNK)
+
+
+def _typed_token(answer: str, answer_type: str) -> str | None:
+    """The answer token of that type at the start of cleaned answer text, as written."""
+    if answer_type == "boolean":
+        match = _BOOLEAN_RE.match(answer)
+        return match.group("word") if match else None
+    if answer_type == "multiple_choice":
+        match = _CHOICE_RE.match(answer)
+        return match.group("letter").upper() if match else None
+    if answer_type == "numeric":
+        # "79 - (24 + 51) = 79 - 75 = 4": the value after the last "=" of the first clause.
+        clause = re.split(r"[.,;]\s|\n", answer, maxsplit=1)[0]
+        clause = clause.rsplit("=", 1)[-1]
+        match = _NUMBER_RE.search(clause)
+        return match.group(0).strip() if match else None
+    return answer
+
+
+def _canonical_number(text: str) -> str | None:
+    match = _NUMERIC_RE.match(text.strip())
+    if match is None:
+        return None
+    value = Fraction(match.group("num").replace(",", ""))
+    if match.group("sign"):
+        value = -value
+    if value.denominator == 1:
+        return str(value.numerator)
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    if denominator != 1:
+        return f"{value.numerator}/{value.denominator}"
+    decimal = Decimal(value.numerator) / Decimal(value.denominator)
+    return format(decimal.normalize(), "f")
+
+
+def _lenient_split(text: str, answer_type: str) -> ParsedOutput | None:
+    """The last typed answer within the final _LENIENT_WINDOW characters, or None."""
+    start = max(0, len(text.rstrip()) - _LENIENT_WINDOW)
+    window = text[start:].rstrip()
+    if answer_type == "boolean":
+        found = None
+        for found in _FINAL_BOOLEAN_RE.finditer(window):
+            pass
+        token = found.group("word") if found else None
+    elif answer_type == "multiple_choice":
+        found = _TRAILING_CHOICE_RE.search(window)
+        token = found.group("letter") if found else None
+    else:
+        found = None
+        for found in _NUMBER_RE.finditer(window):
+            pass
+        token = found.group(0).strip() if found else None
+        if found and _GLUED_STEP_RE.match(window[found.start("num") :]):
+            token = token.rsplit(".", 1)[0]
+    if found is None:
+        return None
+    rationale = _clean_rationale(text[: start + found.start()])
+    return ParsedOutput(rationale, token, LENIENT_MARKERS[answer_type])

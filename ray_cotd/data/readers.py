@@ -1,0 +1,424 @@
+"""Reading question/answer datasets from files into QuestionRecord-shaped dicts.
+
+Formats are chosen by a table (STYLE 2): the path's suffix, or `fmt=` to override.
+
+    .json     a JSON array of objects            .jsonl / .ndjson  one JSON object per line
+    .parquet  a Parquet table                    .csv              a header row, then rows
+    a directory: a Hugging Face `datasets` save_to_disk() folder (Dataset or DatasetDict)
+    "hf:owner/name": a Hugging Face hub dataset through datasets.load_dataset (needs the network)
+
+Row numbers: BadRow.row and QuestionRecord.row are 0-based data-row positions in the file for every
+format. The one exception is a JSONL line that is not JSON, which is reported by its 1-based line
+number ("line 7") because that is what an editor shows.
+
+Field mappings name which columns hold the question, the raw teacher output (rationale + "The
+answer is X", split later by answers.split_output), and plain answers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ray_cotd.data.errors import DataError
+from ray_cotd.data.schema import normalize_text, stable_id
+
+HUB_PREFIX = "hf:"
+BAD_ROW_REASONS = (
+    "not_json",  # a JSONL line that does not parse (raw is the line)
+    "not_object",  # a row that is not a JSON object
+    "missing_field",  # a mapped column absent from the row, or null
+    "not_text",  # a mapped text column holding a non-string (a list, a dict, ...)
+    "empty_question",  # the question is empty or whitespace only
+)
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which columns of a row hold what.
+
+    question: the question text (required).
+    output: raw teacher text, "<rationale> The answer is X", to split into rationale and answer.
+    answer: a plain answer column; used as the gold answer when `gold` is not named (plain
+        datasets call their gold "answer"), else carried as the record's "answer".
+    gold: the gold answer column.
+    domain: a per-row domain column; read_questions(domain=...) sets one domain for all rows.
+    id: a per-row id column; otherwise the id is stable_id(question).
+    """
+
+    question: str
+    output: str | None = None
+    answer: str | None = None
+    gold: str | None = None
+    domain: str | None = None
+    id: str | None = None
+
+    def columns(self) -> dict[str, str]:
+        """Role -> column name, for the roles this mapping uses."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+MAPPING_PRESETS: dict[str, FieldMapping] = {
+    "alpaca": FieldMapping(question="instruction", output="output"),
+    "testset": FieldMapping(question="instruction", gold="label"),
+    "arc": FieldMapping(question="input", gold="target"),
+    "plain": FieldMapping(question="question", answer="answer"),
+    # The release's train_answer_only.json files: "output" holds only the gold answer. Never
+    # detected (the columns look like alpaca); ask for it by name.
+    "answer_only": FieldMapping(question="instruction", gold="output"),
+}
+# detect_mapping tries these in order: a test file has instruction + label (+ an empty output in
+# CommonsenseQA), so testset must win over alpaca.
+_DETECT_ORDER = ("testset", "alpaca", "arc", "plain")
+
+
+@dataclass(frozen=True)
+class _Unparsed:
+    """A JSONL line that is not JSON, kept in place (collect mode) so later rows keep their index."""
+
+    line: int
+    text: str
+
+
+@dataclass
+class BadRow:
+    """A row that could not become a record. `reason` is one of BAD_ROW_REASONS."""
+
+    path: str
+    row: int | str
+    field: str | None
+    reason: str
+    raw: dict[str, Any] | str
+
+
+@dataclass
+class ReadResult:
+    """Records (QuestionRecord.to_dict() shape, plus "output"/"answer" when the mapping names
+    them) and the rows that were rejected."""
+
+    records: list[dict[str, Any]]
+    bad: list[BadRow] = field(default_factory=list)
+    source: str = ""
+    mapping: FieldMapping | None = None
+
+    def bad_by_reason(self) -> dict[str, int]:
+        return dict(Counter(b.reason for b in self.bad))
+
+
+def detect_mapping(columns: Iterable[str]) -> FieldMapping:
+    """The first preset (testset, alpaca, arc, plain) whose columns are all present."""
+    present = set(columns)
+    for name in _DETECT_ORDER:
+        preset = MAPPING_PRESETS[name]
+        if set(preset.columns().values()) <= present:
+            return preset
+    presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
+    raise DataError(
+        f"no field mapping preset fits columns [{', '.join(sorted(present))}]; presets need {presets}. "
+        "Pass a FieldMapping naming the columns",
+        choices=MAPPING_PRESETS,
+    )
+
+
+def resolve_mapping(mapping: FieldMapping | str | None, columns: Iterable[str]) -> FieldMapping:
+    """A FieldMapping from a preset name, a FieldMapping, or None (detect from the columns)."""
+    if mapping is None:
+        return detect_mapping(columns)
+    if isinstance(mapping, FieldMapping):
+        return mapping
+    if mapping not in MAPPING_PRESETS:
+        raise DataError(f"unknown field mapping {mapping!r}", field="mapping", choices=MAPPING_PRESETS)
+    return MAPPING_PRESETS[mapping]
+
+
+def read_rows(path: str | Path, *, fmt: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """All rows of a dataset as dicts. Raises DataError for a missing file, an unknown format, a
+    malformed file (naming the JSONL line, or the JSON row that is not an object) or an empty one.
+
+    fmt: one of READERS' keys, overriding the suffix. split: which split of a DatasetDict (saved
+    folder or hub dataset); needed only when there is more than one.
+    """
+    return _read_rows(path, fmt=fmt, split=split, bad=None)
+
+
+def read_questions(
+    path: str | Path,
+    mapping: FieldMapping | str | None = None,
+    *,
+    domain: str | None = None,
+    on_bad: Literal["raise", "collect"] = "raise",
+    fmt: str | None = None,
+    split: str | None = None,
+) -> ReadResult:
+    """Rows mapped to question records.
+
+    A row missing a mapped field, holding a non-string question/output, or with an empty question
+    is bad: on_bad="raise" raises DataError naming file, row and field; on_bad="collect" puts it in
+    ReadResult.bad with its reason and goes on (long jobs collect, then write_bad_rows).
+    domain: the domain of every row (e.g. "svamp") when the mapping has no domain column.
+    """
+    if on_bad not in ("raise", "collect"):
+        raise DataError(f"unknown on_bad {on_bad!r}", field="on_bad", choices=("raise", "collect"))
+    source = str(path)
+    bad: list[BadRow] = []
+    rows = _read_rows(path, fmt=fmt, split=split, bad=bad if on_bad == "collect" else None)
+    first = next((r for r in rows if isinstance(r, dict)), {})
+    resolved = resolve_mapping(mapping, first.keys())
+    records = []
+    for index, row in enumerate(rows):
+        record, problem = _map_row(row, index, resolved, source, domain)
+        if problem is None:
+            records.append(record)
+            continue
+        if on_bad == "raise":
+            raise DataError(f"{problem.reason}: {_describe(problem)}", path=source, row=index, field=problem.field)
+        bad.append(problem)
+    return ReadResult(records=records, bad=bad, source=source, mapping=resolved)
+
+
+def write_bad_rows(bad: list[BadRow], path: str | Path) -> int:
+    """Append rejected rows with their reasons to a JSONL file (created with its folder); returns
+    how many were written. Appending keeps earlier runs' rows: a resumed job adds, never clobbers."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a", encoding="utf-8") as out:
+        for item in bad:
+            out.write(json.dumps(asdict(item), ensure_ascii=False, default=str) + "\n")
+    return len(bad)
+
+
+def to_ray_dataset(result: ReadResult):
+    """ray.data.from_items(result.records): the thin Ray shell over the plain reader."""
+    if not result.records:
+        raise DataError("no records to turn into a Ray dataset", path=result.source or None)
+    import ray.data  # Ray is imported here only: the readers work (and test) without it.
+
+    return ray.data.from_items(result.records)
+
+
+def align_by_question(
+    *row_lists: list[dict[str, Any]],
+    key: str = "question",
+    how: Literal["inner", "outer"] = "inner",
+) -> list[tuple[dict[str, Any] | None, ...]]:
+    """Join rows of several files on whitespace-normalized question text, never on position.
+
+    Files of one dataset differ by a row or two between levels (699 vs 700), so row i of one file
+    is not row i of another. Returns one tuple per question, one element per list, in the order of
+    the first list (then of later lists for questions the first lacks). A question repeated within a
+    list pairs occurrence by occurrence. how="inner" keeps questions every list has; "outer" keeps
+    all, with None where a list lacks the question. `missing_by_list` says which are missing where.
+    key: the question column ("instruction" for raw release rows).
+    """
+    if how not in ("inner", "outer"):
+        raise DataError(f"unknown join {how!r}", field="how", choices=("inner", "outer"))
+    indexed = [_index_by_question(rows, key) for rows in row_lists]
+    order: dict[tuple[str, int], None] = {}
+    for index in indexed:
+        order.update(dict.fromkeys(index))
+    aligned = []
+    for join_key in order:
+        group = tuple(index.get(join_key) for index in indexed)
+        if how == "outer" or all(row is not None for row in group):
+            aligned.append(group)
+    return aligned
+
+
+def missing_by_list(*row_lists: list[dict[str, Any]], key: str = "question") -> list[list[str]]:
+    """For each list, the normalized questions that some other list has and it lacks."""
+    indexed = [_index_by_question(rows, key) for rows in row_lists]
+    every: dict[tuple[str, int], None] = {}
+    for index in indexed:
+        every.update(dict.fromkeys(index))
+    return [[question for question, _ in every if (question, _) not in index] for index in indexed]
+
+
+def _index_by_question(rows: list[dict[str, Any]], key: str) -> dict[tuple[str, int], dict[str, Any]]:
+    seen: Counter[str] = Counter()
+    index = {}
+    for position, row in enumerate(rows):
+        text = row.get(key)
+        if not isinstance(text, str):
+            raise DataError("no question text to align on", row=position, field=key)
+        question = normalize_text(text)
+        index[(question, seen[question])] = row
+        seen[question] += 1
+    return index
+
+
+def _map_row(
+    row: Any, index: int, mapping: FieldMapping, source: str, domain: str | None
+) -> tuple[dict[str, Any], None] | tuple[None, BadRow]:
+    if isinstance(row, _Unparsed):
+        return None, BadRow(source, f"line {row.line}", None, "not_json", row.text)
+    if not isinstance(row, dict):
+        return None, BadRow(source, index, None, "not_object", json.dumps(row, default=str)[:500])
+    values: dict[str, Any] = {}
+    for role, column in mapping.columns().items():
+        value = row.get(column)
+        if value is None:
+            return None, BadRow(source, index, column, "missing_field", row)
+        if role in ("question", "output") and not isinstance(value, str):
+            return None, BadRow(source, index, column, "not_text", row)
+        values[role] = value if role in ("question", "output") else str(value)
+    question = values["question"]
+    if not question.strip():
+        return None, BadRow(source, index, mapping.question, "empty_question", row)
+    gold = values.get("gold", values.get("answer"))
+    record: dict[str, Any] = {
+        "id": values.get("id") or stable_id(question),
+        "question": question,
+        "gold": gold if gold is None or gold.strip() else None,
+        "domain": values.get("domain", domain),
+        "source": source,
+        "row": index,
+    }
+    if mapping.output is not None:
+        record["output"] = values["output"]
+    if mapping.answer is not None and mapping.gold is not None:
+        record["answer"] = values["answer"]
+    return record, None
+
+
+def _describe(bad: BadRow) -> str:
+    return {
+        "missing_field": f"the row has no {bad.field!r} (or it is null)",
+        "not_text": f"{bad.field!r} is not a string",
+        "empty_question": "the question is empty",
+        "not_object": "the row is not a JSON object",
+        "not_json": "the line is not JSON",
+    }[bad.reason]
+
+
+def _read_rows(
+    path: str | Path, *, fmt: str | None, split: str | None, bad: list[BadRow] | None
+) -> list[dict[str, Any]]:
+    name = str(path)
+    if fmt is None:
+        fmt = infer_format(name)
+    if fmt not in READERS:
+        raise DataError(f"unknown format {fmt!r}", path=name, field="fmt", choices=READERS)
+    if fmt != "hub" and not Path(name).exists():
+        raise DataError(
+            f"no such file or folder (for a Hugging Face hub dataset write {HUB_PREFIX}owner/name)", path=name
+        )
+    rows = READERS[fmt](name, split, bad)
+    if not rows:
+        raise DataError("the dataset has no rows", path=name)
+    if bad is None:
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, found {type(row).__name__}", path=name, row=index)
+    return rows
+
+
+def infer_format(name: str) -> str:
+    """The READERS key for a path: hf: prefix -> hub, a folder -> hf_disk, else by suffix."""
+    if name.startswith(HUB_PREFIX):
+        return "hub"
+    path = Path(name)
+    if path.is_dir():
+        return "hf_disk"
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        raise DataError(
+            f"cannot tell the format from suffix {suffix!r}; pass fmt=",
+            path=name,
+            choices=[*SUFFIX_FORMATS, "<folder>", f"{HUB_PREFIX}owner/name"],
+        )
+    return SUFFIX_FORMATS[suffix]
+
+
+def _read_json(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    try:
+        with open(name, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DataError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}", path=name) from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text: {err}", path=name) from err
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON array of objects, found a {type(data).__name__}", path=name)
+    return data
+
+
+def _read_jsonl(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    rows = []
+    with open(name, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if bad is None:
+                    raise DataError(f"not JSON: {err.msg}", path=name, row=f"line {line_number}") from err
+                rows.append(_Unparsed(line_number, line.rstrip("\n")[:500]))
+    return rows
+
+
+def _read_csv(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    with open(name, encoding="utf-8", newline="") as handle:
+        return [dict(row) for row in csv.DictReader(handle)]
+
+
+def _read_parquet(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(name).to_pylist()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"not a readable Parquet file: {err}", path=name) from err
+
+
+def _read_hf_disk(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(name)
+    except FileNotFoundError as err:
+        raise DataError(f"not a Hugging Face save_to_disk folder: {err}", path=name) from err
+    return _hf_rows(loaded, name, split)
+
+
+def _read_hub(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
+    import datasets
+
+    repo = name.removeprefix(HUB_PREFIX)
+    try:
+        loaded = datasets.load_dataset(repo, split=split)
+    except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise DataError(
+            f"could not load hub dataset {repo!r} (no network, or no such dataset/split): {err}", path=name
+        ) from err
+    return _hf_rows(loaded, name, split)
+
+
+def _hf_rows(loaded: Any, name: str, split: str | None) -> list[dict[str, Any]]:
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in loaded:
+            raise DataError("pick a split of this DatasetDict", path=name, field="split", choices=splits)
+        loaded = loaded[split]
+    return loaded.to_list()
+
+
+READERS: dict[str, Callable[[str, str | None, list[BadRow] | None], list[dict[str, Any]]]] = {
+    "json": _read_json,
+    "jsonl": _read_jsonl,
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+    "hf_disk": _read_hf_disk,
+    "hub": _read_hub,
+}
+SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}

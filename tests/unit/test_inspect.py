@@ -1,0 +1,65 @@
+"""inspect_path / format_inspect on the invented fixtures and on real files."""
+
+from __future__ import annotations
+
+import re
+
+from ray_cotd.data.inspect import format_inspect, inspect_path
+
+
+def test_inspect_fixture_with_outputs(fixtures_dir):
+    report = inspect_path(fixtures_dir / "questions.json")
+    assert (report["format"], report["rows"], report["records"]) == ("json", 5, 5)
+    assert report["mapping"] == {"question": "instruction", "output": "output"}
+    assert (report["answer_type"], report["answer_type_source"]) == ("numeric", "inferred from parsed answers")
+    outputs = report["outputs"]
+    assert (outputs["parsed"], outputs["failed"]) == (4, 1)
+    assert outputs["failures"] == {"no_marker": {"count": 1, "rows": [3]}}
+    assert outputs["markers"] == {"The answer is": 2, "Therefore, the answer is": 1, "So, the answer is": 1}
+    assert report["gold"] is None
+    text = format_inspect(report)
+    assert re.search(r"outputs parsed \(strict\)\s+4 / 5\n", text)
+    assert re.search(r"failed: no_marker\s+1 \(e.g. rows 3\)", text)
+
+
+def test_inspect_lenient_recovers_the_markerless_row(fixtures_dir):
+    report = inspect_path(fixtures_dir / "questions.json", answer_type="numeric", lenient=True)
+    assert report["outputs"]["failed"] == 0
+    assert report["outputs"]["markers"]["final-number"] == 1
+    assert report["answer_type_source"] == "given"
+
+
+def test_inspect_counts_bad_rows(fixtures_dir):
+    report = inspect_path(fixtures_dir / "missing_field.json")
+    assert (report["rows"], report["records"]) == (4, 2)
+    assert report["bad_rows"] == {"missing_field": 1, "empty_question": 1}
+    assert report["bad_examples"] == {"missing_field": [1], "empty_question": [2]}
+    assert "bad rows: missing_field" in format_inspect(report)
+
+
+def test_inspect_gold_column_only(fixtures_dir):
+    report = inspect_path(fixtures_dir / "questions.csv")
+    assert report["outputs"] is None
+    assert report["answer_type"] == "multiple_choice"
+    assert report["gold"] == {
+        "source": "gold column", "with_gold": 2, "gold_readable": 2, "compared": 0, "agree": 0, "agreement": None,
+    }
+
+
+def test_inspect_real_file_against_gold_file(shared_data):
+    report = inspect_path(
+        shared_data / "svamp" / "train_chatgpt_level6.json", gold_path=shared_data / "svamp" / "train_answer_only.json"
+    )
+    assert report["answer_type"] == "numeric"
+    assert report["outputs"]["failures"] == {
+        "no_marker": {"count": 2, "rows": [342, 525]},
+        "empty_answer": {"count": 1, "rows": [297]},
+    }
+    assert (report["gold"]["compared"], report["gold"]["agree"]) == (696, 689)
+    assert "689 / 696 = 99.0%" in format_inspect(report)
+
+
+def test_inspect_real_test_file(shared_data):
+    report = inspect_path(shared_data / "strategyqa" / "test.json")
+    assert (report["rows"], report["answer_type"], report["outputs"]) == (290, "boolean", None)
+    assert report["gold"]["gold_readable"] == 290
