@@ -102,7 +102,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
         if "question" not in fields:
             raise ConfigError("inspect: --question COLUMN is required when no --preset is given")
         mapping = FieldMapping(**fields)
-    report = inspect_path(args.path, mapping, answer_type=args.answer_type, lenient=args.lenient)
+    report = inspect_path(
+        args.path, mapping, answer_type=args.answer_type, lenient=args.lenient, gold_path=args.gold_file
+    )
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspect(report))
     return 0
 
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{col}", metavar="COLUMN", help=f"column holding the {col}")
     p.add_argument("--answer-type", choices=["numeric", "boolean", "multiple_choice", "text"], help="default: infer")
     p.add_argument("--lenient", action="store_true", help="also read answers from outputs without the marker")
+    p.add_argument("--gold-file", metavar="PATH", help="gold answers aligned by question (e.g. train_answer_only.json)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_inspect)
 

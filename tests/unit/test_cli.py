@@ -65,3 +65,33 @@ def test_broken_import_inside_a_stage_is_not_hidden(monkeypatch, empty_yaml):
     monkeypatch.setitem(cli.STAGE_RUNNERS, "tune", ("ray_cotd.config", "no_such_function"))
     with pytest.raises(AttributeError):
         cli.main(["tune", empty_yaml])
+
+
+def test_inspect_on_every_shared_file_reports_rows(shared_data, capsys):
+    for path in sorted(shared_data.glob("*/*.json")):
+        assert cli.main(["inspect", str(path), "--json"]) == 0, path
+        report = __import__("json").loads(capsys.readouterr().out)
+        assert report["rows"] > 0, path
+
+
+def test_inspect_agreement_with_a_gold_file(shared_data, capsys):
+    level = shared_data / "svamp" / "train_chatgpt_level6.json"
+    gold = shared_data / "svamp" / "train_answer_only.json"
+    assert cli.main(["inspect", str(level), "--gold-file", str(gold)]) == 0
+    assert "agreement with gold                 689 / 696 = 99.0%" in capsys.readouterr().out
+
+
+def test_inspect_missing_file_is_one_clear_error(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
+
+
+def test_inspect_with_explicit_columns(fixtures_dir, capsys):
+    path = str(fixtures_dir / "questions.csv")
+    assert cli.main(["inspect", path, "--question", "instruction", "--gold", "label", "--json"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["rows"] > 0 and report["answer_type"] == "multiple_choice"
+    # inspect reports rather than stops: every row lacks the mapped column and is counted so.
+    assert cli.main(["inspect", path, "--question", "prompt", "--json"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert len(report["bad_examples"]["missing_field"]) > 0
