@@ -98,7 +98,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     _banner(2, total, f"train a {cfg.train.objective} student ({cfg.train.peft}, {cfg.train.max_steps} steps)")
     started = dt.datetime.now(dt.timezone.utc)
-    train_cfg = dataclasses.replace(cfg.train, corpus=annotate_cfg.output_dir, output_dir=str(run_dir / "train"))
+    corpus = str(Path(annotate_cfg.output_dir) / "corpus")  # annotate's kept rows (Parquet parts)
+    train_cfg = dataclasses.replace(cfg.train, corpus=corpus, output_dir=str(run_dir / "train"))
     trained = run_train(train_cfg)
     write_manifest(
         train_cfg.output_dir, stage="train", config=train_cfg, inputs=[train_cfg.corpus],
