@@ -29,3 +29,19 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+_TIER_ORDER = {"unit": 0, "integration": 1, "e2e": 2}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run unit, then integration, then e2e tests.
+
+    e2e tests start their own head node and stop it with `ray stop`, which ends every Ray
+    process on the machine; they must come after every test that uses the session cluster.
+    """
+    def tier(item) -> int:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT).parts
+        return _TIER_ORDER.get(parts[1] if len(parts) > 1 else "", 1)
+
+    items.sort(key=tier)  # stable: keeps file order inside a tier
