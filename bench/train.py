@@ -1,0 +1,181 @@
+"""Student training throughput on the real default student (SmolLM2-135M-Instruct).
+
+    python bench/train.py [--quick] [--steps N] [--corpus PATH]
+
+1. Peak: the machine's fp32 and bf16 matmul rate (torch.mm 2048², median), in this process.
+2. MFU at batch 8 x 256 tokens (rows filled with real SVAMP text, positions restarting per
+   example): full fine-tuning and LoRA, fp32 and bf16 autocast. Full fp32 runs through Ray Train
+   (TorchTrainer, 1 worker with every CPU); the others run the same `train_step` in a plain loop.
+   FLOPs per step: 6·N·tokens for full fine-tuning, 4·N·tokens for LoRA (frozen weights need no
+   weight gradients), N = the student's parameter count (tied embedding counted once);
+   attention FLOPs are left out. MFU = achieved FLOP/s / the peak of that precision.
+3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each).
+4. Packing vs randomly ordered padded batches (and length-grouped) on real rows: real (non-pad)
+   tokens per second over the same number of batches of 8 examples.
+
+Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=<ratio>
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ray_cotd.config import TrainConfig
+from ray_cotd.data.splits import holdout_split
+from ray_cotd.student.collate import Batch, collate, plan_batches
+from ray_cotd.student.corpus import read_training_rows
+from ray_cotd.student.model import load_tokenizer
+from ray_cotd.student.objectives import OBJECTIVES, LossParams
+from ray_cotd.student.train import Student, build_student, encode_rows, make_scheduler, train_step
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp" / "train_chatgpt_level3.json"
+ROWS, WIDTH = 8, 256
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Median FLOP/s of an n x n matmul."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def full_rows(examples: list, pad_id: int) -> Batch:
+    """ROWS x WIDTH rows filled completely with consecutive real examples (the last one in a row
+    cut), positions restarting per example, std_cot targets: the MFU workload."""
+    seqs = [s for ex in examples for s in ex]
+    ids, pos, tgt, roles, exi = [], [], [], [], []
+    k = 0
+    for _ in range(ROWS):
+        row = ([], [], [], [], [])
+        while len(row[0]) < WIDTH:
+            s = seqs[k % len(seqs)]
+            take = min(len(s), WIDTH - len(row[0]))
+            row[0].extend(s.input_ids[:take]); row[1].extend(range(take)); row[2].extend(s.targets[:take])
+            row[3].extend(s.roles[:take]); row[4].extend([k] * take)
+            k += 1
+        for dest, src in zip((ids, pos, tgt, roles, exi), row):
+            dest.append(src)
+    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    shape = (ROWS, WIDTH)
+    return Batch(t(ids), t(pos), t(tgt), t(roles), t(exi), torch.full(shape, -1), torch.zeros(shape, dtype=torch.bool),
+                 torch.zeros(k, dtype=torch.long))
+
+
+def time_steps(cfg: TrainConfig, batches: list[Batch], objective: str, steps: int, warmup: int = 1) -> list[float]:
+    """Seconds per optimizer step (forward + backward + AdamW) over `batches`, after warmup."""
+    student = build_student(cfg)
+    student.train()
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    scheduler = make_scheduler(optimizer, cfg)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        train_step(student, student, optimizer, scheduler, [batches[i % len(batches)]], OBJECTIVES[objective],
+                   LossParams(alpha=0.3), precision=cfg.precision)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def ray_worker(config: dict) -> dict:
+    """TorchTrainer worker: the same timed loop, inside Ray Train."""
+    import ray.train
+
+    torch.set_num_threads(config["threads"])
+    times = time_steps(config["cfg"], [config["batch"]], "std_cot", config["steps"])
+    ray.train.report({"median_step_s": statistics.median(times)})
+    return {"times": times}
+
+
+def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) -> list[float]:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=threads, include_dashboard=True)
+    trainer = TorchTrainer(
+        ray_worker, train_loop_config={"cfg": cfg, "batch": batch, "steps": steps, "threads": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+        run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path="/tmp/ray-cotd-bench"),
+    )
+    return trainer.fit().return_value["times"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 timed steps per mode (about 5 minutes here)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; 2 with --quick)")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6/3)")
+    args = parser.parse_args()
+    steps = args.steps or (2 if args.quick else 5)
+    n_batches = args.packing_batches or (3 if args.quick else 6)
+    threads = torch.get_num_threads()
+
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(f"peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)", flush=True)
+
+    base = TrainConfig(corpus=args.corpus, max_seq_len=512)
+    tokenizer = load_tokenizer(base.student)
+    rows, _, _ = read_training_rows(args.corpus)
+    rows, _ = holdout_split(rows, test_fraction=0.2, seed=0)
+    examples, _ = encode_rows(tokenizer, rows, OBJECTIVES["std_cot"], max_seq_len=512)
+    mfu_batch = full_rows(examples[:64], tokenizer.pad_token_id)
+    n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
+    tokens = ROWS * WIDTH
+
+    results = {}
+    modes = [("full", "float32", True), ("full", "bfloat16", False), ("lora", "float32", False),
+             ("lora", "bfloat16", False)]
+    for peft, precision, via_ray in modes:
+        cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant")
+        times = through_ray_train(cfg, mfu_batch, steps, threads) if via_ray else time_steps(cfg, [mfu_batch], "std_cot", steps)
+        step = statistics.median(times)
+        flops = (6 if peft == "full" else 4) * n_params * tokens / step
+        mfu = flops / (peak32 if precision == "float32" else peak16)
+        results[(peft, precision)] = mfu
+        where = "Ray Train, 1 worker" if via_ray else "plain loop"
+        print(f"{peft:4s} {precision:8s} ({where}): step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
+              f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s, MFU {mfu:.3f}", flush=True)
+
+    # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed
+    lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
+    step_time = {}
+    for name in ("std_cot", "cascod"):
+        laid, _ = encode_rows(tokenizer, rows[:8], OBJECTIVES[name], max_seq_len=512)
+        batch = collate([s for ex in laid for s in ex], pad_id=tokenizer.pad_token_id, pack=True, capacity=512)
+        step_time[name] = statistics.median(time_steps(lora, [batch], name, steps))
+        print(f"{name}: step {step_time[name]:.2f} s on {batch.real_tokens} tokens", flush=True)
+    ratio = step_time["cascod"] / step_time["std_cot"]
+
+    # packing vs randomly ordered padding (and length grouping): tokens/s over the same batch count
+    lengths = [sum(len(s) for s in ex) for ex in examples]
+    rate = {}
+    for batching in ("padded", "grouped", "packed"):
+        plan = plan_batches(lengths, 8, batching=batching, seed=0)[:n_batches]
+        batches = [collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
+                           pack=batching == "packed", capacity=512) for b in plan]
+        times = time_steps(lora, batches, "std_cot", len(batches))
+        real = sum(b.real_tokens for b in batches)
+        computed = sum(b.input_ids.numel() for b in batches)
+        rate[batching] = real / sum(times)
+        print(f"{batching}: {rate[batching]:.0f} real tokens/s ({real} real of {computed} computed tokens)", flush=True)
+    speedup = rate["packed"] / rate["padded"]
+    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f}", flush=True)
+    print(f"mfu_full_fp32={results[('full', 'float32')]:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""From (question, rationale, answer) rows to token ids, per-token targets and roles, and batches.
+
+One student example is the segments of `ray_cotd.student.format`, each tokenized on its own and
+concatenated as ids (so any shorter sequence is an exact causal prefix of a longer one):
+
+    [virtual tokens] prompt | rationale | marker | value | EOS
+
+`marker` is the ids of ANSWER_PREFIX ("\\nThe answer is ") and `value` the ids of "145." — two
+segments, not one, because two-stage inference appends the marker ids and lets the student continue:
+tokenized as one segment, "\\nThe answer is True." would give "ĠTrue" where inference feeds "Ġ" and
+expects "True" next.
+
+A `Sequence` carries, for every position t, the token to predict there (`targets[t]`, IGNORE for
+none) and that target's role (ROLE_RATIONALE, ROLE_ANSWER or ROLE_NONE). Objectives read masks
+built from the roles; the layout of each objective (which sequences, which targets) lives in its
+own file under `objectives/` and uses the builders here.
+
+Batches are rows of ids with position ids that restart at 0 for every example. With no attention
+mask, transformers (masking_utils.find_packed_sequence_indices) turns those restarts into a
+block-diagonal causal mask, so packed examples never attend to each other; padding is a block of its
+own at the end of a row, with no targets.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+
+from ray_cotd.data.errors import DataError
+from ray_cotd.student.format import ANSWER_PREFIX, ANSWER_SUFFIX, encode, prompt_text
+
+IGNORE = -100  # target of positions with no loss (torch cross_entropy's ignore_index)
+ROLE_NONE, ROLE_RATIONALE, ROLE_ANSWER = 0, 1, 2
+
+Batching = Literal["packed", "grouped", "padded"]
+BATCHINGS: tuple[str, ...] = ("packed", "grouped", "padded")
+# "grouped" sorts by length within windows of this many batches, then shuffles the batches.
+GROUP_WINDOW_BATCHES = 32
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The token segments of one example (see module docstring); `rationale` may be empty."""
+
+    prompt: list[int]
+    rationale: list[int]
+    marker: list[int]
+    value: list[int]
+    eos: int
+
+
+@dataclass
+class Sequence:
+    """One training sequence.
+
+    input_ids[t] is the token at position t; targets[t] the token the model is trained to predict
+    at t (IGNORE: none); roles[t] the ROLE_* of that target. question_len: positions
+    [n_virtual, question_len) hold the prompt (what PRADA's domain classifier pools). n_virtual:
+    leading P-Tuning placeholder positions whose embeddings the prompt encoder supplies.
+    """
+
+    input_ids: list[int]
+    targets: list[int]
+    roles: list[int]
+    question_len: int
+    n_virtual: int = 0
+    domain: int = 0  # 0 = labeled source row, 1 = unlabeled target-domain question (PRADA)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EncodeStats:
+    """What encoding did to the corpus: rows in, sequences out, and the counted actions."""
+
+    rows: int = 0
+    sequences: int = 0
+    truncated_rationale: int = 0  # rows whose rationale was cut to fit max_seq_len
+    truncated_tokens: int = 0  # rationale tokens removed in total
+    dropped_too_long: int = 0  # rows whose prompt + answer alone exceed max_seq_len
+    dropped_examples: list[str] = field(default_factory=list)  # ids of dropped rows (first 20)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@lru_cache(maxsize=8)
+def _marker_ids(tokenizer: Any) -> tuple[int, ...]:
+    return tuple(encode(tokenizer, ANSWER_PREFIX))
+
+
+def segments(tokenizer: Any, question: str, rationale: str, answer: str, *, task_prefix: str = "") -> Segments:
+    """Tokenize one row's segments. task_prefix is prepended to the question (step_by_step's tasks)."""
+    if not answer.strip():
+        raise DataError("empty answer", field="answer")
+    return Segments(
+        prompt=encode(tokenizer, prompt_text(tokenizer, task_prefix + question)),
+        rationale=encode(tokenizer, rationale.strip()) if rationale.strip() else [],
+        marker=list(_marker_ids(tokenizer)),
+        value=encode(tokenizer, answer.strip() + ANSWER_SUFFIX),
+        eos=tokenizer.eos_token_id,
+    )
+
+
+def build_sequence(parts: list[tuple[list[int], int]], *, prompt: list[int], n_virtual: int = 0, pad_id: int = 0,
+                   eos_at_end_of: int | None = None, eos: int | None = None) -> Sequence:
+    """A Sequence from the prompt and (ids, role) parts that follow it.
+
+    Each part's tokens are targets of the position before them with the part's role (ROLE_NONE:
+    input only). eos_at_end_of=k: the last position of part k is trained to predict `eos` (role of
+    part k) instead of the real next token, which must then be an input-only part: CasCoD's
+    end-of-rationale term, read from the same forward pass as the answer (see objectives/cascod.py).
+    """
+    ids = [pad_id] * n_virtual + list(prompt)
+    targets = [IGNORE] * len(ids)
+    roles = [ROLE_NONE] * len(ids)
+    question_len = len(ids)
+    eos_position = None
+    for index, (part, role) in enumerate(parts):
+        for token in part:
+            targets[-1] = token if role != ROLE_NONE else IGNORE
+            roles[-1] = role
+            ids.append(token)
+            targets.append(IGNORE)
+            roles.append(ROLE_NONE)
+        if index == eos_at_end_of:
+            following = parts[index + 1][1] if index + 1 < len(parts) else ROLE_NONE
+            if following != ROLE_NONE:
+                raise ValueError("the end-of-part EOS target needs an input-only part after it")
+            eos_position, eos_role = len(ids) - 1, role
+    if eos_position is not None:  # set last: the input-only part after it wrote IGNORE there
+        targets[eos_position], roles[eos_position] = eos, eos_role
+    return Sequence(ids, targets, roles, question_len, n_virtual)
+
+
+def fit_rationale(seg: Segments, budget: int, *, with_answer: bool = True, min_rationale: int = 0) -> tuple[Segments, int] | None:
+    """Cut the rationale from its end so that prompt + rationale (+ marker + value) + EOS fits in
+    `budget` tokens. Returns (segments, rationale tokens removed), or None when fewer than
+    `min_rationale` rationale tokens would be left: the question and the answer are never cut.
+    """
+    fixed = len(seg.prompt) + 1 + (len(seg.marker) + len(seg.value) if with_answer else 0)
+    room = budget - fixed
+    if room < min_rationale:
+        return None
+    if len(seg.rationale) <= room:
+        return seg, 0
+    return Segments(seg.prompt, seg.rationale[:room], seg.marker, seg.value, seg.eos), len(seg.rationale) - room
+
+
+def prompt_sequence(tokenizer: Any, question: str, *, n_virtual: int = 0, domain: int = 1) -> Sequence:
+    """A question-only sequence with no targets: PRADA's unlabeled target-domain rows."""
+    ids = encode(tokenizer, prompt_text(tokenizer, question))
+    seq = build_sequence([], prompt=ids, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id)
+    seq.domain = domain
+    return seq
+
+
+@dataclass
+class Batch:
+    """Collated tensors; R rows of T positions, E examples packed or padded into them.
+
+    input_ids, position_ids, targets, roles, example_index, virtual_index, question_mask: (R, T).
+    example_index[r, t]: which example (0..E-1) position t belongs to, -1 for padding.
+    virtual_index[r, t]: k for the k-th P-Tuning placeholder of an example, -1 elsewhere.
+    question_mask: the prompt positions (not virtual, not padding) PRADA pools over.
+    domain: (E,) 0 = source, 1 = target.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor
+    roles: torch.Tensor
+    example_index: torch.Tensor
+    virtual_index: torch.Tensor
+    question_mask: torch.Tensor
+    domain: torch.Tensor
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.domain.numel())
+
+    @property
+    def real_tokens(self) -> int:
+        return int((self.example_index >= 0).sum())
+
+    def to(self, device: Any) -> Batch:
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def pack_rows(lengths: Seq[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of sequences grouped into rows of at most `capacity` tokens."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[index] > capacity:
+            raise ValueError(f"sequence {index} has {lengths[index]} tokens, more than the row capacity {capacity}")
+        for row, room in enumerate(free):
+            if lengths[index] <= room:
+                rows[row].append(index)
+                free[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            free.append(capacity - lengths[index])
+    return rows
+
+
+def collate(seqs: list[Sequence], *, pad_id: int, pack: bool, capacity: int) -> Batch:
+    """Rows of sequences: packed (first-fit into rows of `capacity`) or one per row, padded to the
+    longest row. Positions restart at 0 per example and per padding block (see module docstring)."""
+    rows = pack_rows([len(s) for s in seqs], capacity) if pack else [[i] for i in range(len(seqs))]
+    width = max(sum(len(seqs[i]) for i in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    targets = torch.full(shape, IGNORE, dtype=torch.long)
+    roles = torch.zeros(shape, dtype=torch.long)
+    example_index = torch.full(shape, -1, dtype=torch.long)
+    virtual_index = torch.full(shape, -1, dtype=torch.long)
+    question_mask = torch.zeros(shape, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            s = seqs[i]
+            end = start + len(s)
+            input_ids[r, start:end] = torch.tensor(s.input_ids)
+            position_ids[r, start:end] = torch.arange(len(s))
+            targets[r, start:end] = torch.tensor(s.targets)
+            roles[r, start:end] = torch.tensor(s.roles)
+            example_index[r, start:end] = i
+            virtual_index[r, start : start + s.n_virtual] = torch.arange(s.n_virtual)
+            question_mask[r, start + s.n_virtual : start + s.question_len] = True
+            start = end
+        position_ids[r, start:] = torch.arange(width - start)
+    domain = torch.tensor([s.domain for s in seqs], dtype=torch.long)
+    return Batch(input_ids, position_ids, targets, roles, example_index, virtual_index, question_mask, domain)
+
+
+def plan_batches(lengths: Seq[int], batch_size: int, *, batching: str, seed: int) -> list[list[int]]:
+    """Indices of the examples of each batch, for one pass over the data.
+
+    padded / packed: a seeded random order cut into batches (packing then removes the padding).
+    grouped: the random order sorted by length within windows of GROUP_WINDOW_BATCHES batches, cut
+    into batches, and the batches shuffled, so each batch holds similar lengths.
+    """
+    if batching not in BATCHINGS:
+        raise ValueError(f"unknown batching {batching!r}; valid: {', '.join(BATCHINGS)}")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if batching != "grouped":
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * GROUP_WINDOW_BATCHES
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+__all__ = [
+    "BATCHINGS",
+    "IGNORE",
+    "ROLE_ANSWER",
+    "ROLE_NONE",
+    "ROLE_RATIONALE",
+    "Batch",
+    "EncodeStats",
+    "Segments",
+    "Sequence",
+    "build_sequence",
+    "collate",
+    "fit_rationale",
+    "pack_rows",
+    "plan_batches",
+    "prompt_sequence",
+    "segments",
+]

@@ -1,0 +1,150 @@
+"""The annotated corpus as training rows: read, split into rationale + answer, hold out, validate.
+
+Two kinds of input, told apart by their columns:
+- our annotated Parquet (a directory of shards or one file) with `rationale` and `answer` columns
+  (ray_cotd.data.schema.AnnotatedRecord), used as written;
+- any file `ray_cotd.data.readers` can map (e.g. the release's alpaca-style JSON, whose `output`
+  is "<rationale> The answer is X", split here with `split_output`; or gold-only files, whose rows
+  have no rationale).
+
+Every training row is {"id", "question", "rationale", "answer", "domain"}. Rows that cannot be used
+are counted by reason and kept (with file, row and field) for the caller to write aside. The test
+side of `holdout_split(test_fraction=holdout_fraction, seed=seed)` is removed first, so no
+evaluation question is ever trained on; validation questions are a second seeded split (seed + 1)
+of what is left. Both split by question text, so all samples of one question stay on one side.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ray_cotd.config import MappingSpec
+from ray_cotd.data.answers import ParseFailure, split_output
+from ray_cotd.data.errors import DataError
+from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, read_questions, read_rows
+from ray_cotd.data.splits import holdout_split
+
+ANNOTATED_KEYS = ("question", "rationale", "answer")
+
+
+@dataclass
+class Corpus:
+    """Training and validation rows, and what was dropped on the way (reason -> count)."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    held_out: int  # rows on the test side of the hold-out split, never trained on
+    source: str
+    dropped: Counter = field(default_factory=Counter)
+    bad: list[dict[str, Any]] = field(default_factory=list)  # {"path", "row", "field", "reason", "detail"}
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "train_rows": len(self.train), "val_rows": len(self.val),
+                "held_out_rows": self.held_out, "dropped": dict(self.dropped)}
+
+
+def field_mapping(spec: MappingSpec) -> FieldMapping | None:
+    """The reader mapping a MappingSpec names: a preset with per-column overrides, the columns
+    alone, or None (detect from the file's columns)."""
+    overrides = {f.name: getattr(spec, f.name) for f in fields(FieldMapping) if getattr(spec, f.name) is not None}
+    if spec.preset is not None:
+        if spec.preset not in MAPPING_PRESETS:
+            raise DataError(f"unknown mapping preset {spec.preset!r}", field="mapping.preset", choices=MAPPING_PRESETS)
+        return FieldMapping(**{**MAPPING_PRESETS[spec.preset].columns(), **overrides})
+    if overrides:
+        if "question" not in overrides:
+            raise DataError("a mapping without a preset must name the question column", field="mapping.question")
+        return FieldMapping(**overrides)
+    return None
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        shards = sorted(path.glob("*.parquet"))
+        return shards or [path]  # a directory without shards: a `datasets` save_to_disk folder
+    return [path]
+
+
+def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
+                       needs_rationale: bool = True) -> tuple[list[dict[str, Any]], Counter, list[dict[str, Any]]]:
+    """(rows, dropped counts by reason, bad rows) of a corpus file or shard directory."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError("corpus not found", path=root)
+    rows: list[dict[str, Any]] = []
+    dropped: Counter = Counter()
+    bad: list[dict[str, Any]] = []
+
+    def drop(source: str, row: Any, column: str, reason: str, detail: str = "") -> None:
+        dropped[reason] += 1
+        bad.append({"path": source, "row": row, "field": column, "reason": reason, "detail": detail})
+
+    for file in _files(root):
+        raw = read_rows(file)
+        if raw and isinstance(raw[0], dict) and all(k in raw[0] for k in ANNOTATED_KEYS):
+            for index, r in enumerate(raw):
+                missing = next((k for k in ANNOTATED_KEYS if not isinstance(r.get(k), str)), None)
+                if missing is not None:
+                    drop(str(file), index, missing, "missing_field")
+                    continue
+                rows.append({"id": r.get("id") or f"{file.name}:{index}", "question": r["question"],
+                             "rationale": r["rationale"].strip(), "answer": r["answer"].strip(),
+                             "domain": r.get("domain"), "source": str(file), "row": index})
+            continue
+        result = read_questions(file, field_mapping(mapping or MappingSpec()), on_bad="collect")
+        for b in result.bad:
+            drop(b.path, b.row, b.field or "", b.reason)
+        for rec in result.records:
+            if "output" in rec:
+                parsed = split_output(rec["output"])
+                if isinstance(parsed, ParseFailure):
+                    drop(rec["source"], rec["row"], "output", parsed.reason, parsed.detail)
+                    continue
+                rationale, answer = parsed.rationale, parsed.answer
+            elif rec.get("gold"):
+                rationale, answer = "", rec["gold"]
+            else:
+                drop(rec["source"], rec["row"], "gold", "no_answer")
+                continue
+            rows.append({"id": f"{rec['id']}:{rec['row']}", "question": rec["question"], "rationale": rationale,
+                         "answer": answer, "domain": rec.get("domain"), "source": rec["source"], "row": rec["row"]})
+    if not rows:
+        raise DataError(f"the corpus has no usable rows (dropped: {dict(dropped) or 'none; it is empty'})", path=root)
+    if needs_rationale:
+        with_rationale = [r for r in rows if r["rationale"].strip()]
+        if not with_rationale:
+            raise DataError(
+                f"none of the {len(rows)} rows has a rationale, and this objective trains on rationales "
+                "(use objective answer_only, or an annotated corpus)", path=root, field="rationale")
+        for r in rows:
+            if not r["rationale"].strip():
+                drop(r["source"], r["row"], "rationale", "no_rationale")
+        rows = with_rationale
+    return rows, dropped, bad
+
+
+def load_corpus(path: str | Path, mapping: MappingSpec | None = None, *, needs_rationale: bool = True,
+                holdout_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0) -> Corpus:
+    """Training rows with the hold-out test side removed and a validation split taken out."""
+    rows, dropped, bad = read_training_rows(path, mapping, needs_rationale=needs_rationale)
+    train, test = holdout_split(rows, test_fraction=holdout_fraction, seed=seed) if holdout_fraction > 0 else (rows, [])
+    train, val = holdout_split(train, test_fraction=val_fraction, seed=seed + 1) if val_fraction > 0 else (train, [])
+    if not train:
+        raise DataError(f"no training rows left after holding out {len(test)} test and {len(val)} validation rows",
+                        path=path)
+    return Corpus(train=train, val=val, held_out=len(test), source=str(path), dropped=dropped, bad=bad)
+
+
+def load_target_questions(path: str | Path, mapping: MappingSpec | None = None) -> list[str]:
+    """PRADA's unlabeled target-domain questions (any readable file; only the question is used)."""
+    result = read_questions(path, field_mapping(mapping or MappingSpec()), on_bad="collect")
+    questions = [r["question"] for r in result.records]
+    if not questions:
+        raise DataError("no target-domain questions", path=path, field="target_questions")
+    return questions
+
+
+__all__ = ["Corpus", "field_mapping", "load_corpus", "load_target_questions", "read_training_rows"]

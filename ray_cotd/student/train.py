@@ -1,0 +1,560 @@
+"""Student training: `ray-cotd train CONFIG` → `run_train(cfg)`.
+
+Read top to bottom:
+1. Ray-agnostic core: encode rows with the objective's layout, build the student (LoRA / P-Tuning /
+   both / full weights, and PRADA's domain head), `compute_loss` and `train_step` (forward,
+   objective, backward, optimizer). These run on a GPU box without Ray.
+2. The Ray Train worker loop (`train_loop_per_worker`): setup, resume, the step loop with
+   validation and checkpoints, report. Ray calls are marked `# [ray]`; rank logic is in
+   `save_checkpoint` only.
+3. The driver (`run_train`): read and check the corpus before any worker starts, put the encoded
+   rows in Ray Data, fit a TorchTrainer, export the student directory.
+
+Outputs under cfg.output_dir: student/ (a PEFT adapter dir or full HF weights, plus the prompt
+encoder for P-Tuning and the domain head for PRADA), merged/ (adapters merged into full weights,
+when asked), metrics.jsonl (one record per step and per validation), bad_rows.jsonl,
+resolved_config.yaml, summary.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ray_cotd.config import ModelSpec, TrainConfig, save_resolved
+from ray_cotd.data.errors import DataError
+from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
+from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
+from ray_cotd.student.prada import (
+    DOMAIN_HEAD_WEIGHTS,
+    PROMPT_ENCODER_CONFIG,
+    PROMPT_ENCODER_WEIGHTS,
+    DomainHead,
+    PromptEncoder,
+    PromptEncoderConfig,
+    embed_inputs,
+    lambda_at,
+    pool_examples,
+)
+
+STUDENT_META = "student.json"  # what the directory holds: base model, peft kind, objective
+TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler, step: only in Ray checkpoints
+METRICS_LOG = "metrics.jsonl"
+PTUNING = ("ptuning", "lora+ptuning")
+LORA = ("lora", "lora+ptuning")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Ray-agnostic core
+# ---------------------------------------------------------------------------------------------
+
+
+def n_virtual(cfg: TrainConfig) -> int:
+    return cfg.num_virtual_tokens if cfg.peft in PTUNING else 0
+
+
+def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], objective: Objective, *, max_seq_len: int,
+                num_virtual: int = 0) -> tuple[list[list[Sequence]], EncodeStats]:
+    """Each row's sequences under the objective's layout; rationales cut to fit, never answers.
+
+    Rows whose question + answer alone exceed max_seq_len are dropped and counted (their ids kept
+    in stats.dropped_examples for the report).
+    """
+    stats = EncodeStats(rows=len(rows))
+    examples = []
+    for r in rows:
+        laid = objective.layout(tokenizer, Row(r["question"], r.get("rationale") or "", r["answer"]), max_seq_len,
+                                num_virtual)
+        if laid is None:
+            stats.dropped_too_long += 1
+            if len(stats.dropped_examples) < 20:
+                stats.dropped_examples.append(str(r.get("id")))
+            continue
+        if laid.truncated_tokens:
+            stats.truncated_rationale += 1
+            stats.truncated_tokens += laid.truncated_tokens
+        stats.sequences += len(laid.sequences)
+        examples.append(laid.sequences)
+    return examples, stats
+
+
+def to_items(examples: list[list[Sequence]]) -> list[dict[str, Any]]:
+    """Plain, Arrow-friendly rows for Ray Data (one per training row, its sequences as lists)."""
+    return [{"seqs": json.dumps([[s.input_ids, s.targets, s.roles, s.question_len, s.n_virtual, s.domain]
+                                 for s in seqs])} for seqs in examples]
+
+
+def from_item(item: dict[str, Any]) -> list[Sequence]:
+    return [Sequence(ids, targets, roles, qlen, nv, dom) for ids, targets, roles, qlen, nv, dom in json.loads(item["seqs"])]
+
+
+class Student(nn.Module):
+    """The causal LM (LoRA-wrapped or not) plus the optional P-Tuning prompt encoder and PRADA
+    domain head, as one module so DDP/FSDP sync all trainable parts."""
+
+    def __init__(self, lm: nn.Module, prompt_encoder: PromptEncoder | None, domain_head: DomainHead | None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.prompt_encoder = prompt_encoder
+        self.domain_head = domain_head
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, virtual_index: torch.Tensor,
+                with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> logits (R, T, V) and, with_hidden, the last hidden states (R, T, D).
+
+        No attention mask: positions restarting at 0 make transformers build the block-diagonal
+        causal mask of packed rows (see collate.py). use_cache=False matters: with a cache object
+        transformers skips that packed-sequence detection and attends across examples.
+        """
+        embeds = embed_inputs(self.lm.get_input_embeddings(), input_ids, virtual_index, self.prompt_encoder)
+        out = self.lm(inputs_embeds=embeds, position_ids=position_ids, output_hidden_states=with_hidden,
+                      use_cache=False)
+        return out.logits, (out.hidden_states[-1] if with_hidden else None)
+
+
+def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> Student:
+    """The student of cfg.peft, fresh or restored from a checkpoint directory we wrote."""
+    from ray_cotd.student.model import load_model
+
+    resume = Path(resume_dir) if resume_dir is not None else None
+    if cfg.peft == "full":
+        source = ModelSpec(**{**asdict(cfg.student), "source": str(resume)}) if resume else cfg.student
+        lm = load_model(source)
+    else:
+        lm = load_model(ModelSpec(**{**asdict(cfg.student), "adapter": None}))
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        if cfg.peft in LORA:
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if resume:
+                lm = PeftModel.from_pretrained(lm, str(resume), is_trainable=True)
+            else:
+                lm = get_peft_model(lm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    encoder = None
+    if cfg.peft in PTUNING:
+        encoder = PromptEncoder.load(resume) if resume else PromptEncoder(PromptEncoderConfig(
+            cfg.num_virtual_tokens, lm.get_input_embeddings().embedding_dim, cfg.encoder_hidden_size))
+    head = None
+    if get_objective(cfg.objective).domain_adversarial:
+        head = DomainHead(lm.get_input_embeddings().embedding_dim, cfg.domain_head_width)
+        if resume:
+            from safetensors.torch import load_file
+
+            head.load_state_dict(load_file(str(resume / DOMAIN_HEAD_WEIGHTS)))
+    return Student(lm, encoder, head)
+
+
+def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: str | Path) -> Path:
+    """Write what transformers/peft load: the adapter (ModelSpec(source=base, adapter=dir)) or
+    full weights (ModelSpec(source=dir)), the prompt encoder / domain head, and student.json."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.peft in LORA or cfg.peft == "full":
+        student.lm.save_pretrained(str(out))
+    if cfg.peft == "full":
+        tokenizer.save_pretrained(str(out))
+    if student.prompt_encoder is not None:
+        student.prompt_encoder.save(out)
+    if student.domain_head is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in student.domain_head.state_dict().items()},
+                  str(out / DOMAIN_HEAD_WEIGHTS))
+    meta = {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
+            "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision}
+    (out / STUDENT_META).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position, 0 where the target is IGNORE. logits (R, T, V) -> (R, T).
+
+    cross_entropy fuses log-softmax and gather, so no second (R, T, V) tensor is materialized; it
+    runs in fp32 under bf16 autocast.
+    """
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    return -nll.view(targets.shape)
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compute_loss(model: nn.Module, student: Student, batch: Batch, objective: Objective, params: LossParams,
+                 precision: str = "float32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward one collated batch and apply the objective. `model` is what to call (the DDP wrapper
+    or the student itself); `student` is the unwrapped module (for the domain head)."""
+    device = batch.input_ids.device
+    with _autocast(precision, device):
+        logits, hidden = model(batch.input_ids, batch.position_ids, batch.virtual_index, objective.domain_adversarial)
+    inputs = LossInputs(token_logp=token_logprobs(logits, batch.targets), roles=batch.roles)
+    if objective.domain_adversarial:
+        pooled = pool_examples(hidden.float(), batch.example_index, batch.question_mask, batch.n_examples)
+        inputs.domain_logits = student.domain_head(pooled)
+        inputs.domain = batch.domain
+    return objective.loss(inputs, params)
+
+
+def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimizer, scheduler: Any,
+               micro_batches: list[Batch], objective: Objective, params: LossParams, *,
+               precision: str = "float32", max_grad_norm: float = 1.0) -> dict[str, float]:
+    """One optimizer step over `micro_batches` (gradient accumulation; DDP syncs on the last only)."""
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not isinstance(model, nn.parallel.DistributedDataParallel) \
+            else model.no_sync()
+        with sync:
+            loss, parts = compute_loss(model, student, batch, objective, params, precision)
+            (loss / len(micro_batches)).backward()
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    return totals
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then constant / linear decay to 0 / cosine to 0 at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class BatchStream:
+    """Micro-batches of one worker's rows, epoch after epoch, in a seeded order.
+
+    Position `k` (micro-batches consumed so far) fully determines what comes next, so a resumed
+    run continues the same order: epoch = k // batches_per_epoch.
+    """
+
+    def __init__(self, examples: list[list[Sequence]], cfg: TrainConfig, *, pad_id: int, seed: int,
+                 targets: list[Sequence] | None = None) -> None:
+        if not examples:
+            raise DataError("this worker received no training rows (more workers than rows?)", field="num_workers")
+        self.examples, self.cfg, self.pad_id, self.seed = examples, cfg, pad_id, seed
+        self.targets = targets or []
+        self.lengths = [sum(len(s) for s in seqs) for seqs in examples]
+        self.per_epoch = math.ceil(len(examples) / cfg.batch_size)
+
+    def batch(self, k: int) -> Batch:
+        epoch, index = divmod(k, self.per_epoch)
+        plan = plan_batches(self.lengths, self.cfg.batch_size, batching=self.cfg.batching, seed=self.seed + epoch)
+        seqs = [s for i in plan[index] for s in self.examples[i]]
+        if self.targets:  # PRADA: as many unlabeled target questions as labeled rows, cycling
+            start = (k * len(plan[index])) % len(self.targets)
+            seqs += [self.targets[(start + j) % len(self.targets)] for j in range(len(plan[index]))]
+        return collate(seqs, pad_id=self.pad_id, pack=self.cfg.batching == "packed", capacity=self.cfg.max_seq_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The Ray Train worker loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _rows(shard: Any) -> list[list[Sequence]]:
+    return [from_item(item) for item in shard.iter_rows()]
+
+
+def _all_reduce_mean(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
+
+
+def _validate(model: nn.Module, student: Student, val: list[list[Sequence]], cfg: TrainConfig, objective: Objective,
+              params: LossParams, pad_id: int, world: int) -> float:
+    """Mean task loss over this worker's validation rows, averaged over all workers' batches."""
+    model.eval()
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(val), cfg.batch_size):
+            seqs = [s for seqs in val[start : start + cfg.batch_size] for s in seqs]
+            batch = collate(seqs, pad_id=pad_id, pack=cfg.batching == "packed", capacity=cfg.max_seq_len)
+            if objective.domain_adversarial:  # no target rows here: score the task loss L_y only
+                batch.domain = torch.zeros_like(batch.domain)
+            loss, parts = compute_loss(model, student, batch, objective, params, cfg.precision)
+            total += float(parts.get("task_loss", loss))
+            count += 1
+    model.train()
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([total, count], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, count = float(t[0]), float(t[1])
+    return total / max(count, 1.0)
+
+
+def save_checkpoint(student: Student, cfg: TrainConfig, tokenizer: Any, optimizer: Any, scheduler: Any, step: int,
+                    history: list[dict[str, Any]], metrics: dict[str, Any], rank: int) -> None:
+    """Rank 0 writes the student (HF format) + trainer state + metrics log; every rank reports.
+
+    The one place with rank logic: every worker must call report (it is a barrier).
+    """
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_student(student, cfg, tokenizer, tmp)
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "rng": torch.get_rng_state()}, os.path.join(tmp, TRAINER_STATE))
+            with open(os.path.join(tmp, METRICS_LOG), "w") as f:
+                f.writelines(json.dumps(rec) + "\n" for rec in history)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)  # [ray]
+        ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """The TorchTrainer worker function: setup, resume, loop, report."""
+    import ray.train
+    import ray.train.torch
+
+    from ray_cotd.student.model import load_tokenizer
+
+    cfg: TrainConfig = config["cfg"]
+    ctx = ray.train.get_context()  # [ray]
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray sets OMP_NUM_THREADS to the worker's CPUs; torch must match or two workers oversubscribe.
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+    objective = get_objective(cfg.objective)
+    tokenizer = load_tokenizer(cfg.student)
+
+    # --- setup: resume from the latest checkpoint when there is one (a retry or the same run name)
+    start_step, history, state = 0, [], None
+    checkpoint = ray.train.get_checkpoint()  # [ray]
+    resume_ctx = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
+    with resume_ctx as resume_dir:
+        student = build_student(cfg, resume_dir=resume_dir)
+        if resume_dir is not None:
+            state = torch.load(os.path.join(resume_dir, TRAINER_STATE), weights_only=False)
+            start_step = state["step"]
+            with open(os.path.join(resume_dir, METRICS_LOG)) as f:
+                history = [json.loads(line) for line in f if line.strip()]
+    model = ray.train.torch.prepare_model(student, parallel_strategy=cfg.parallel_strategy)  # [ray]
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    scheduler = make_scheduler(optimizer, cfg)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    if rank == 0 and start_step:
+        print(f"[train] resumed from step {start_step}", flush=True)
+
+    train_rows = _rows(ray.train.get_dataset_shard("train"))  # [ray]
+    val_rows = _rows(ray.train.get_dataset_shard("val")) if config["has_val"] else []  # [ray]
+    targets = [s for seqs in _rows(ray.train.get_dataset_shard("target")) for s in seqs] \
+        if objective.domain_adversarial else None  # [ray]
+    stream = BatchStream(train_rows, cfg, pad_id=tokenizer.pad_token_id, seed=cfg.seed * 1000 + rank, targets=targets)
+
+    # --- the loop
+    model.train()
+    metrics: dict[str, Any] = {}
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        t0 = time.perf_counter()
+        params = LossParams(alpha=cfg.alpha, lambda_=lambda_at(cfg.lambda_, cfg.lambda_schedule, (step - 1) / cfg.max_steps))
+        micro = [stream.batch((step - 1) * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+        values = train_step(model, student, optimizer, scheduler, micro, objective, params, precision=cfg.precision)
+        values = _all_reduce_mean(values, world)
+        seconds = time.perf_counter() - t0
+        tokens = sum(b.real_tokens for b in micro) * world
+        metrics = {"step": step, **values, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
+                   "tokens_per_s": tokens / seconds, "step_s": seconds}
+        if objective.domain_adversarial:
+            metrics["lambda"] = params.lambda_
+        if config["has_val"] and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
+            metrics["val_loss"] = _validate(model, student, val_rows, cfg, objective, params,
+                                                tokenizer.pad_token_id, world)
+        history.append(metrics)
+        if rank == 0:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens"))
+            print(f"[train] step {step}/{cfg.max_steps} {shown}", flush=True)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            save_checkpoint(student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
+        else:
+            ray.train.report(metrics)  # [ray] metrics each step (persisted only with a checkpoint)
+    return {"start_step": start_step, "final": metrics}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _storage_path(cfg: TrainConfig) -> str:
+    if cfg.storage_path:
+        return cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
+    return str((Path(cfg.output_dir) / "ray").resolve())
+
+
+def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
+    """Read, split and encode the corpus, failing before any worker starts when it cannot train."""
+    from ray_cotd.student.corpus import load_corpus, load_target_questions
+
+    objective = get_objective(cfg.objective)
+    corpus = load_corpus(cfg.corpus, cfg.mapping, needs_rationale=objective.needs_rationale,
+                         holdout_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    nv = n_virtual(cfg)
+    train, stats = encode_rows(tokenizer, corpus.train, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
+    val, val_stats = encode_rows(tokenizer, corpus.val, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
+    if not train:
+        raise DataError(f"all {stats.rows} training rows are longer than max_seq_len={cfg.max_seq_len} even with "
+                        "the rationale cut to one token; raise max_seq_len", path=cfg.corpus, field="max_seq_len")
+    if len(train) < cfg.num_workers:
+        raise DataError(f"{len(train)} training rows cannot feed {cfg.num_workers} workers", path=cfg.corpus)
+    targets: list[list[Sequence]] = []
+    if objective.domain_adversarial:
+        questions = load_target_questions(cfg.target_questions)
+        for q in questions:
+            seq = prompt_sequence(tokenizer, q, n_virtual=nv)
+            if len(seq) <= cfg.max_seq_len:
+                targets.append([seq])
+        if len(targets) < cfg.num_workers:
+            raise DataError("too few target-domain questions fit max_seq_len", path=cfg.target_questions)
+    return {"corpus": corpus, "train": train, "val": val, "targets": targets, "stats": stats, "val_stats": val_stats}
+
+
+def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, str]:
+    """Copy the final checkpoint's student files to output_dir/student (and merge if asked)."""
+    out = Path(cfg.output_dir)
+    student_dir = out / "student"
+    if student_dir.exists():
+        shutil.rmtree(student_dir)
+    shutil.copytree(checkpoint_dir, student_dir, ignore=shutil.ignore_patterns(TRAINER_STATE, METRICS_LOG))
+    shutil.copy(Path(checkpoint_dir) / METRICS_LOG, out / METRICS_LOG)
+    paths = {"student_dir": str(student_dir)}
+    if cfg.merge_adapters and cfg.peft in LORA:
+        from ray_cotd.student.model import load_model, load_tokenizer
+
+        merged = out / "merged"
+        lm = load_model(ModelSpec(**{**asdict(cfg.student), "adapter": str(student_dir)})).merge_and_unload()
+        lm.save_pretrained(str(merged))
+        load_tokenizer(cfg.student).save_pretrained(str(merged))
+        for name in (PROMPT_ENCODER_WEIGHTS, PROMPT_ENCODER_CONFIG):  # lora+ptuning keeps its encoder
+            if (student_dir / name).is_file():
+                shutil.copy(student_dir / name, merged / name)
+        paths["merged_dir"] = str(merged)
+    return paths
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a student as `cfg` says, on cfg.num_workers Ray Train workers; returns a summary with
+    steps, final loss, student_dir and checkpoints."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ray_cotd.data.readers import BadRow, write_bad_rows
+    from ray_cotd.student.model import load_tokenizer
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    objective = get_objective(cfg.objective)
+    print(f"[train] objective={cfg.objective} peft={cfg.peft} precision={cfg.precision} "
+          f"workers={cfg.num_workers} batching={cfg.batching}", flush=True)
+
+    data = prepare_data(cfg, load_tokenizer(cfg.student))
+    corpus, stats = data["corpus"], data["stats"]
+    bad_path = out / "bad_rows.jsonl"
+    if bad_path.exists():
+        bad_path.unlink()
+    write_bad_rows([BadRow(b["path"], b["row"], b["field"], b["reason"], b["detail"]) for b in corpus.bad], bad_path)
+    data_report = {**corpus.summary(), "encode": stats.as_dict(), "val_encode": data["val_stats"].as_dict()}
+    print(f"[train] data: {json.dumps(data_report)}", flush=True)
+
+    if not ray.is_initialized():
+        ray.init()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
+    datasets = {"train": ray.data.from_items(to_items(data["train"]))}  # [ray]
+    if data["val"]:
+        datasets["val"] = ray.data.from_items(to_items(data["val"]))  # [ray]
+    if objective.domain_adversarial:
+        datasets["target"] = ray.data.from_items(to_items(data["targets"]))  # [ray]
+
+    trainer = TorchTrainer(  # [ray]
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "has_val": bool(data["val"])},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=_storage_path(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+    )
+    result = trainer.fit()  # [ray]
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint under {result.path}")
+    with result.checkpoint.as_directory() as final_dir:
+        paths = export_student(final_dir, cfg)
+    history = [json.loads(line) for line in (out / METRICS_LOG).read_text().splitlines() if line.strip()]
+    steps = [h for h in history if "loss" in h]
+    summary = {
+        "steps": steps[-1]["step"] if steps else 0,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        "resumed_from_step": (result.return_value or {}).get("start_step"),
+        **paths,
+        "checkpoints": [c.path for c, _ in result.best_checkpoints],
+        "run_path": result.path,
+        "metrics_log": str(out / METRICS_LOG),
+        "data": data_report,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[train] done: {summary['steps']} steps, final loss {summary['final_loss']}, student {paths['student_dir']}",
+          flush=True)
+    return summary
+
+
+__all__ = [
+    "Student",
+    "BatchStream",
+    "build_student",
+    "compute_loss",
+    "encode_rows",
+    "export_student",
+    "make_scheduler",
+    "prepare_data",
+    "run_train",
+    "save_student",
+    "token_logprobs",
+    "train_loop_per_worker",
+    "train_step",
+]
