@@ -49,6 +49,41 @@ class MappingSpec(StageConfig):
 
 
 @dataclass
+class OpenAIEngineSpec(StageConfig):
+    """An OpenAI-compatible chat-completions endpoint as the teacher (hosted API, vLLM or Ray Serve)."""
+
+    base_url: str = doc("", "endpoint root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    model: str = doc("", "model name sent with every request")
+    api_key_env: str = doc("OPENAI_API_KEY", "environment variable holding the API key (unset: no auth header)")
+    max_concurrency: int = doc(8, "requests in flight per engine replica")
+    timeout_s: float = doc(60.0, "per-request timeout")
+    max_retries: int = doc(4, "retries on 429, 5xx, timeouts and dropped connections")
+    backoff_s: float = doc(1.0, "first retry wait; doubles per retry (Retry-After wins when given)")
+
+    def validate(self) -> None:
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ConfigError("openai: max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0")
+
+
+@dataclass
+class VLLMEngineSpec(StageConfig):
+    """vLLM through Ray Data LLM (GPU clusters). Replicas = num_workers, rows per batch = batch_size."""
+
+    tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over")
+    pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)")
+    max_model_len: Optional[int] = doc(None, "context limit (None = the model's)")
+    gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take")
+    enable_prefix_caching: bool = doc(True, "reuse the shared 1-shot prompt prefix across rows and samples")
+    max_concurrent_batches: int = doc(8, "batches in flight per replica")
+    accelerator_type: Optional[str] = doc(None, "GPU type to schedule on, e.g. H100, A100, L4")
+    engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
+
+    def validate(self) -> None:
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1 or self.max_concurrent_batches < 1:
+            raise ConfigError("vllm: tensor_parallel_size, pipeline_parallel_size, max_concurrent_batches must be >= 1")
+
+
+@dataclass
 class AnnotateConfig(StageConfig):
     questions: str = doc("", "question file or HF dataset (JSON array, JSONL, Parquet, CSV, datasets dir or hub id)")
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping of the question file")
@@ -59,7 +94,7 @@ class AnnotateConfig(StageConfig):
     teacher: ModelSpec = doc(factory=ModelSpec, text="teacher model for the transformers and vLLM engines")
     teacher_name: Optional[str] = doc(None, "name recorded in rows (default: the model source)")
     levels: list[int] = doc(factory=lambda: [3], text="granularity levels 1..6 to annotate")
-    formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats")
+    formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats: cot | least_to_most | rar | symbolic")
     n_samples: int = doc(1, "rationales per question (PRADA's diverse CoTs)")
     temperature: float = doc(0.0, "sampling temperature (0 = greedy; n_samples > 1 needs > 0)")
     top_p: float = doc(1.0, "nucleus sampling p")
@@ -71,11 +106,15 @@ class AnnotateConfig(StageConfig):
     gpus_per_worker: float = doc(0.0, "GPUs reserved per engine replica")
     wrong: Literal["keep", "drop", "aside"] = doc("aside", "what to do with rationales whose answer disagrees with gold")
     limit: Optional[int] = doc(None, "annotate only the first N questions (smoke runs)")
+    openai: OpenAIEngineSpec = doc(factory=OpenAIEngineSpec, text="endpoint settings of the openai engine")
+    vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="settings of the vllm engine")
 
     def validate(self) -> None:
-        bad = [lv for lv in self.levels if lv not in GRANULARITY_LEVELS]
-        if bad:
-            raise ConfigError(f"levels: {bad} not valid; choose from {list(GRANULARITY_LEVELS)}")
+        from ray_cotd.teacher.prompts import check_choices  # the template tables own the valid names
+
+        check_choices(self.levels, self.formats)
+        if self.engine == "openai" and not (self.openai.base_url and self.openai.model):
+            raise ConfigError("openai.base_url and openai.model: the openai engine needs both")
         if self.n_samples < 1:
             raise ConfigError("n_samples: must be >= 1")
         if self.n_samples > 1 and self.temperature <= 0:
@@ -92,7 +131,9 @@ class TrainConfig(StageConfig):
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping when the corpus is not our Parquet schema")
     target_questions: Optional[str] = doc(None, "unlabeled target-domain questions (PRADA)")
     student: ModelSpec = doc(factory=ModelSpec, text="student model")
-    objective: str = doc("cascod", "answer_only | std_cot | step_by_step | cascod | prada | cascod+prada")
+    objective: Literal["answer_only", "std_cot", "step_by_step", "cascod", "prada", "cascod+prada"] = doc(
+        "cascod", "training objective (docs/objectives.md maps each to its paper equation)"
+    )
     alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer")
     lambda_: float = doc(0.1, "PRADA domain-loss weight λ in E = L_y − λ·(L_d(src) + L_d(tgt))")
     lambda_schedule: Literal["constant", "dann"] = doc("constant", "constant λ or the DANN ramp 2/(1+exp(-10p))-1")
@@ -104,8 +145,11 @@ class TrainConfig(StageConfig):
         text="module names LoRA wraps",
     )
     num_virtual_tokens: int = doc(16, "P-Tuning virtual tokens")
+    encoder_hidden_size: int = doc(128, "P-Tuning prompt-encoder MLP width")
+    domain_head_width: int = doc(256, "PRADA domain-classifier hidden width")
     precision: Precision = doc("float32", "training precision (bfloat16 = autocast)")
-    num_workers: int = doc(1, "Ray Train workers (DDP)")
+    num_workers: int = doc(1, "Ray Train workers")
+    parallel_strategy: Literal["ddp", "fsdp"] = doc("ddp", "how workers share the model (fsdp for large students)")
     cpus_per_worker: float = doc(1.0, "CPUs per Train worker")
     use_gpu: bool = doc(False, "train on GPUs")
     batch_size: int = doc(8, "rows per step per worker")
@@ -117,9 +161,13 @@ class TrainConfig(StageConfig):
     max_seq_len: int = doc(512, "token limit; rationales are truncated, never answers")
     val_every: int = doc(0, "validate every k steps (0 = only at the end)")
     val_fraction: float = doc(0.1, "share of training questions held out for validation")
+    val_generate: int = doc(0, "validation questions scored by two-stage generation (val_accuracy); 0 = off")
+    val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions")
     holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)")
     checkpoint_every: int = doc(50, "checkpoint every k steps")
-    packing: bool = doc(True, "pack sequences (no cross-example attention) instead of padding")
+    batching: Literal["packed", "grouped", "padded"] = doc(
+        "packed", "packed: examples share rows (no cross-example attention); grouped: similar lengths per batch"
+    )
     seed: int = doc(0, "seed for data order and init")
     output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
     storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
@@ -132,9 +180,9 @@ class TrainConfig(StageConfig):
             raise ConfigError(f"alpha: {self.alpha} is outside [0, 1]")
         if self.lambda_ < 0 or math.isnan(self.lambda_):
             raise ConfigError(f"lambda_: {self.lambda_} must be >= 0")
-        if "prada" in self.objective and not self.target_questions:
+        if self.objective in ("prada", "cascod+prada") and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
-        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers"):
+        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers", "num_virtual_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.holdout_fraction < 1.0:
@@ -151,6 +199,14 @@ class TestSetSpec(StageConfig):
     holdout: Literal["all", "test", "train"] = doc("all", "use all rows, or one side of the fixed hold-out split")
     limit: Optional[int] = doc(None, "evaluate only the first N rows")
 
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit: must be >= 1 (or null for all rows)")
+
+
+# What each evaluation baseline runs (keys of ray_cotd.evaluate.BASELINES).
+BASELINE_NAMES = ("untrained", "few_shot")
+
 
 @dataclass
 class EvaluateConfig(StageConfig):
@@ -165,6 +221,26 @@ class EvaluateConfig(StageConfig):
     seed: int = doc(0, "hold-out split seed (same as training)")
     faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
     output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions")
+    student_names: list[str] = doc(factory=list, text="report names of the students, in order (default: from paths)")
+    baseline_model: ModelSpec = doc(factory=ModelSpec, text="the untrained student the baselines run")
+    few_shot_file: Optional[str] = doc(None, "few-shot demonstrations JSON (default: the packaged assets/few_shot.json)")
+    num_workers: int = doc(1, "generation actors (Ray Data actor pool size)")
+    cpus_per_worker: float = doc(1.0, "CPUs per generation actor (also its torch threads)")
+    gpus_per_worker: float = doc(0.0, "GPUs per generation actor")
+
+    def validate(self) -> None:
+        bad = [b for b in self.baselines if b not in BASELINE_NAMES]
+        if bad:
+            raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINE_NAMES)}")
+        if self.student_names and len(self.student_names) != len(self.students):
+            raise ConfigError(
+                f"student_names: {len(self.student_names)} names for {len(self.students)} students"
+            )
+        for key in ("batch_size", "max_rationale_tokens", "max_answer_tokens", "num_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError("holdout_fraction: must be in (0, 1)")
 
 
 @dataclass
@@ -188,24 +264,42 @@ class TuneConfig(StageConfig):
 
 @dataclass
 class ServeConfig(StageConfig):
-    student: ModelSpec = doc(factory=ModelSpec, text="student to serve")
-    host: str = doc("127.0.0.1", "HTTP host")
+    student: ModelSpec = doc(factory=ModelSpec, text="student to serve (full weights, or base + adapter)")
+    app_name: str = doc("ray-cotd", "Serve application name")
+    host: str = doc("127.0.0.1", "HTTP host (0.0.0.0 to listen on every interface)")
     port: int = doc(8000, "HTTP port")
-    num_replicas: int = doc(1, "replicas (ignored when autoscaling max_replicas > 1)")
-    max_replicas: int = doc(1, "autoscaling upper bound")
+    num_replicas: int = doc(1, "replicas; the autoscaling lower bound when max_replicas is larger")
+    max_replicas: int = doc(1, "autoscaling upper bound (autoscaling is on when it exceeds num_replicas)")
+    target_ongoing_requests: float = doc(8.0, "autoscaling: ongoing requests per replica to aim for")
+    num_cpus: float = doc(1.0, "CPUs reserved per replica; torch uses as many threads")
+    num_gpus: float = doc(0.0, "GPUs reserved per replica")
     max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size")
-    max_batch_size: int = doc(8, "dynamic batch size")
+    max_batch_size: int = doc(8, "dynamic batch size (1 = one request at a time)")
     batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill")
+    max_body_bytes: int = doc(65536, "larger request bodies get 413")
     max_question_chars: int = doc(4000, "longer questions get 413")
     max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens")
     max_answer_tokens: int = doc(16, "default and upper bound for stage-2 tokens")
-    request_timeout_s: float = doc(120.0, "per-request timeout")
+    request_timeout_s: float = doc(120.0, "per-request timeout; a request still running then gets 503")
     auth_token_env: Optional[str] = doc(None, "env var holding a bearer token every route but /healthz requires")
-    model_name: str = doc("ray-cotd-student", "name reported by /v1/models")
+    model_name: str = doc("ray-cotd-student", "name reported by /v1/models and accepted as `model`")
+    request_log: Optional[str] = doc(None, "also append JSON-lines request logs to this file (always in the replica log)")
 
     def validate(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("max_ongoing_requests: must be >= max_batch_size, or Serve caps every batch")
+        for key in ("num_replicas", "max_batch_size", "max_body_bytes", "max_question_chars",
+                    "max_rationale_tokens", "max_answer_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1")
+        if self.max_replicas < self.num_replicas:
+            raise ConfigError("max_replicas: must be >= num_replicas")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: {self.port} is not a TCP port (1-65535)")
+        if self.batch_wait_timeout_s < 0 or self.request_timeout_s <= 0 or self.target_ongoing_requests <= 0:
+            raise ConfigError("batch_wait_timeout_s must be >= 0; request_timeout_s and target_ongoing_requests > 0")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("num_cpus and num_gpus must be >= 0")
 
 
 @dataclass
@@ -249,12 +343,14 @@ __all__ = [
     "EvaluateConfig",
     "MappingSpec",
     "ModelSpec",
+    "OpenAIEngineSpec",
     "PipelineConfig",
     "ServeConfig",
     "STAGE_CONFIGS",
     "TestSetSpec",
     "TrainConfig",
     "TuneConfig",
+    "VLLMEngineSpec",
     "describe_stage",
     "load_stage_config",
     "save_resolved",

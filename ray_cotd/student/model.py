@@ -162,39 +162,52 @@ def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> Any:
         raise ModelLoadError(f"cannot load model from {source}: {err}") from err
     if spec.adapter:
         adapter = Path(spec.adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{adapter} is not a PEFT adapter directory: it has no adapter_config.json")
-        from peft import PeftModel
+        if (adapter / "adapter_config.json").is_file():
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
+        elif not (adapter / STUDENT_META).is_file():  # a P-Tuning-only student has no LoRA weights
+            raise ModelLoadError(
+                f"{adapter} is not an adapter directory: it has neither adapter_config.json nor {STUDENT_META}"
+            )
     return model
 
 
-STUDENT_META = "ray_cotd_student.json"  # written by training beside an adapter: the base ModelSpec
+STUDENT_META = "student.json"  # written by training into every student directory (base model, peft kind)
 
 
 def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSpec:
-    """The ModelSpec that loads a trained student directory: full weights, or base + adapter.
+    """The ModelSpec that loads a trained student directory.
 
-    An adapter directory names its base in STUDENT_META (portable: "default" stays "default"
-    instead of one machine's cache path), falling back to peft's base_model_name_or_path.
+    Full weights load from the directory itself. An adapter student (LoRA and/or a P-Tuning
+    prompt encoder) loads its base from student.json ("default" stays "default" rather than one
+    machine's cache path) with the directory as `adapter`.
     """
     import json
 
     directory = Path(path)
     if (directory / "config.json").is_file():
         return ModelSpec(source=str(directory), dtype=dtype)
+    meta = directory / STUDENT_META
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        return ModelSpec(source=info["base"], gguf_file=info.get("gguf_file"), adapter=str(directory), dtype=dtype)
     if (directory / "adapter_config.json").is_file():
-        meta = directory / STUDENT_META
-        if meta.is_file():
-            base = json.loads(meta.read_text())["base"]
-            return ModelSpec(**{**base, "adapter": str(directory), "dtype": dtype})
-        base_name = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
-        return ModelSpec(source=base_name, adapter=str(directory), dtype=dtype)
+        base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return ModelSpec(source=base, adapter=str(directory), dtype=dtype)
     raise ModelLoadError(
-        f"{directory} is not a student directory: it has neither config.json (full weights) "
-        "nor adapter_config.json (a PEFT adapter)"
+        f"{directory} is not a student directory: it has no config.json (full weights), "
+        f"{STUDENT_META} or adapter_config.json (an adapter student)"
     )
+
+
+def load_prompt_encoder(spec: ModelSpec) -> Any:
+    """The P-Tuning prompt encoder of an adapter student, or None when it has none."""
+    from ray_cotd.student.prada import PROMPT_ENCODER_CONFIG, PromptEncoder
+
+    if spec.adapter and (Path(spec.adapter) / PROMPT_ENCODER_CONFIG).is_file():
+        return PromptEncoder.load(spec.adapter).eval()
+    return None
 
 
 def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[Any, Any]:
@@ -210,6 +223,7 @@ __all__ = [
     "default_gguf_path",
     "load_model",
     "load_model_and_tokenizer",
+    "load_prompt_encoder",
     "load_tokenizer",
     "materialize_gguf",
     "resolve_source",

@@ -319,6 +319,23 @@ def _validate(model: nn.Module, student: Student, val: list[list[Sequence]], cfg
     return total / max(count, 1.0)
 
 
+def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str]], cfg: TrainConfig) -> float:
+    """Share of validation questions the student answers right by two-stage generation: the
+    inference module evaluation and serving use, so tuning selects on what is deployed."""
+    from ray_cotd.data.answers import answers_match, infer_answer_type
+    from ray_cotd.inference import GenerationLimits, Generator
+
+    golds = [q["answer"] for q in questions]
+    answer_type = infer_answer_type(golds)
+    generator = Generator(student.lm, tokenizer, prompt_encoder=student.prompt_encoder)
+    student.eval()
+    with torch.no_grad():
+        results = generator.two_stage([q["question"] for q in questions],
+                                      GenerationLimits(max_rationale_tokens=cfg.val_max_rationale_tokens))
+    student.train()
+    return sum(answers_match(r.answer, gold, answer_type) for r, gold in zip(results, golds)) / len(golds)
+
+
 def save_checkpoint(student: Student, cfg: TrainConfig, tokenizer: Any, optimizer: Any, scheduler: Any, step: int,
                     history: list[dict[str, Any]], metrics: dict[str, Any], rank: int) -> None:
     """Rank 0 writes the student (HF format) + trainer state + metrics log; every rank reports.
@@ -401,6 +418,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if config["has_val"] and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
             metrics["val_loss"] = _validate(model, student, val_rows, cfg, objective, params,
                                                 tokenizer.pad_token_id, world)
+            if config["val_questions"] and rank == 0:
+                metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg)
         history.append(metrics)
         if rank == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens"))
@@ -473,9 +492,12 @@ def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, st
     return paths
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a student as `cfg` says, on cfg.num_workers Ray Train workers; returns a summary with
-    steps, final loss, student_dir and checkpoints."""
+def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Check and encode the corpus, then fit a TorchTrainer; -> (Ray Train result, data report).
+
+    Shared by `run_train` and by each Ray Tune trial (which passes TuneReportCallback so the
+    rank-0 reports become the trial's results).
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -507,18 +529,28 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if objective.domain_adversarial:
         datasets["target"] = ray.data.from_items(to_items(data["targets"]))  # [ray]
 
+    # Validation questions scored by two-stage generation (val_accuracy), on rank 0.
+    unique = {r["question"]: r["answer"] for r in data["corpus"].val}  # several samples, one question
+    val_questions = [{"question": q, "answer": a} for q, a in unique.items()][: cfg.val_generate]
     trainer = TorchTrainer(  # [ray]
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "has_val": bool(data["val"])},
+        train_loop_config={"cfg": cfg, "has_val": bool(data["val"]), "val_questions": val_questions},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=_storage_path(cfg),
+            name=cfg.name, storage_path=_storage_path(cfg), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
     )
-    result = trainer.fit()  # [ray]
+    return trainer.fit(), data_report  # [ray]
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a student as `cfg` says, on cfg.num_workers Ray Train workers; returns a summary with
+    steps, final loss, student_dir and checkpoints."""
+    out = Path(cfg.output_dir)
+    result, data_report = fit_student(cfg)
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint under {result.path}")
     with result.checkpoint.as_directory() as final_dir:
@@ -530,6 +562,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "first_loss": steps[0]["loss"] if steps else None,
         "final_loss": steps[-1]["loss"] if steps else None,
         "val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        "val_accuracy": next((h["val_accuracy"] for h in reversed(history) if "val_accuracy" in h), None),
         "resumed_from_step": (result.return_value or {}).get("start_step"),
         **paths,
         "checkpoints": [c.path for c, _ in result.best_checkpoints],
@@ -550,6 +583,7 @@ __all__ = [
     "compute_loss",
     "encode_rows",
     "export_student",
+    "fit_student",
     "make_scheduler",
     "prepare_data",
     "run_train",

@@ -81,10 +81,28 @@ def test_directory_that_is_not_a_model(tmp_path):
 
 
 def test_adapter_dir_without_adapter_config(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a PEFT adapter directory"):
+    with pytest.raises(ModelLoadError, match="is not an adapter directory"):
         load_model(ModelSpec(adapter=str(tmp_path)))
 
 
 def test_tokenizer_has_a_pad_token():
     tok = load_tokenizer(ModelSpec())
     assert tok.pad_token is not None and tok.eos_token == "<|im_end|>"
+
+
+def test_student_dir_resolution(tmp_path):
+    import json
+
+    from ray_cotd.student.model import spec_for_student_dir
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "student.json").write_text(json.dumps({"base": "default", "gguf_file": None, "peft": "ptuning"}))
+    spec = spec_for_student_dir(adapter)
+    assert spec.source == "default" and spec.adapter == str(adapter)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    assert spec_for_student_dir(full).source == str(full) and spec_for_student_dir(full).adapter is None
+    with pytest.raises(ModelLoadError, match="is not a student directory"):
+        spec_for_student_dir(tmp_path / "empty")

@@ -1,0 +1,136 @@
+"""Annotate pipeline throughput vs a plain batched `generate` loop (same model, questions, batch size).
+
+    python bench/annotate.py            # 96 questions, batch 8, 96 new tokens, 3 interleaved pairs
+    python bench/annotate.py --quick    # 32 questions, batch 8, 64 new tokens, 2 pairs (< 5 minutes idle)
+
+Both sides run the embedded default teacher (SmolLM2-135M-Instruct), greedy, on the same rendered
+level-3 prompts, with torch using 2 threads: the plain loop in this process, the pipeline in one Ray
+Data actor that reserves both CPUs (Ray would otherwise set OMP_NUM_THREADS to 1 in the actor).
+Generated tokens are counted the same way on both sides: up to and including the first EOS.
+
+Timed: the plain loop from model load to the last batch; the pipeline from run_annotate's call to its
+return (actor start, model load, generation, parsing, Parquet commits). Starting the local Ray
+cluster is not timed (a cluster outlives many annotate runs). The pipeline's own generate-phase
+rate (stats.json this_run.tokens_per_s) is printed too.
+
+Each repeat runs the plain loop, then the pipeline; the ratio is of the medians.
+Last line: pipeline_over_plain=<median pipeline tokens/s / median plain tokens/s, end to end>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = [
+    ("A box holds {a} pens. There are {b} boxes. How many pens are there?", lambda a, b: a * b),
+    ("Leo has {a} stickers and gets {b} more. How many stickers does he have?", lambda a, b: a + b),
+    ("A tank holds {a} litres. {b} litres leak out. How many litres are left?", lambda a, b: a - b),
+    ("{a} cookies are shared equally by {b} children. How many cookies does each child get?", lambda a, b: a // b),
+]
+
+
+def make_questions(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """n distinct invented word problems with gold answers (division always comes out even)."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        text, solve = SHAPES[len(rows) % len(SHAPES)]
+        b = rng.randint(2, 12)
+        a = b * rng.randint(2, 12) if "shared" in text else rng.randint(b + 1, 99)
+        question = text.format(a=a, b=b)
+        if question not in seen:
+            seen.add(question)
+            rows.append({"question": question, "answer": str(solve(a, b))})
+    return rows
+
+
+def plain_loop(questions: list[dict[str, str]], level: int, batch_size: int, max_new_tokens: int) -> tuple[int, float]:
+    """(generated tokens, seconds) of the straightforward loop: load, render, tokenize, generate."""
+    import torch
+
+    from ray_cotd.student.model import load_model_and_tokenizer
+    from ray_cotd.teacher.prompts import render_messages, render_prompt
+
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    model, tok = load_model_and_tokenizer()
+    model.eval()
+    tok.padding_side = "left"
+    eos = tok.eos_token_id
+    tokens = 0
+    for i in range(0, len(questions), batch_size):
+        prompts = [render_prompt(tok, render_messages(q["question"], level, "cot", "numeric"))
+                   for q in questions[i : i + batch_size]]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            tokens += row.index(eos) + 1 if eos in row else len(row)
+    return tokens, time.perf_counter() - start
+
+
+def pipeline(questions_path: Path, out_dir: Path, level: int, batch_size: int, max_new_tokens: int) -> tuple[int, float, dict]:
+    from ray_cotd.config import AnnotateConfig
+    from ray_cotd.teacher.annotate import run_annotate
+
+    cfg = AnnotateConfig(questions=str(questions_path), output_dir=str(out_dir), levels=[level],
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, num_workers=1, cpus_per_worker=2.0)
+    start = time.perf_counter()
+    stats = run_annotate(cfg)
+    return stats["this_run"]["completion_tokens"], time.perf_counter() - start, stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller run (< 5 minutes on 2 idle CPU cores)")
+    parser.add_argument("--questions", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="plain/pipeline pairs, interleaved")
+    parser.add_argument("--level", type=int, default=3)
+    args = parser.parse_args()
+    n = args.questions or (32 if args.quick else 96)
+    max_new = args.max_new_tokens or (64 if args.quick else 96)
+    repeats = args.repeats or (2 if args.quick else 3)
+
+    import ray
+
+    questions = make_questions(n)
+    plain_rates, pipe_rates, gen_rates = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
+        qpath = Path(tmp) / "questions.jsonl"
+        qpath.write_text("".join(json.dumps(q) + "\n" for q in questions))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            # Interleaved pairs: on a shared machine the load drifts, and a pair sees similar load.
+            for rep in range(repeats):
+                plain_tokens, plain_s = plain_loop(questions, args.level, args.batch_size, max_new)
+                pipe_tokens, pipe_s, stats = pipeline(qpath, Path(tmp) / f"out{rep}", args.level, args.batch_size, max_new)
+                plain_rates.append(plain_tokens / plain_s)
+                pipe_rates.append(pipe_tokens / pipe_s)
+                gen_rates.append(stats["this_run"]["tokens_per_s"])
+                print(f"repeat {rep}: plain {plain_tokens} tokens in {plain_s:.1f} s = {plain_rates[-1]:.1f} tok/s; "
+                      f"pipeline {pipe_tokens} tokens in {pipe_s:.1f} s = {pipe_rates[-1]:.1f} tok/s end to end "
+                      f"(generate phase {gen_rates[-1]:.1f} tok/s); same tokens: {pipe_tokens == plain_tokens}",
+                      flush=True)
+        finally:
+            ray.shutdown()
+
+    plain_med, pipe_med = statistics.median(plain_rates), statistics.median(pipe_rates)
+    print(f"questions={n} batch_size={args.batch_size} max_new_tokens={max_new} level={args.level} threads=2 "
+          f"repeats={repeats}")
+    print(f"median plain {plain_med:.1f} tok/s; median pipeline {pipe_med:.1f} tok/s end to end, "
+          f"{statistics.median(gen_rates):.1f} tok/s generate phase")
+    print(f"per-pair ratios: {[round(p / q, 3) for p, q in zip(pipe_rates, plain_rates)]}")
+    print(f"pipeline kept {stats['kept']}/{stats['rows_in']} rows; dropped {stats['dropped_by_reason']}")
+    print(f"pipeline_over_plain={pipe_med / plain_med:.3f}")
+
+
+if __name__ == "__main__":
+    main()

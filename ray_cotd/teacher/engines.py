@@ -1,0 +1,478 @@
+"""Teacher engines: one request/completion contract, three backends, chosen by `AnnotateConfig.engine`.
+
+The plain core (no Ray): a `GenerationRequest` (chat messages + sampling settings for ONE sample)
+becomes a `Completion` (text, why generation stopped, token counts). Two engines implement it as
+plain classes you can call in a notebook or a test:
+
+    TransformersTeacher  batched `generate` on CPU or GPU; the embedded default teacher
+    OpenAITeacher        an OpenAI-compatible /chat/completions endpoint (hosted API, vLLM, Ray Serve)
+
+The thin Ray shell (`ENGINES`, `generate_stage`) turns a Ray Dataset of work rows into the same
+rows plus the output columns, with each engine as a Ray Data stage:
+
+    transformers  map_batches over an actor pool of TransformersTeacher (one model per actor)
+    openai        map_batches over an actor pool of OpenAITeacher (bounded threads per actor)
+    vllm          Ray Data LLM's vLLM processor (`build_processor`), GPU clusters only
+
+Request columns (REQUEST_COLUMNS): id, messages (JSON string), temperature, top_p, seed,
+max_new_tokens. Output columns added (OUTPUT_COLUMNS): generated_text, finish_reason (FINISH_REASONS), prompt_tokens,
+completion_tokens, error (detail for "timeout"/"error", else "").
+
+One sample per request everywhere: Ray Data LLM keeps only the first of vLLM's `n` outputs
+(notes/ray-2.60.md §1), so n rationales per question are n rows with seeds seed+i, and the same
+rows drive every engine, which keeps the row keys and resuming engine-independent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ray_cotd.config import DEFAULT_MODEL, AnnotateConfig, ModelSpec, OpenAIEngineSpec
+from ray_cotd.teacher.prompts import render_prompt
+
+DEFAULT_TEACHER_NAME = "SmolLM2-135M-Instruct"
+
+FINISH_REASONS = (
+    "stop",  # the model ended its turn (EOS / stop)
+    "length",  # it hit max_new_tokens: the reply is cut off
+    "timeout",  # an HTTP request that never answered within timeout_s, after every retry
+    "error",  # 429/5xx/connection failures after every retry, or an unreadable reply body
+)
+REQUEST_COLUMNS = ("id", "messages", "temperature", "top_p", "seed", "max_new_tokens")
+OUTPUT_COLUMNS = ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+
+
+class EngineRequestError(RuntimeError):
+    """The endpoint refused a request with a 4xx status: retrying cannot help, so the run stops."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sample to generate. temperature 0 = greedy; seed makes a sampled row reproducible."""
+
+    messages: list[dict[str, str]]
+    temperature: float
+    top_p: float
+    seed: int
+    max_new_tokens: int
+
+    @classmethod
+    def from_columns(cls, batch: dict[str, Any], i: int) -> GenerationRequest:
+        return cls(
+            messages=json.loads(batch["messages"][i]),
+            temperature=float(batch["temperature"][i]),
+            top_p=float(batch["top_p"][i]),
+            seed=int(batch["seed"][i]),
+            max_new_tokens=int(batch["max_new_tokens"][i]),
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str = ""
+
+
+def teacher_name(cfg: AnnotateConfig) -> str:
+    """The teacher recorded in rows (part of the row key): the configured name, else the model."""
+    if cfg.teacher_name:
+        return cfg.teacher_name
+    if cfg.engine == "openai":
+        return cfg.openai.model
+    return DEFAULT_TEACHER_NAME if cfg.teacher.source == DEFAULT_MODEL else cfg.teacher.source
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def _seeded_sampler(temperatures: list[float], top_ps: list[float], seeds: list[int]) -> Any:
+    """A LogitsProcessor that samples every row from its own torch.Generator.
+
+    HF `generate(do_sample=True)` draws from one global RNG, so a row's sample would depend on
+    which rows share its batch, and a resumed run (other batches) would not reproduce a clean
+    run. Here each sampled row draws its token with its own seeded generator and returns a
+    one-hot score row, which greedy decoding then picks; greedy rows (temperature 0) pass through.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.rows = [i for i, t in enumerate(temperatures) if t > 0]
+            self.generators = {i: torch.Generator().manual_seed(seeds[i]) for i in self.rows}
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:  # scores: (B, V)
+            if not self.rows:
+                return scores
+            scores = scores.clone()
+            for i in self.rows:
+                probs = torch.softmax(scores[i].float() / temperatures[i], dim=-1).cpu()
+                if top_ps[i] < 1.0:
+                    sorted_probs, order = probs.sort(descending=True)
+                    # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+                    outside = sorted_probs.cumsum(0) - sorted_probs >= top_ps[i]
+                    sorted_probs[outside] = 0.0
+                    probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+                token = torch.multinomial(probs, 1, generator=self.generators[i]).item()
+                scores[i] = float("-inf")
+                scores[i, token] = 0.0
+            return scores
+
+    return SeededSampler()
+
+
+class TransformersTeacher:
+    """Batched `generate` with a Hugging Face causal LM (the embedded default: SmolLM2-135M-Instruct)."""
+
+    def __init__(self, spec: ModelSpec | None = None, *, num_threads: int | None = None, device: str = "cpu") -> None:
+        import torch
+
+        from ray_cotd.student.model import load_model, load_tokenizer
+
+        if num_threads:
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch must use all of them explicitly.
+            torch.set_num_threads(num_threads)
+        spec = spec or ModelSpec()
+        self.device = device
+        self.model = load_model(spec).to(device).eval()
+        self.tokenizer = load_tokenizer(spec)
+        self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids = {e for e in eos_ids if e is not None}
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        prompts = [render_prompt(self.tokenizer, r.messages) for r in requests]
+        # The chat template already holds the special tokens; adding BOS again would change the prompt.
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        limit = max(r.max_new_tokens for r in requests)
+        # An explicit config, so a teacher's own sampling defaults never mix into our settings.
+        gen_config = GenerationConfig(
+            max_new_tokens=limit,
+            do_sample=False,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        sampler = _seeded_sampler([r.temperature for r in requests], [r.top_p for r in requests], [r.seed for r in requests])
+        with torch.inference_mode():
+            out = self.model.generate(**enc, generation_config=gen_config, logits_processor=LogitsProcessorList([sampler]))
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
+        prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._completion(ids, request.max_new_tokens, int(n_prompt))
+            for ids, request, n_prompt in zip(new_tokens, requests, prompt_lengths)
+        ]
+
+    def _completion(self, ids: list[int], max_new_tokens: int, prompt_tokens: int) -> Completion:
+        end = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
+        if end is not None and end < max_new_tokens:
+            ids, reason = ids[: end + 1], "stop"  # the EOS counts as a generated token, as in vLLM
+        else:
+            ids, reason = ids[:max_new_tokens], "length"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(text, reason, prompt_tokens, len(ids))
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+_HINTS = {
+    401: "check the API key in the environment variable named by openai.api_key_env",
+    403: "check the API key in the environment variable named by openai.api_key_env",
+    404: "check openai.base_url (it should end in /v1) and openai.model",
+}
+
+
+def chat_payload(request: GenerationRequest, model: str) -> dict[str, Any]:
+    """The /chat/completions body for one sample."""
+    return {
+        "model": model,
+        "messages": request.messages,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "max_tokens": request.max_new_tokens,
+        "n": 1,
+    }
+
+
+def parse_chat_response(body: Any) -> Completion:
+    """A Completion from a /chat/completions JSON body; an unreadable body is an "error" completion."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = body.get("usage") or {}
+        reason = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return Completion("", "error", error=f"unreadable reply body: {json.dumps(body)[:200]}")
+    return Completion(
+        text,
+        "length" if reason == "length" else "stop",
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+    )
+
+
+class OpenAITeacher:
+    """An OpenAI-compatible chat endpoint: bounded concurrency, timeouts, retries with backoff.
+
+    429, 408, 5xx, timeouts and dropped connections are retried (Retry-After honoured, else
+    backoff_s doubling); when retries run out the sample becomes a "timeout"/"error" completion
+    and the run goes on. Any other 4xx raises EngineRequestError at once: it means a wrong URL,
+    model or key, and every further request would fail the same way.
+    """
+
+    def __init__(self, spec: OpenAIEngineSpec, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        import requests
+
+        self.spec = spec
+        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"Content-Type": "application/json"}
+        key = os.environ.get(spec.api_key_env)
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.session = requests.Session()
+        self.sleep = sleep
+
+    def complete(self, request: GenerationRequest) -> Completion:
+        import requests
+
+        payload = chat_payload(request, self.spec.model)
+        attempts = self.spec.max_retries + 1
+        for attempt in range(attempts):
+            wait = self.spec.backoff_s * 2**attempt
+            try:
+                resp = self.session.post(self.url, json=payload, headers=self.headers, timeout=self.spec.timeout_s)
+            except requests.Timeout:
+                failure = Completion("", "timeout", error=f"no reply within {self.spec.timeout_s}s")
+            except requests.ConnectionError as err:
+                failure = Completion("", "error", error=f"connection failed: {err}")
+            else:
+                if resp.status_code == 200:
+                    try:
+                        return parse_chat_response(resp.json())
+                    except ValueError:
+                        return Completion("", "error", error=f"reply is not JSON: {resp.text[:200]}")
+                if resp.status_code not in RETRY_STATUSES:
+                    hint = _HINTS.get(resp.status_code, "the request itself was refused; retrying cannot help")
+                    raise EngineRequestError(
+                        f"teacher endpoint {self.url} answered HTTP {resp.status_code} {resp.reason}: "
+                        f"{resp.text[:300]} ({hint})"
+                    )
+                failure = Completion("", "error", error=f"HTTP {resp.status_code}: {resp.text[:200]}")
+                wait = _retry_after(resp.headers.get("Retry-After"), wait)
+            if attempt + 1 < attempts:
+                self.sleep(wait)
+        tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+        return Completion("", failure.finish_reason, error=f"{failure.error} (after {tries})")
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        """All requests with at most `max_concurrency` in flight; results in request order."""
+        with ThreadPoolExecutor(max_workers=min(self.spec.max_concurrency, len(requests))) as pool:
+            return list(pool.map(self.complete, requests))
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds form), capped at 60 s; else `default`."""
+    try:
+        return min(max(float(header), 0.0), 60.0) if header is not None else default
+    except ValueError:
+        return default
+
+
+# --------------------------------------------------------------------------- vLLM (Ray Data LLM)
+
+# Columns the vLLM stages add; dropped again so every engine hands back the same row shape.
+_VLLM_COLUMNS = frozenset({
+    "sampling_params", "generated_text", "generated_tokens", "num_generated_tokens", "num_input_tokens",
+    "prompt", "prompt_token_ids", "tokenized_prompt", "metrics", "logprobs", "prompt_logprobs",
+    "request_id", "batch_uuid", "time_taken_llm", "params", "embeddings", "__inference_error__",
+})
+
+
+def vllm_engine_kwargs(cfg: AnnotateConfig) -> dict[str, Any]:
+    v = cfg.vllm
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "pipeline_parallel_size": v.pipeline_parallel_size,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "enable_prefix_caching": v.enable_prefix_caching,
+        "trust_remote_code": cfg.teacher.trust_remote_code,
+    }
+    if v.max_model_len is not None:
+        kwargs["max_model_len"] = v.max_model_len
+    return {**kwargs, **v.engine_kwargs}
+
+
+def vllm_processor_config(cfg: AnnotateConfig) -> Any:
+    """The `ray.data.llm.vLLMEngineProcessorConfig` for an annotate config (builds on CPU too).
+
+    Replicas are fixed at num_workers (an int alone would mean autoscaling 1..n); each replica
+    takes tensor_parallel_size * pipeline_parallel_size GPUs, which Ray Data LLM places itself.
+    """
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    from ray_cotd.student.model import resolve_source
+
+    return vLLMEngineProcessorConfig(
+        model_source=resolve_source(cfg.teacher),
+        engine_kwargs=vllm_engine_kwargs(cfg),
+        batch_size=cfg.batch_size,
+        concurrency=(cfg.num_workers, cfg.num_workers),
+        max_concurrent_batches=cfg.vllm.max_concurrent_batches,
+        accelerator_type=cfg.vllm.accelerator_type,
+        chat_template_stage=True,
+        tokenize_stage=True,
+        detokenize_stage=True,
+    )
+
+
+def vllm_request(row: dict[str, Any]) -> dict[str, Any]:
+    """Preprocess: a work row -> the vLLM processor's input (messages + per-row sampling_params)."""
+    return {
+        **row,
+        "messages": json.loads(row["messages"]),
+        "sampling_params": {
+            "temperature": float(row["temperature"]),
+            "top_p": float(row["top_p"]),
+            "seed": int(row["seed"]),
+            "max_tokens": int(row["max_new_tokens"]),
+            "n": 1,
+        },
+    }
+
+
+def vllm_result(row: dict[str, Any]) -> dict[str, Any]:
+    """Postprocess: vLLM output -> the work row plus OUTPUT_COLUMNS.
+
+    Ray Data LLM reports no finish reason, so hitting max_tokens exactly counts as cut off.
+    """
+    generated = int(row["num_generated_tokens"])
+    out = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS}
+    out["messages"] = json.dumps(list(row["messages"]) if row["messages"] is not None else [], default=dict)
+    out.update(
+        generated_text=row["generated_text"] or "",
+        finish_reason="length" if generated >= int(row["max_new_tokens"]) else "stop",
+        prompt_tokens=int(row["num_input_tokens"]),
+        completion_tokens=generated,
+        error="",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- the Ray shell
+
+
+def complete_batch(teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Run one Ray Data batch (column -> array) through a plain teacher; add OUTPUT_COLUMNS."""
+    n = len(batch["messages"])
+    completions = teacher.generate([GenerationRequest.from_columns(batch, i) for i in range(n)])
+    batch = dict(batch)
+    batch["generated_text"] = [c.text for c in completions]
+    batch["finish_reason"] = [c.finish_reason for c in completions]
+    batch["prompt_tokens"] = [c.prompt_tokens for c in completions]  # None when an endpoint reports no usage
+    batch["completion_tokens"] = [c.completion_tokens for c in completions]
+    batch["error"] = [c.error for c in completions]
+    return batch
+
+
+class TransformersStage:
+    """Ray Data actor: one TransformersTeacher per actor, loaded once."""
+
+    def __init__(self, spec: ModelSpec, num_threads: int, device: str) -> None:
+        self.teacher = TransformersTeacher(spec, num_threads=num_threads, device=device)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return complete_batch(self.teacher, batch)
+
+
+class OpenAIStage:
+    """Ray Data actor: one OpenAITeacher (HTTP session + thread pool) per actor."""
+
+    def __init__(self, spec: OpenAIEngineSpec) -> None:
+        self.teacher = OpenAITeacher(spec)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return complete_batch(self.teacher, batch)
+
+
+def _transformers_stage(ds: Any, cfg: AnnotateConfig) -> Any:
+    import ray.data
+
+    device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
+    return ds.map_batches(
+        TransformersStage,
+        fn_constructor_kwargs={"spec": cfg.teacher, "num_threads": max(1, int(cfg.cpus_per_worker)), "device": device},
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=cfg.gpus_per_worker,
+    )
+
+
+def _openai_stage(ds: Any, cfg: AnnotateConfig) -> Any:
+    import ray.data
+
+    return ds.map_batches(
+        OpenAIStage,
+        fn_constructor_kwargs={"spec": cfg.openai},
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=cfg.cpus_per_worker,
+    )
+
+
+def _vllm_stage(ds: Any, cfg: AnnotateConfig) -> Any:
+    from ray.data.llm import build_processor
+
+    processor = build_processor(vllm_processor_config(cfg), preprocess=vllm_request, postprocess=vllm_result)
+    return processor(ds)
+
+
+ENGINES: dict[str, Callable[[Any, AnnotateConfig], Any]] = {
+    "transformers": _transformers_stage,
+    "openai": _openai_stage,
+    "vllm": _vllm_stage,
+}
+
+
+def generate_stage(ds: Any, cfg: AnnotateConfig) -> Any:
+    """Work rows -> work rows + OUTPUT_COLUMNS, through the engine `cfg.engine` names."""
+    return ENGINES[cfg.engine](ds, cfg)
+
+
+__all__ = [
+    "Completion",
+    "DEFAULT_TEACHER_NAME",
+    "ENGINES",
+    "EngineRequestError",
+    "FINISH_REASONS",
+    "GenerationRequest",
+    "OUTPUT_COLUMNS",
+    "OpenAITeacher",
+    "REQUEST_COLUMNS",
+    "RETRY_STATUSES",
+    "TransformersTeacher",
+    "chat_payload",
+    "complete_batch",
+    "generate_stage",
+    "parse_chat_response",
+    "teacher_name",
+    "vllm_engine_kwargs",
+    "vllm_processor_config",
+    "vllm_request",
+    "vllm_result",
+]
