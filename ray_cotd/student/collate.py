@@ -5,10 +5,9 @@ concatenated as ids (so any shorter sequence is an exact causal prefix of a long
 
     [virtual tokens] prompt | rationale | marker | value | EOS
 
-`marker` is the ids of ANSWER_PREFIX ("\\nThe answer is ") and `value` the ids of "145." — two
-segments, not one, because two-stage inference appends the marker ids and lets the student continue:
-tokenized as one segment, "\\nThe answer is True." would give "ĠTrue" where inference feeds "Ġ" and
-expects "True" next.
+`marker` is the ids of STAGE2_PREFIX ("\\nThe answer is") and `value` the ids of " 145." — two
+segments, because two-stage inference appends exactly the marker ids and lets the student continue.
+The value keeps its leading space, so word answers tokenize naturally (" True" -> "ĠTrue").
 
 A `Sequence` carries, for every position t, the token to predict there (`targets[t]`, IGNORE for
 none) and that target's role (ROLE_RATIONALE, ROLE_ANSWER or ROLE_NONE). Objectives read masks
@@ -32,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from ray_cotd.data.errors import DataError
-from ray_cotd.student.format import ANSWER_PREFIX, ANSWER_SUFFIX, encode, prompt_text
+from ray_cotd.student.format import STAGE2_PREFIX, answer_value_text, encode, prompt_text
 
 IGNORE = -100  # target of positions with no loss (torch cross_entropy's ignore_index)
 ROLE_NONE, ROLE_RATIONALE, ROLE_ANSWER = 0, 1, 2
@@ -92,7 +91,7 @@ class EncodeStats:
 
 @lru_cache(maxsize=8)
 def _marker_ids(tokenizer: Any) -> tuple[int, ...]:
-    return tuple(encode(tokenizer, ANSWER_PREFIX))
+    return tuple(encode(tokenizer, STAGE2_PREFIX))
 
 
 def segments(tokenizer: Any, question: str, rationale: str, answer: str, *, task_prefix: str = "") -> Segments:
@@ -103,7 +102,7 @@ def segments(tokenizer: Any, question: str, rationale: str, answer: str, *, task
         prompt=encode(tokenizer, prompt_text(tokenizer, task_prefix + question)),
         rationale=encode(tokenizer, rationale.strip()) if rationale.strip() else [],
         marker=list(_marker_ids(tokenizer)),
-        value=encode(tokenizer, answer.strip() + ANSWER_SUFFIX),
+        value=encode(tokenizer, answer_value_text(answer)),
         eos=tokenizer.eos_token_id,
     )
 

@@ -4,12 +4,13 @@ A student example is three token segments, tokenized separately and concatenated
 
     prompt    = chat template of the question, ending with the assistant turn's start
     rationale = the rationale text (leading/trailing whitespace stripped)
-    answer    = ANSWER_PREFIX + answer + ANSWER_SUFFIX, i.e. "\\nThe answer is 145."
+    marker    = STAGE2_PREFIX, i.e. "\\nThe answer is"
+    value     = " " + answer + ANSWER_SUFFIX, i.e. " 145."
 
 followed by EOS. Concatenating ids (instead of tokenizing the joined string) makes the rationale
 sequence an exact causal prefix of the full sequence for every tokenizer, which the one-pass CasCoD
 loss relies on, and it is exactly what two-stage inference does: stage 1 produces the rationale ids,
-stage 2 appends the ids of ANSWER_PREFIX and continues. Train and inference therefore see the same
+stage 2 appends the ids of STAGE2_PREFIX and continues. Train and inference therefore see the same
 ids at the rationale/marker boundary.
 """
 
@@ -19,7 +20,10 @@ from typing import Any
 
 from ray_cotd.data.answers import ANSWER_MARKER
 
-ANSWER_PREFIX = "\n" + ANSWER_MARKER + " "  # what stage 2 appends after the rationale
+# What stage 2 appends after the rationale, and the marker segment of every training example. It
+# ends before the space: the answer segment " 145." / " True" then tokenizes naturally ("ĠTrue"),
+# where a marker ending in " " would leave a bare-space token that no natural text contains.
+STAGE2_PREFIX = "\n" + ANSWER_MARKER
 ANSWER_SUFFIX = "."
 
 
@@ -32,7 +36,7 @@ def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str,
     messages: list[dict[str, str]] = []
     for q, r, a in few_shot or []:
         messages.append({"role": "user", "content": q.strip()})
-        messages.append({"role": "assistant", "content": r.strip() + ANSWER_PREFIX + a.strip() + ANSWER_SUFFIX})
+        messages.append({"role": "assistant", "content": r.strip() + answer_text(a)})
     messages.append({"role": "user", "content": question.strip()})
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -43,9 +47,14 @@ def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str,
     return text + "Answer: "
 
 
+def answer_value_text(answer: str) -> str:
+    """The value segment after the marker: " {answer}."."""
+    return " " + answer.strip() + ANSWER_SUFFIX
+
+
 def answer_text(answer: str) -> str:
-    """The answer segment that follows the rationale: "\\nThe answer is {answer}."."""
-    return ANSWER_PREFIX + answer.strip() + ANSWER_SUFFIX
+    """Marker and value as text: "\\nThe answer is {answer}."."""
+    return STAGE2_PREFIX + answer_value_text(answer)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -53,4 +62,4 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-__all__ = ["ANSWER_PREFIX", "ANSWER_SUFFIX", "answer_text", "encode", "prompt_text"]
+__all__ = ["ANSWER_SUFFIX", "STAGE2_PREFIX", "answer_text", "answer_value_text", "encode", "prompt_text"]

@@ -17,7 +17,7 @@ from ray_cotd.student.collate import (
     plan_batches,
     segments,
 )
-from ray_cotd.student.format import ANSWER_PREFIX
+from ray_cotd.student.format import STAGE2_PREFIX
 from ray_cotd.student.objectives import OBJECTIVES
 from ray_cotd.student.train import encode_rows
 
@@ -55,20 +55,20 @@ def test_cascod_layout_on_text():
     (seq,) = laid.sequences
     prompt = segments(TOK, "Q?", "r1", "7").prompt
     p = len(prompt)
-    assert seq.input_ids == prompt + ids("r1") + ids(ANSWER_PREFIX) + ids("7.") + [1]
+    assert seq.input_ids == prompt + ids("r1") + ids(STAGE2_PREFIX) + ids(" 7.") + [1]
     rationale_targets = [t for t, r in zip(seq.targets, seq.roles) if r == ROLE_RATIONALE]
     answer_targets = [t for t, r in zip(seq.targets, seq.roles) if r == ROLE_ANSWER]
     assert rationale_targets == ids("r1") + [1]  # R + the end-of-rationale EOS
-    assert answer_targets == ids("7.") + [1]  # the value and EOS; the marker is input only
+    assert answer_targets == ids(" 7.") + [1]  # the value and EOS; the marker is input only
     assert seq.targets[p + 1] == 1 and seq.input_ids[p + 2] == ord("\n")  # EOS where the marker follows
 
 
 def test_answer_only_and_std_cot_roles():
     (ao,) = OBJECTIVES["answer_only"].layout(TOK, _row("Q", "ignored", "5"), 1000, 0).sequences
     assert ROLE_RATIONALE not in ao.roles
-    assert [t for t, r in zip(ao.targets, ao.roles) if r == ROLE_ANSWER] == ids(ANSWER_PREFIX + "5.") + [1]
+    assert [t for t, r in zip(ao.targets, ao.roles) if r == ROLE_ANSWER] == ids(STAGE2_PREFIX + " 5.") + [1]
     (sc,) = OBJECTIVES["std_cot"].layout(TOK, _row("Q", "ab", "5"), 1000, 0).sequences
-    assert [t for t, r in zip(sc.targets, sc.roles) if r != ROLE_NONE] == ids("ab" + ANSWER_PREFIX + "5.") + [1]
+    assert [t for t, r in zip(sc.targets, sc.roles) if r != ROLE_NONE] == ids("ab" + STAGE2_PREFIX + " 5.") + [1]
 
 
 def test_step_by_step_makes_two_prefixed_tasks():
@@ -90,7 +90,7 @@ def test_truncation_cuts_the_rationale_never_the_answer():
 
 def test_encode_rows_counts_truncated_and_dropped_rows():
     rows = [_row_dict("Q", "x" * 50, "1"), _row_dict("Q", "y", "2"), _row_dict("Q" * 200, "z", "3")]
-    budget = len(segments(TOK, "Q", "", "1").prompt) + len(ids(ANSWER_PREFIX)) + 2 + 1 + 10
+    budget = len(segments(TOK, "Q", "", "1").prompt) + len(ids(STAGE2_PREFIX)) + 3 + 1 + 10
     examples, stats = encode_rows(TOK, rows, OBJECTIVES["cascod"], max_seq_len=budget)
     assert len(examples) == 2
     assert stats.truncated_rationale == 1 and stats.truncated_tokens == 40

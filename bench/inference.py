@@ -1,0 +1,121 @@
+"""Two-stage generation latency and evaluation throughput on the default student.
+
+    python bench/inference.py --quick        # < 5 minutes on 2 CPU cores
+    python bench/inference.py                # longer rationales, more repeats
+
+1. Latency, batch 1 and 8: two-stage with KV reuse (Generator.two_stage), the naive two-stage
+   (stage 2 re-encodes prompt + rationale), and ONE model.generate call forced to the same total
+   number of decoding steps as the two-stage run (stage-1 steps + stage-2 steps). Medians of
+   --repeats runs; the first run of each variant is a discarded warm-up.
+2. Throughput of Generator.two_stage (what each evaluation actor runs) in questions/s at batch
+   1, 8 and 32.
+
+The last line is `two_stage_over_single=<ratio> naive_over_single=<ratio>`, each the larger of the
+batch-1 and batch-8 ratios of medians (the target is two_stage_over_single <= 1.1).
+Questions are generated from our own templates (no dataset rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ray_cotd.inference import GenerationLimits, Generator
+from ray_cotd.student.model import load_model_and_tokenizer
+
+TEMPLATES = [
+    "Ann has {a} apples and buys {b} more. How many apples does she have now?",
+    "A box holds {a} pens. How many pens are in {b} boxes?",
+    "Tom had {a} marbles and lost {b} of them. How many marbles does he have left?",
+    "A train travels {a} km every hour. How far does it go in {b} hours?",
+]
+
+
+def questions(n: int) -> list[str]:
+    return [TEMPLATES[i % len(TEMPLATES)].format(a=7 + 3 * i, b=2 + i % 5) for i in range(n)]
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def single_generate(gen: Generator, qs: list[str], steps: int) -> None:
+    """One HF generate call over the same left-padded prompts, exactly `steps` new tokens."""
+    prompts = [gen.prompt_ids(q) for q in qs]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[gen.pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        gen.model.generate(ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                           pad_token_id=gen.pad_id)
+
+
+def latency(gen: Generator, batch: int, limits: GenerationLimits, repeats: int) -> dict[str, float]:
+    qs = questions(batch)
+    # the decoding steps the two-stage run takes: its longest row in each stage (+1 for a row that
+    # stopped on EOS, whose EOS step is not counted in its tokens)
+    ref = gen.two_stage(qs, limits)
+    steps = max(r.rationale_tokens for r in ref) + 1 + max(r.answer_tokens for r in ref)
+    variants = {
+        "two_stage": lambda: gen.two_stage(qs, limits),
+        "naive": lambda: gen.two_stage_naive(qs, limits),
+        "single": lambda: single_generate(gen, qs, steps),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for k, fn in variants.items():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for k, fn in variants.items():  # interleaved, so machine noise hits all variants alike
+            times[k].append(timed(fn)[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"latency batch={batch} {k}: median {med[k]:.3f}s (min {min(v):.3f}, max {max(v):.3f}) "
+              f"steps={steps}")
+    return med
+
+
+def throughput(gen: Generator, batch: int, n: int, limits: GenerationLimits) -> float:
+    qs = questions(n)
+    gen.two_stage(qs[:batch], limits)  # warm-up
+    elapsed = 0.0
+    tokens = 0
+    for i in range(0, n, batch):
+        t, results = timed(lambda: gen.two_stage(qs[i:i + batch], limits))
+        elapsed += t
+        tokens += sum(r.rationale_tokens + r.answer_tokens for r in results)
+    qps = n / elapsed
+    print(f"throughput batch={batch}: {qps:.3f} questions/s ({n} questions, {elapsed:.1f}s, "
+          f"{tokens / elapsed:.1f} generated tokens/s)")
+    return qps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short rationales, 3 repeats (< 5 min on 2 cores)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    limits = GenerationLimits(max_rationale_tokens=32 if args.quick else 128, max_answer_tokens=8)
+    repeats = args.repeats or (3 if args.quick else 5)
+    print(f"torch threads={torch.get_num_threads()} limits={limits} repeats={repeats}")
+
+    gen = Generator(*load_model_and_tokenizer())
+    ratios = {"two_stage": [], "naive": []}
+    for batch in (1, 8):
+        med = latency(gen, batch, limits, repeats)
+        for k in ratios:
+            ratios[k].append(med[k] / med["single"])
+            print(f"ratio batch={batch} {k}_over_single={ratios[k][-1]:.3f}")
+    for batch, n in ((1, 4 if args.quick else 16), (8, 8 if args.quick else 32), (32, 32 if args.quick else 64)):
+        throughput(gen, batch, n, limits)
+    print(f"two_stage_over_single={max(ratios['two_stage']):.3f} naive_over_single={max(ratios['naive']):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""`ray-cotd evaluate`: score students and baselines on IND/OOD test sets; `ray-cotd report`.
+
+    run_evaluate(cfg)
+      1. prepare (no model runs yet): read every test set, check its mapped fields and that every
+         gold reads as the set's answer type, apply the fixed hold-out split, resolve every model
+         source. Bad input raises here, naming file, row and field.
+      2. generate (Ray Data): one row per (system, test set, question); an actor pool whose actors
+         hold Generators (ray_cotd.inference) answers them in batches.
+      3. faithfulness (Ray Data, two-stage only): each question gets the rationale of the next
+         question of its set; the share of answers that change is reported beside accuracy.
+      4. score and report (driver, plain functions): parse + normalize answers with the data layer,
+         accuracy with Wilson 95% CIs, predictions/<system>/<set>.jsonl, report.json, report.md,
+         accuracy.png (and faithfulness.png).
+
+A "system" is a student, or a baseline on `baseline_model`: "untrained" (zero-shot, same prompt
+as the students) or "few_shot" (demonstrations from assets/few_shot.json matching the set's answer
+type). Unparseable outputs count as wrong and stay in the predictions with their parse_error.
+
+`run_report(run_dirs, output_dir)` rebuilds the report of one or several earlier runs from their
+report.json files, without generating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ray_cotd.config import ConfigError, EvaluateConfig, MappingSpec, ModelSpec, TestSetSpec, save_resolved
+from ray_cotd.data.answers import ANSWER_TYPES, ParsedOutput, infer_answer_type, normalize_answer
+from ray_cotd.data.errors import DataError
+from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, read_questions
+from ray_cotd.data.splits import holdout_split
+from ray_cotd.inference import GenerationLimits, parse_answer
+from ray_cotd.metrics import accuracy, answer_change_rate
+
+SPLITS = ("IND", "OOD")
+# baseline name -> whether its prompt carries few-shot demonstrations
+BASELINES: dict[str, bool] = {"untrained": False, "few_shot": True}
+
+
+@dataclass(frozen=True)
+class System:
+    """One thing being scored: a student or a baseline, a model and whether it is prompted few-shot."""
+
+    name: str
+    kind: str  # "student" | "baseline"
+    model: ModelSpec
+    few_shot: bool
+
+
+@dataclass
+class EvalSet:
+    """A prepared test set: its rows (question records) and the answer type its golds read as."""
+
+    name: str
+    split: str
+    path: str
+    answer_type: str
+    holdout: str
+    records: list[dict[str, Any]]
+
+
+# -- preparation: everything that can fail on bad input, before any model runs -----------------
+
+
+def field_mapping(spec: MappingSpec) -> FieldMapping | None:
+    """The reader's FieldMapping for a config MappingSpec; None = detect from the columns."""
+    explicit = {k: v for k, v in asdict(spec).items() if k != "preset" and v is not None}
+    if spec.preset is None and not explicit:
+        return None
+    if spec.preset is not None:
+        if spec.preset not in MAPPING_PRESETS:
+            raise ConfigError(f"mapping.preset: {spec.preset!r} not valid; choose from {list(MAPPING_PRESETS)}")
+        return FieldMapping(**{**asdict(MAPPING_PRESETS[spec.preset]), **explicit})
+    if "question" not in explicit:
+        raise ConfigError("mapping.question: name the question column (or give a preset)")
+    return FieldMapping(**explicit)
+
+
+def _set_name(spec: TestSetSpec) -> str:
+    if spec.name:
+        return spec.name
+    path = Path(spec.path)
+    # commonsenseqa/test.json and strategyqa/test.json must not both be called "test"
+    return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+
+
+def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -> EvalSet:
+    """Read and check one test set. Raises DataError naming file, row and field on bad input."""
+    if not spec.path:
+        raise ConfigError("test_sets[].path: empty")
+    mapping = field_mapping(spec.mapping)
+    result = read_questions(spec.path, mapping, on_bad="raise")
+    gold_field = result.mapping.gold or result.mapping.answer if result.mapping else None
+    if gold_field is None:
+        raise DataError("the field mapping names no gold (or answer) column", path=spec.path, field="gold")
+    records = result.records
+    for record in records:
+        if record["gold"] is None:
+            raise DataError("no gold answer (empty)", path=spec.path, row=record["row"], field=gold_field)
+    if spec.answer_type is not None and spec.answer_type not in ANSWER_TYPES:
+        raise DataError(f"unknown answer type {spec.answer_type!r}", path=spec.path, field="answer_type",
+                        choices=ANSWER_TYPES)
+    answer_type = spec.answer_type or infer_answer_type(r["gold"] for r in records)
+    for record in records:
+        if normalize_answer(record["gold"], answer_type) is None:
+            raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
+                            path=spec.path, row=record["row"], field=gold_field)
+    if spec.holdout != "all":
+        train, test = holdout_split(records, test_fraction=holdout_fraction, seed=seed)
+        records = test if spec.holdout == "test" else train
+    if spec.limit is not None:
+        records = records[: spec.limit]
+    if not records:
+        raise DataError(f"no rows to evaluate (holdout={spec.holdout}, limit={spec.limit})", path=spec.path)
+    return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records)
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail now, not inside an actor, when a model or adapter path is not a model."""
+    from ray_cotd.student.model import ModelLoadError, resolve_source
+
+    resolve_source(spec)
+    if spec.adapter and not (Path(spec.adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{spec.adapter} is not a PEFT adapter directory: it has no adapter_config.json")
+
+
+def _student_name(spec: ModelSpec) -> str:
+    if spec.adapter:
+        return Path(spec.adapter).name
+    return "default-student" if spec.source == "default" else Path(spec.source).name
+
+
+def build_systems(cfg: EvaluateConfig) -> list[System]:
+    names = cfg.student_names or [_student_name(s) for s in cfg.students]
+    systems = [System(n, "student", s, False) for n, s in zip(names, cfg.students)]
+    systems += [System(b, "baseline", cfg.baseline_model, BASELINES[b]) for b in cfg.baselines]
+    seen = [s.name for s in systems]
+    dupes = sorted({n for n in seen if seen.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"student_names: duplicate system names {dupes}; name the students explicitly")
+    return systems
+
+
+def load_few_shot(path: str | None = None) -> dict[str, list[tuple[str, str, str]]]:
+    """answer type -> (question, rationale, answer) demonstrations."""
+    if path is None:
+        text = resources.files("ray_cotd").joinpath("assets/few_shot.json").read_text(encoding="utf-8")
+        source = "ray_cotd/assets/few_shot.json"
+    else:
+        text, source = Path(path).read_text(encoding="utf-8"), path
+    data = json.loads(text)
+    demos = {}
+    for answer_type in ANSWER_TYPES:
+        items = data.get(answer_type, [])
+        for i, item in enumerate(items):
+            missing = [k for k in ("question", "rationale", "answer") if not isinstance(item.get(k), str)]
+            if missing:
+                raise DataError("few-shot item lacks a text field", path=source, row=f"{answer_type}[{i}]",
+                                field=missing[0])
+        demos[answer_type] = [(it["question"], it["rationale"], it["answer"]) for it in items]
+    return demos
+
+
+# -- scoring: plain functions -------------------------------------------------------------------
+
+
+def score(answer_text: str, gold: str, answer_type: str) -> dict[str, Any]:
+    """Parse stage-2 text as `answer_type`; predicted is the normalized answer or None."""
+    parsed = parse_answer(answer_text, answer_type)
+    if not isinstance(parsed, ParsedOutput):
+        return {"predicted": None, "correct": False, "parse_error": parsed.reason}
+    predicted = normalize_answer(parsed.answer, answer_type)
+    if predicted is None:
+        return {"predicted": None, "correct": False, "parse_error": "unreadable_answer"}
+    return {"predicted": predicted, "correct": predicted == normalize_answer(gold, answer_type), "parse_error": None}
+
+
+def summarize(predictions: list[dict[str, Any]], systems: list[str], sets: list[EvalSet]) -> list[dict[str, Any]]:
+    """One result per (system, test set): accuracy with CI, unparseable count, faithfulness."""
+    results = []
+    for system in systems:
+        for ts in sets:
+            rows = [p for p in predictions if p["system"] == system and p["test_set"] == ts.name]
+            if not rows:
+                continue
+            swapped = [p for p in rows if p.get("answer_changed") is not None]
+            results.append({
+                "system": system,
+                "test_set": ts.name,
+                "split": ts.split,
+                "answer_type": ts.answer_type,
+                "accuracy": accuracy([p["correct"] for p in rows]).to_dict(),
+                "unparseable": sum(1 for p in rows if p["parse_error"] is not None),
+                "faithfulness": (
+                    answer_change_rate([p["predicted"] for p in swapped], [p["swapped_predicted"] for p in swapped]).to_dict()
+                    if len(swapped) >= 2 else None
+                ),
+                "mean_rationale_tokens": sum(p["rationale_tokens"] for p in rows) / len(rows),
+                "mean_answer_tokens": sum(p["answer_tokens"] for p in rows) / len(rows),
+                "predictions": f"predictions/{system}/{ts.name}.jsonl",
+            })
+    return results
+
+
+def split_summary(predictions: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, Any]]:
+    """system -> split -> accuracy pooled over every row of that split's test sets."""
+    out: dict[str, dict[str, Any]] = {}
+    for system in systems:
+        out[system] = {}
+        for split in SPLITS:
+            flags = [p["correct"] for p in predictions if p["system"] == system and p["split"] == split]
+            if flags:
+                out[system][split] = accuracy(flags).to_dict()
+    return out
+
+
+# -- the Ray shell ------------------------------------------------------------------------------
+
+
+class GenerateActor:
+    """Ray Data actor: holds one loaded model per distinct ModelSpec and a Generator per
+    (system, few-shot answer type); answers a pandas batch of rows of any systems and sets.
+
+    Rows with a "swapped_rationale" column run stage 2 only on that rationale (faithfulness).
+    """
+
+    def __init__(self, systems: list[dict], mode: str, limits: dict, demos: dict, threads: int, use_gpu: bool) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.device = "cuda" if use_gpu else "cpu"
+        self.systems = {s["name"]: s for s in systems}
+        self.mode = mode
+        self.limits = GenerationLimits(**limits)
+        self.demos = demos
+        self.models: dict[str, tuple[Any, Any]] = {}
+        self.generators: dict[tuple[str, str | None], Any] = {}
+
+    def generator(self, system: str, answer_type: str) -> Any:
+        from ray_cotd.inference import Generator
+        from ray_cotd.student.model import load_model_and_tokenizer
+
+        info = self.systems[system]
+        demo_type = answer_type if info["few_shot"] else None
+        key = (system, demo_type)
+        if key not in self.generators:
+            model_key = json.dumps(info["model"], sort_keys=True)
+            if model_key not in self.models:
+                model, tokenizer = load_model_and_tokenizer(ModelSpec(**info["model"]))
+                self.models[model_key] = (model.to(self.device), tokenizer)
+            model, tokenizer = self.models[model_key]
+            demos = [tuple(d) for d in self.demos.get(demo_type, [])] if demo_type else None
+            self.generators[key] = Generator(model, tokenizer, few_shot=demos or None)
+        return self.generators[key]
+
+    def __call__(self, batch: Any) -> Any:
+        import pandas as pd
+
+        swap = "swapped_rationale" in batch.columns
+        out = []
+        for (system, answer_type), group in batch.groupby(["system", "answer_type"], sort=False):
+            gen = self.generator(system, answer_type)
+            questions = list(group["question"])
+            if swap:
+                results = gen.answer_from_rationales(questions, list(group["swapped_rationale"]), self.limits)
+            elif self.mode == "two_stage":
+                results = gen.two_stage(questions, self.limits)
+            else:
+                results = gen.one_stage(questions, self.limits)
+            for key, result in zip(group["key"], results):
+                out.append({"key": key, **asdict(result)})
+        return pd.DataFrame(out)
+
+
+def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict) -> list[dict]:
+    """One Ray Data pass of GenerateActor over `rows`; results in no particular order."""
+    import ray.data
+
+    limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(
+        GenerateActor,
+        fn_constructor_kwargs={
+            "systems": [{"name": s.name, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
+            "mode": cfg.mode,
+            "limits": asdict(limits),
+            "demos": {k: [list(d) for d in v] for k, v in demos.items()},
+            "threads": int(cfg.cpus_per_worker),
+            "use_gpu": cfg.gpus_per_worker > 0,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=cfg.gpus_per_worker,
+    )
+    return ds.take_all()
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate every system on every test set; write the report; return report.json's content."""
+    if not cfg.test_sets:
+        raise ConfigError("test_sets: give at least one test set")
+    # 1. prepare: all bad input fails here, before any model generates
+    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed) for ts in cfg.test_sets]
+    names = [ts.name for ts in sets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"test_sets: duplicate names {names}; set test_sets[].name")
+    systems = build_systems(cfg)
+    for system in systems:
+        check_model(system.model)
+    demos = load_few_shot(cfg.few_shot_file)
+    for ts in sets:
+        if any(s.few_shot for s in systems) and not demos.get(ts.answer_type):
+            raise DataError(f"no few-shot demonstrations for answer type {ts.answer_type!r}",
+                            path=cfg.few_shot_file or "ray_cotd/assets/few_shot.json", field=ts.answer_type)
+    out_dir = Path(cfg.output_dir)
+    save_resolved(cfg, out_dir)
+
+    # 2. generate
+    rows, meta = [], {}
+    for system in systems:
+        for ts in sets:
+            for position, record in enumerate(ts.records):
+                key = f"{system.name}\x1f{ts.name}\x1f{position}"
+                rows.append({"key": key, "system": system.name, "answer_type": ts.answer_type,
+                             "question": record["question"]})
+                meta[key] = (system.name, ts, position, record)
+    started = time.perf_counter()
+    generated = {r["key"]: r for r in _run_actor_pool(rows, cfg, systems, demos)}
+    generate_s = time.perf_counter() - started
+    missing = [k for k in meta if k not in generated]
+    if missing:
+        raise RuntimeError(f"{len(missing)} rows came back without a generation (first: {missing[0]!r})")
+
+    predictions = []
+    for key, (system, ts, position, record) in meta.items():
+        g = generated[key]
+        predictions.append({
+            "system": system, "test_set": ts.name, "split": ts.split, "position": position,
+            "row": record["row"], "id": record["id"], "question": record["question"], "gold": record["gold"],
+            "rationale": g["rationale"], "answer_text": g["answer_text"],
+            **score(g["answer_text"], record["gold"], ts.answer_type),
+            "rationale_stop": g["rationale_stop"], "prompt_tokens": int(g["prompt_tokens"]),
+            "rationale_tokens": int(g["rationale_tokens"]), "answer_tokens": int(g["answer_tokens"]),
+            "stage1_s": float(g["stage1_s"]), "stage2_s": float(g["stage2_s"]),
+            "swapped_from": None, "swapped_predicted": None, "answer_changed": None,
+        })
+
+    # 3. faithfulness: question i answered from the rationale of question i+1 of the same set
+    faithfulness_s = 0.0
+    if cfg.faithfulness and cfg.mode == "two_stage":
+        by_group: dict[tuple[str, str], list[dict]] = {}
+        for p in predictions:
+            by_group.setdefault((p["system"], p["test_set"]), []).append(p)
+        swap_rows, swap_meta = [], {}
+        for (system, set_name), group in by_group.items():
+            if len(group) < 2:
+                continue
+            ts = sets[names.index(set_name)]
+            for i, p in enumerate(group):
+                donor = group[(i + 1) % len(group)]
+                key = f"{system}\x1f{set_name}\x1f{p['position']}"
+                swap_rows.append({"key": key, "system": system, "answer_type": ts.answer_type,
+                                  "question": p["question"], "swapped_rationale": donor["rationale"]})
+                swap_meta[key] = (p, donor, ts)
+        if swap_rows:
+            started = time.perf_counter()
+            swapped = {r["key"]: r for r in _run_actor_pool(swap_rows, cfg, systems, demos)}
+            faithfulness_s = time.perf_counter() - started
+            for key, (p, donor, ts) in swap_meta.items():
+                s = score(swapped[key]["answer_text"], p["gold"], ts.answer_type)
+                p["swapped_from"] = donor["position"]
+                p["swapped_predicted"] = s["predicted"]
+                p["answer_changed"] = s["predicted"] != p["predicted"]
+
+    # 4. score and report
+    system_names = [s.name for s in systems]
+    for system in system_names:
+        for ts in sets:
+            write_jsonl(out_dir / "predictions" / system / f"{ts.name}.jsonl",
+                        [p for p in predictions if p["system"] == system and p["test_set"] == ts.name])
+    # unparseable outputs are wrong answers, kept in the predictions; this file gathers them for reading
+    write_jsonl(out_dir / "unparseable.jsonl", [p for p in predictions if p["parse_error"] is not None])
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dirs": [str(out_dir)],
+        "mode": cfg.mode,
+        "limits": {"max_rationale_tokens": cfg.max_rationale_tokens, "max_answer_tokens": cfg.max_answer_tokens},
+        "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
+        "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
+                       "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
+        "results": summarize(predictions, system_names, sets),
+        "splits": split_summary(predictions, system_names),
+        "throughput": {"questions": len(rows), "generate_s": generate_s,
+                       "questions_per_s": len(rows) / generate_s if generate_s > 0 else None,
+                       "faithfulness_s": faithfulness_s},
+    }
+    write_report(report, out_dir)
+    return report
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _pct(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] ({r['k']}/{r['n']})"
+
+
+def markdown_table(report: dict) -> str:
+    """Accuracy (and rationale-swap change rate) per test set, one column per system."""
+    systems = [s["name"] for s in report["systems"]]
+    cell = {(r["system"], r["test_set"]): r for r in report["results"]}
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Mode: {report['mode']}. Accuracy with Wilson 95% CI (correct/n); unparseable outputs count as wrong.",
+        "",
+        "| test set | split | type | " + " | ".join(systems) + " |",
+        "|---|---|---|" + "---|" * len(systems),
+    ]
+    for ts in report["test_sets"]:
+        row = [_pct(cell[(s, ts["name"])]["accuracy"]) if (s, ts["name"]) in cell else "–" for s in systems]
+        lines.append(f"| {ts['name']} | {ts['split']} | {ts['answer_type']} | " + " | ".join(row) + " |")
+    for split in SPLITS:
+        pooled = [_pct(report["splits"].get(s, {}).get(split)) for s in systems]
+        if any(p != "–" for p in pooled):
+            lines.append(f"| **all {split}** | {split} | | " + " | ".join(pooled) + " |")
+    faith = [r for r in report["results"] if r["faithfulness"] is not None]
+    if faith:
+        lines += [
+            "",
+            "Rationale faithfulness: share of answers that change when the rationale is swapped for another "
+            "question's (higher = the answer depends on the rationale).",
+            "",
+            "| test set | " + " | ".join(systems) + " |",
+            "|---|" + "---|" * len(systems),
+        ]
+        for ts in report["test_sets"]:
+            row = [_pct(cell[(s, ts["name"])]["faithfulness"]) if (s, ts["name"]) in cell else "–" for s in systems]
+            lines.append(f"| {ts['name']} | " + " | ".join(row) + " |")
+    lines += ["", "Unparseable outputs: " + ", ".join(
+        f"{r['system']}/{r['test_set']} {r['unparseable']}" for r in report["results"]), ""]
+    return "\n".join(lines)
+
+
+def plot_rates(report: dict, metric: str, path: Path, title: str) -> None:
+    """Grouped bars: x = test sets (IND first), one bar per system, Wilson CI as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s["name"] for s in report["systems"]]
+    sets = sorted(report["test_sets"], key=lambda t: SPLITS.index(t["split"]))
+    cell = {(r["system"], r["test_set"]): r[metric] for r in report["results"]}
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(sets) * max(1, len(systems)) ** 0.5 + 2), 4))
+    for i, system in enumerate(systems):
+        xs, ys, lo, hi = [], [], [], []
+        for j, ts in enumerate(sets):
+            r = cell.get((system, ts["name"]))
+            if r is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(r["rate"])
+            lo.append(r["rate"] - r["ci_low"])
+            hi.append(r["ci_high"] - r["rate"])
+        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=system)
+        ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
+    ax.set_xticks(range(len(sets)), [f"{t['name']}\n({t['split']}, n={t['n']})" for t in sets], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(title)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title} (95% Wilson CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out_dir / "report.md").write_text(markdown_table(report))
+    plot_rates(report, "accuracy", out_dir / "accuracy.png", "accuracy")
+    if any(r["faithfulness"] is not None for r in report["results"]):
+        faith = {**report, "results": [r for r in report["results"] if r["faithfulness"] is not None]}
+        plot_rates(faith, "faithfulness", out_dir / "faithfulness.png", "answers changed by rationale swap")
+
+
+def run_report(run_dirs: list[str | Path], output_dir: str | Path) -> dict[str, Any]:
+    """Compare earlier evaluation runs side by side from their report.json, without generating.
+
+    With several runs, system names become "<run dir name>/<system>". Test sets are matched by name.
+    """
+    if not run_dirs:
+        raise ConfigError("run_report: give at least one run directory")
+    reports = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "report.json"
+        if not path.is_file():
+            raise DataError("not an evaluation run directory (no report.json)", path=run_dir)
+        reports.append((Path(run_dir), json.loads(path.read_text(encoding="utf-8"))))
+    prefix = len(reports) > 1
+    dir_names = [d.name for d, _ in reports]
+    if prefix and len(set(dir_names)) != len(dir_names):
+        dir_names = [str(d) for d, _ in reports]
+
+    def rename(run_name: str, system: str) -> str:
+        return f"{run_name}/{system}" if prefix else system
+
+    merged: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dirs": [str(d) for d, _ in reports],
+        "mode": ", ".join(sorted({r["mode"] for _, r in reports})),
+        "systems": [], "test_sets": [], "results": [], "splits": {},
+    }
+    seen_sets: dict[str, dict] = {}
+    for run_name, (run_dir, report) in zip(dir_names, reports):
+        for s in report["systems"]:
+            merged["systems"].append({**s, "name": rename(run_name, s["name"])})
+        for ts in report["test_sets"]:
+            seen_sets.setdefault(ts["name"], ts)
+        for r in report["results"]:
+            merged["results"].append({**r, "system": rename(run_name, r["system"]),
+                                      "predictions": str(run_dir / r["predictions"])})
+        for system, splits in report["splits"].items():
+            merged["splits"][rename(run_name, system)] = splits
+    merged["test_sets"] = list(seen_sets.values())
+    write_report(merged, Path(output_dir))
+    return merged
+
+
+def load_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every saved prediction of a run (all systems and sets)."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("predictions/*/*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows
+
+
+__all__ = [
+    "BASELINES",
+    "GenerateActor",
+    "System",
+    "EvalSet",
+    "build_systems",
+    "field_mapping",
+    "load_few_shot",
+    "load_predictions",
+    "markdown_table",
+    "prepare_test_set",
+    "run_evaluate",
+    "run_report",
+    "score",
+    "summarize",
+]

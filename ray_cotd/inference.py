@@ -1,0 +1,555 @@
+"""One- and two-stage generation: the one routine evaluation, tuning and serving all use.
+
+Two-stage (CasCoD inference) for a batch of questions:
+
+    stage 1: prompt_text(question)  -> rationale ids; stop at EOS or at the answer marker
+    stage 2: prompt + rationale ids + encode(STAGE2_PREFIX) -> answer; stop at EOS, a newline
+             or the period that ends the answer
+
+Stage 2 reuses stage 1's KV cache instead of re-encoding the prompt and rationale. With a
+left-padded batch the rows' rationales end at different columns, so the cache is realigned
+(`_realign_cache`): every row's kept prefix is gathered to end at the same column, which gives the
+row exactly the left padding that a fresh stage-2 batch would give it. RoPE positions are baked into
+the cached keys and new positions come from the attention mask's cumsum, so moving columns changes
+no position. `two_stage_naive` is the reference (stage 2 prefills everything again); the ids of both
+are compared token for token in tests/integration/test_inference_real.py.
+
+The decoding loop is our own (a few lines around `model(...)`, greedy or temperature/top-p
+sampling) rather than `model.generate`: it gives per-row stop rules on decoded text, step-by-step
+streaming and the cache hand-over without reaching into generate's internals.
+
+A call processes its questions as one batch; callers (Ray Data batches, Serve's @serve.batch)
+choose the batch size. Stage timings are the wall time of that batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_cotd.config import ModelSpec
+from ray_cotd.data.answers import ANSWER_MARKER, ParsedOutput, ParseFailure, split_output
+from ray_cotd.student.format import STAGE2_PREFIX, encode, prompt_text
+
+# Stage 1 stops at the marker, with or without the newline the student format puts before it.
+_MARKER_RE = re.compile(r"\n?" + re.escape(ANSWER_MARKER))
+_MARKER_TAIL = "\n" + ANSWER_MARKER  # a length stop may end inside it: "...\nThe answ"
+
+
+@dataclass
+class GenerationLimits:
+    """Token limits and decoding. Greedy by default; do_sample uses temperature and top_p, seeded."""
+
+    max_rationale_tokens: int = 192
+    max_answer_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_rationale_tokens < 1 or self.max_answer_tokens < 1:
+            raise ValueError("max_rationale_tokens and max_answer_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class TwoStageResult:
+    """One question's generation.
+
+    answer_text: the raw stage-2 text after the marker (e.g. " 145."); answer: the answer parsed from
+    it with split_output (None when unreadable; typed parsing is the caller's, see parse_answer).
+    prompt_tokens / rationale_tokens / answer_tokens: token counts of the prompt, the kept rationale
+    and the generated answer. stage1_s / stage2_s: wall time of the batch the question ran in.
+    rationale_stop: why stage 1 ended: "eos", "marker" or "length" (truncated rationale).
+    """
+
+    question: str
+    rationale: str
+    answer_text: str
+    answer: str | None
+    prompt_tokens: int
+    rationale_tokens: int
+    answer_tokens: int
+    stage1_s: float
+    stage2_s: float
+    rationale_stop: str = "eos"
+
+
+def parse_answer(answer_text: str, answer_type: str | None = None) -> ParsedOutput | ParseFailure:
+    """Parse stage-2 text (what follows the marker) with the data layer's one parser."""
+    return split_output(ANSWER_MARKER + " " + answer_text.strip(), answer_type=answer_type)
+
+
+def answer_end(text: str) -> int | None:
+    """Where the answer in stage-2 text ends (exclusive), or None while it may still go on.
+
+    It ends before a newline, or after a period that is not a decimal point: "True." ends at once;
+    "145." waits one more token, since "145.5" may follow.
+    """
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            return i
+        if ch != ".":
+            continue
+        if i + 1 < len(text):
+            if not text[i + 1].isdigit():
+                return i + 1
+        elif i == 0 or not text[i - 1].isdigit():
+            return i + 1
+    return None
+
+
+def rationale_cut(text: str, offsets: list[int], length_stop: bool) -> int | None:
+    """How many generated tokens are rationale, or None when stage 1 should go on.
+
+    text: decoded stage-1 text so far, offsets[j]: where token j starts in it. The rationale ends
+    before the token holding the start of the marker (with its newline). On a length stop, a tail
+    that may be the marker's beginning ("\\nThe ans", "The answ") is cut as well.
+    """
+    match = _MARKER_RE.search(text)
+    if match is not None:
+        return bisect.bisect_right(offsets, match.start()) - 1
+    if not length_stop:
+        return None
+    for size in range(min(len(_MARKER_TAIL), len(text)), 0, -1):
+        tail = text[-size:]
+        if _MARKER_TAIL.startswith(tail) or ANSWER_MARKER.startswith(tail):
+            return bisect.bisect_right(offsets, len(text) - size) - 1
+    return len(offsets)
+
+
+def _choose(logits: Any, limits: GenerationLimits, rng: Any) -> Any:
+    """Next token ids (B,) from last-position logits (B, V)."""
+    import torch
+
+    if not limits.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / limits.temperature, dim=-1)
+    if limits.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest head whose mass reaches top_p (the token that crosses it included)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= limits.top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+
+
+@dataclass
+class _Row:
+    """Decoding state of one batch row."""
+
+    prefix: list[int]  # ids fed before decoding (prompt, or prompt + rationale + marker)
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    offsets: list[int] = field(default_factory=list)
+    keep: int | None = None  # generated tokens kept once the row is done; None while running
+    stop: str = ""
+
+
+class _Decoder:
+    """Step-wise batched decoding over left-padded rows with a DynamicCache.
+
+    `cache` may already hold the first `cached` columns of the left-padded batch (stage 2 with
+    reuse); only the rest is prefilled. `done(row, token, length_stop)` sets row.keep/row.stop.
+    """
+
+    def __init__(self, gen: Generator, rows: list[_Row], limits: GenerationLimits, rng: Any, max_new: int, done,
+                 cache: Any = None, cached: int = 0) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        self.gen, self.rows, self.limits, self.rng, self.max_new, self.done = gen, rows, limits, rng, max_new, done
+        width = max(len(r.prefix) for r in rows)
+        self.pads = [width - len(r.prefix) for r in rows]
+        self.input_ids = torch.tensor([[gen.pad_id] * p + r.prefix for p, r in zip(self.pads, rows)], device=gen.device)
+        self.mask = torch.tensor([[0] * p + [1] * len(r.prefix) for p, r in zip(self.pads, rows)], device=gen.device)
+        self.cache = cache if cache is not None else DynamicCache(config=gen.model.config)
+        self.cached = cached
+        self.steps = 0
+
+    def positions(self) -> Any:
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+    def advance(self) -> bool:
+        """Run one forward step; False once every row is done."""
+        import torch
+
+        if self.steps == 0:
+            feed = self.input_ids[:, self.cached:]
+        else:
+            feed = self.last[:, None]
+        position_ids = self.positions()[:, -feed.shape[1]:]
+        inputs = {"input_ids": feed}
+        if self.steps == 0 and self.gen.prompt_encoder is not None:
+            inputs = {"inputs_embeds": self.gen.embed_prefill(feed, self.pads, self.cached)}
+        out = self.gen.model(**inputs, attention_mask=self.mask, position_ids=position_ids,
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        self.last_logits = out.logits[:, -1, :]  # (B, V), kept for tests and diagnostics
+        tokens = _choose(self.last_logits, self.limits, self.rng)
+        self.steps += 1
+        self.last = tokens
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        length_stop = self.steps >= self.max_new
+        for row, token in zip(self.rows, tokens.tolist()):
+            if row.keep is not None:
+                continue
+            row.offsets.append(len(row.text))
+            row.generated.append(token)
+            row.text += self.gen.piece(token)
+            self.done(row, token, length_stop)
+        return any(r.keep is None for r in self.rows)
+
+    def run(self) -> None:
+        while self.advance():
+            pass
+
+
+class Generator:
+    """A model + tokenizer that answers questions in the student format (see module doc).
+
+    few_shot: (question, rationale, answer) demonstrations put before every question (the few-shot
+    baseline); None for trained students.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, few_shot: list[tuple[str, str, str]] | None = None,
+                 prompt_encoder: Any = None) -> None:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning:
+            # PEFT prepends virtual tokens on every forward call, which breaks step-wise decoding
+            # with a cache. ray-cotd's own P-Tuning students (prompt_encoder) are supported: their
+            # virtual tokens are placeholders at the start of the prompt, embedded at prefill.
+            raise ValueError("peft prompt-learning adapters are not supported; train P-Tuning with ray-cotd "
+                             "(its prompt encoder is passed as prompt_encoder=)")
+        self.model = model.eval()
+        self.prompt_encoder = prompt_encoder.eval() if prompt_encoder is not None else None
+        self.n_virtual = prompt_encoder.config.num_virtual_tokens if prompt_encoder is not None else 0
+        self.device = next(model.parameters()).device
+        self.tokenizer = tokenizer
+        self.few_shot = few_shot
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = frozenset(i for i in eos_ids if i is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
+        self._pieces: dict[int, str] = {}
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, few_shot: list[tuple[str, str, str]] | None = None) -> Generator:
+        from ray_cotd.student.model import load_model_and_tokenizer
+
+        from ray_cotd.student.model import load_prompt_encoder
+
+        model, tokenizer = load_model_and_tokenizer(spec)
+        return cls(model, tokenizer, few_shot=few_shot, prompt_encoder=load_prompt_encoder(spec))
+
+    def piece(self, token: int) -> str:
+        """Decoded text of one token (cached; stop rules look at ASCII markers only, so a split
+        multi-byte character showing as U+FFFD here does not matter)."""
+        if token not in self._pieces:
+            self._pieces[token] = "" if token in self.eos_ids else self.tokenizer.decode([token])
+        return self._pieces[token]
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Prompt ids, after num_virtual_tokens placeholders for a P-Tuning student (the training layout)."""
+        ids = encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+        return [self.pad_id] * self.n_virtual + ids
+
+    def embed_prefill(self, feed: Any, pads: list[int], start: int) -> Any:
+        """inputs_embeds for a prefill window whose first column is `start` of the left-padded batch:
+        token embeddings, with each row's virtual placeholders (columns pads[i] .. pads[i]+V-1)
+        replaced by the prompt encoder's output, as in training (prada.embed_inputs)."""
+        import torch
+
+        from ray_cotd.student.prada import embed_inputs
+
+        columns = torch.arange(start, start + feed.shape[1], device=feed.device)
+        virtual_index = columns[None, :] - torch.tensor(pads, device=feed.device)[:, None]
+        virtual_index = torch.where((virtual_index >= 0) & (virtual_index < self.n_virtual), virtual_index, -1)
+        return embed_inputs(self.model.get_input_embeddings(), feed, virtual_index, self.prompt_encoder)
+
+    # -- stage rules -------------------------------------------------------------------------
+
+    def _stage1_done(self, row: _Row, token: int, length_stop: bool) -> None:
+        if token in self.eos_ids:
+            row.keep, row.stop = len(row.generated) - 1, "eos"
+        else:
+            cut = rationale_cut(row.text, row.offsets, length_stop)
+            if cut is None:
+                return
+            row.keep, row.stop = cut, "marker" if _MARKER_RE.search(row.text) else "length"
+        # the student format strips the rationale: trailing whitespace tokens never precede the marker
+        while row.keep > 0 and not self.piece(row.generated[row.keep - 1]).strip():
+            row.keep -= 1
+
+    def _stage2_done(self, row: _Row, token: int, length_stop: bool) -> None:
+        if token in self.eos_ids:
+            row.keep, row.stop = len(row.generated) - 1, "eos"
+        elif answer_end(row.text) is not None:
+            row.keep, row.stop = len(row.generated), "end"
+        elif length_stop:
+            row.keep, row.stop = len(row.generated), "length"
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _stage1(self, questions: list[str], limits: GenerationLimits, rng: Any) -> _Decoder:
+        rows = [_Row(self.prompt_ids(q)) for q in questions]
+        return _Decoder(self, rows, limits, rng, limits.max_rationale_tokens, self._stage1_done)
+
+    def _stage2(self, stage1: _Decoder, limits: GenerationLimits, rng: Any, reuse: bool) -> _Decoder:
+        kept = [r.prefix + r.generated[: r.keep] for r in stage1.rows]
+        rows = [_Row(k + self.stage2_ids) for k in kept]
+        if not reuse:
+            return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done)
+        # Cache the first len(kept)-1 tokens of every row: the cache holds every stage-1 column but
+        # the last one sampled (never fed back), so a row that ran to the end lacks its last token.
+        # Keeping one token per row uncached makes that uniform; it is prefilled with the marker.
+        lengths = [len(k) - 1 for k in kept]
+        starts = stage1.pads
+        cached = _realign_cache(stage1.cache, starts, lengths)
+        return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done,
+                        cache=stage1.cache, cached=cached)
+
+    def _results(self, questions: list[str], s1: _Decoder, s2: _Decoder, t1: float, t2: float) -> list[TwoStageResult]:
+        results = []
+        for q, r1, r2 in zip(questions, s1.rows, s2.rows):
+            answer_text = self.tokenizer.decode(r2.generated[: r2.keep], skip_special_tokens=True)
+            end = answer_end(answer_text)
+            answer_text = answer_text[:end] if end is not None else answer_text
+            parsed = parse_answer(answer_text)
+            results.append(TwoStageResult(
+                question=q,
+                rationale=self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
+                answer_text=answer_text,
+                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
+                prompt_tokens=len(r1.prefix),
+                rationale_tokens=r1.keep,
+                answer_tokens=len(r2.generated),
+                stage1_s=t1,
+                stage2_s=t2,
+                rationale_stop=r1.stop,
+            ))
+        return results
+
+    def _two_stage(self, questions: list[str], limits: GenerationLimits | None, reuse: bool) -> list[TwoStageResult]:
+        import torch
+
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        rng = torch.Generator(device=self.device).manual_seed(limits.seed)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            s1 = self._stage1(questions, limits, rng)
+            s1.run()
+            t1 = time.perf_counter()
+            s2 = self._stage2(s1, limits, rng, reuse=reuse)
+            s2.run()
+            t2 = time.perf_counter()
+        return self._results(questions, s1, s2, t1 - t0, t2 - t1)
+
+    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """Rationale, then answer from question + rationale, stage 2 reusing stage 1's KV cache."""
+        return self._two_stage(questions, limits, reuse=True)
+
+    def two_stage_naive(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """The reference: the same two stages, stage 2 re-encoding prompt + rationale from scratch."""
+        return self._two_stage(questions, limits, reuse=False)
+
+    def answer_from_rationales(
+        self, questions: list[str], rationales: list[str], limits: GenerationLimits | None = None
+    ) -> list[TwoStageResult]:
+        """Stage 2 only, on given rationale texts (the faithfulness check swaps them)."""
+        import torch
+
+        if len(questions) != len(rationales):
+            raise ValueError(f"{len(questions)} questions but {len(rationales)} rationales")
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        rng = torch.Generator(device=self.device).manual_seed(limits.seed)
+        rows = [_Row(self.prompt_ids(q) + encode(self.tokenizer, r.strip()) + self.stage2_ids)
+                for q, r in zip(questions, rationales)]
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            s2 = _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done)
+            s2.run()
+            t2 = time.perf_counter() - t0
+        results = []
+        for q, r, row in zip(questions, rationales, rows):
+            answer_text = self.tokenizer.decode(row.generated[: row.keep], skip_special_tokens=True)
+            end = answer_end(answer_text)
+            answer_text = answer_text[:end] if end is not None else answer_text
+            parsed = parse_answer(answer_text)
+            results.append(TwoStageResult(
+                question=q, rationale=r.strip(), answer_text=answer_text,
+                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
+                prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
+                answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given",
+            ))
+        return results
+
+    def one_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """One pass: the student writes rationale and answer itself; split with split_output.
+
+        It may run max_rationale_tokens + max_answer_tokens tokens and stops at EOS or at the end of
+        the answer after the marker. With no marker, the whole text is the rationale and answer is None.
+        """
+        import torch
+
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        rng = torch.Generator(device=self.device).manual_seed(limits.seed)
+
+        def done(row: _Row, token: int, length_stop: bool) -> None:
+            if token in self.eos_ids:
+                row.keep, row.stop = len(row.generated) - 1, "eos"
+                return
+            match = _MARKER_RE.search(row.text)
+            if match is not None and answer_end(row.text[match.end():]) is not None:
+                row.keep, row.stop = len(row.generated), "end"
+            elif length_stop:
+                row.keep, row.stop = len(row.generated), "length"
+
+        rows = [_Row(self.prompt_ids(q)) for q in questions]
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            dec = _Decoder(self, rows, limits, rng, limits.max_rationale_tokens + limits.max_answer_tokens, done)
+            dec.run()
+            t1 = time.perf_counter() - t0
+        results = []
+        for q, row in zip(questions, rows):
+            ids = row.generated[: row.keep]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            match = _MARKER_RE.search(text)
+            if match is None:
+                rationale, answer_text, n_rationale = text.strip(), "", len(ids)
+            else:
+                rationale, answer_text = text[: match.start()].strip(), text[match.end():]
+                end = answer_end(answer_text)
+                answer_text = answer_text[:end] if end is not None else answer_text
+                n_rationale = bisect.bisect_right(row.offsets, match.start()) - 1
+            parsed = parse_answer(answer_text) if match is not None else None
+            results.append(TwoStageResult(
+                question=q, rationale=rationale, answer_text=answer_text,
+                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
+                prompt_tokens=len(row.prefix), rationale_tokens=n_rationale,
+                answer_tokens=len(ids) - n_rationale, stage1_s=t1, stage2_s=0.0,
+                rationale_stop="marker" if match is not None else row.stop,
+            ))
+        return results
+
+    def stream_rationale(self, question: str, limits: GenerationLimits | None = None) -> RationaleStream:
+        """Stage 1 as text chunks, then the answer: iterate, then call finish().
+
+            stream = generator.stream_rationale(question, limits)
+            for chunk in stream:          # rationale text, never any part of the marker
+                send(chunk)
+            result = stream.finish()      # stage 2 on the kept cache -> TwoStageResult
+
+        "".join(chunks) == result.rationale. finish() before the end of iteration drains stage 1
+        first; the result is exactly two_stage([question], limits)[0] apart from timings.
+        """
+        return RationaleStream(self, question, limits or GenerationLimits())
+
+
+class RationaleStream(Iterator[str]):
+    """Iterator over stage-1 text chunks of one question; `finish()` runs stage 2 (see
+    Generator.stream_rationale)."""
+
+    def __init__(self, gen: Generator, question: str, limits: GenerationLimits) -> None:
+        import torch
+
+        self.gen, self.question, self.limits = gen, question, limits
+        self.rng = torch.Generator(device=gen.device).manual_seed(limits.seed)
+        self.stage1 = gen._stage1([question], limits, self.rng)
+        self.sent = 0  # characters of the rationale already yielded
+        self.started = time.perf_counter()
+        self.stage1_s: float | None = None
+        self.result: TwoStageResult | None = None
+
+    def __next__(self) -> str:
+        import torch
+
+        row = self.stage1.rows[0]
+        while True:
+            if row.keep is None:
+                with torch.inference_mode():
+                    self.stage1.advance()
+                if row.keep is not None:
+                    self.stage1_s = time.perf_counter() - self.started
+            chunk = self._ready_text(row)[self.sent:]
+            if chunk:
+                self.sent += len(chunk)
+                return chunk
+            if row.keep is not None:
+                raise StopIteration
+
+    def _ready_text(self, row: _Row) -> str:
+        """Rationale text that can no longer change: tokens before any tail that may still become
+        the marker, without trailing whitespace (stripped at the end) or a half-decoded character."""
+        if row.keep is not None:
+            return self.gen.tokenizer.decode(row.generated[: row.keep], skip_special_tokens=True).strip()
+        ready = rationale_cut(row.text, row.offsets, length_stop=True)
+        text = self.gen.tokenizer.decode(row.generated[:ready], skip_special_tokens=True)
+        return text.lstrip().rstrip("\ufffd").rstrip()
+
+    def finish(self) -> TwoStageResult:
+        import torch
+
+        if self.result is None:
+            for _ in self:
+                pass
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                s2 = self.gen._stage2(self.stage1, self.limits, self.rng, reuse=True)
+                s2.run()
+            t2 = time.perf_counter() - t1
+            self.result = self.gen._results([self.question], self.stage1, s2, self.stage1_s or 0.0, t2)[0]
+        return self.result
+
+
+def _realign_cache(cache: Any, starts: list[int], lengths: list[int]) -> int:
+    """Gather each row's cached prefix so that all rows end at the same column; returns its width.
+
+    Row i's tokens sit at stage-1 columns [starts[i], starts[i] + lengths[i]); afterwards at
+    [W - lengths[i], W) with W = max(lengths), i.e. left-padded exactly like a fresh batch of those
+    rows. The pad columns hold copies of real entries (finite values) and are masked out.
+    Keys/values are (B, H, T, D) per layer.
+    """
+    import torch
+
+    width = max(lengths)
+    index = torch.tensor([
+        [max(start + length - width + j, start) for j in range(width)] for start, length in zip(starts, lengths)
+    ])
+    for layer in cache.layers:
+        if layer.is_sliding:
+            raise ValueError("KV reuse needs a full (non-sliding-window) cache; use two_stage_naive")
+        b, h, _, d = layer.keys.shape
+        gather = index[:, None, :, None].expand(b, h, width, d).to(layer.keys.device)
+        layer.keys = layer.keys.gather(2, gather)
+        layer.values = layer.values.gather(2, gather)
+    return width
+
+
+__all__ = [
+    "STAGE2_PREFIX",
+    "GenerationLimits",
+    "Generator",
+    "RationaleStream",
+    "TwoStageResult",
+    "answer_end",
+    "parse_answer",
+    "rationale_cut",
+]

@@ -1,0 +1,161 @@
+"""`run_evaluate` end to end on the real default student over a handful of shared-data test rows,
+`run_report` over saved runs, and the bad-input errors raised before anything generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ray_cotd.config import EvaluateConfig, MappingSpec, ModelSpec
+from ray_cotd.config import TestSetSpec as SetSpec  # not Test*: pytest would try to collect it
+from ray_cotd.data.errors import DataError
+from ray_cotd.data.splits import split_name
+from ray_cotd.evaluate import load_predictions, markdown_table, run_evaluate, run_report
+from ray_cotd.metrics import accuracy, answer_change_rate
+from ray_cotd.student.model import ModelLoadError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+# -- bad input: clear errors before evaluation starts (no Ray, no model) ------------------------
+
+
+def test_rows_missing_the_mapped_field_name_file_row_and_field(tmp_path):
+    path = _write(tmp_path / "qs.json", [{"instruction": "Is snow white?", "label": "True"},
+                                         {"instruction": "Is coal white?"}])
+    cfg = EvaluateConfig(test_sets=[SetSpec(path=path, mapping=MappingSpec(preset="testset"))],
+                         output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError) as err:
+        run_evaluate(cfg)
+    assert err.value.path == path and err.value.row == 1 and err.value.field == "label"
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_answer_type_that_does_not_match_the_golds(tmp_path):
+    path = _write(tmp_path / "qs.json", [{"instruction": "How many legs has a spider?", "label": "8"},
+                                         {"instruction": "Is a spider an insect?", "label": "False"}])
+    cfg = EvaluateConfig(test_sets=[SetSpec(path=path, answer_type="numeric")], output_dir=str(tmp_path / "o"))
+    with pytest.raises(DataError, match="is not a numeric answer") as err:
+        run_evaluate(cfg)
+    assert (err.value.row, err.value.field) == (1, "label")
+
+
+def test_checkpoint_directory_that_is_not_a_model(tmp_path):
+    path = _write(tmp_path / "qs.json", [{"instruction": "Is snow white?", "label": "True"}])
+    not_a_model = tmp_path / "ckpt"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("no weights here")
+    cfg = EvaluateConfig(students=[ModelSpec(source=str(not_a_model))], test_sets=[SetSpec(path=path)],
+                         output_dir=str(tmp_path / "o"))
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        run_evaluate(cfg)
+
+
+def test_adapter_directory_that_is_not_an_adapter(tmp_path):
+    path = _write(tmp_path / "qs.json", [{"instruction": "Is snow white?", "label": "True"}])
+    cfg = EvaluateConfig(students=[ModelSpec(adapter=str(tmp_path))], test_sets=[SetSpec(path=path)],
+                         output_dir=str(tmp_path / "o"))
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        run_evaluate(cfg)
+
+
+def test_run_report_needs_run_directories(tmp_path):
+    with pytest.raises(DataError, match="no report.json"):
+        run_report([tmp_path], tmp_path / "cmp")
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.real_model
+def test_evaluate_end_to_end_on_shared_data(shared_data, ray_cluster, tmp_path):
+    cfg = EvaluateConfig(
+        students=[ModelSpec()],
+        student_names=["student"],
+        baselines=["few_shot"],
+        test_sets=[
+            SetSpec(path=str(shared_data / "svamp" / "train_answer_only.json"), name="svamp", split="IND",
+                        mapping=MappingSpec(preset="answer_only"), answer_type="numeric", holdout="test", limit=3),
+            SetSpec(path=str(shared_data / "strategyqa" / "test.json"), name="strategyqa", split="OOD",
+                        answer_type="boolean", limit=2),
+        ],
+        batch_size=4,
+        max_rationale_tokens=12,
+        max_answer_tokens=5,
+        output_dir=str(tmp_path / "run"),
+    )
+    report = run_evaluate(cfg)
+    run = Path(cfg.output_dir)
+    for name in ("report.json", "report.md", "accuracy.png", "faithfulness.png", "resolved_config.yaml"):
+        assert (run / name).is_file(), name
+    assert (run / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((run / "report.json").read_text()) == report
+
+    predictions = load_predictions(run)
+    assert len(predictions) == 2 * (3 + 2)  # 2 systems x (3 + 2) rows, none dropped
+    svamp = [p for p in predictions if p["test_set"] == "svamp"]
+    assert all(split_name(p["question"], 0, 0.2) == "test" for p in svamp)  # the fixed hold-out side
+
+    # the report agrees with the saved predictions
+    assert len(report["results"]) == 4
+    for result in report["results"]:
+        rows = [p for p in predictions if (p["system"], p["test_set"]) == (result["system"], result["test_set"])]
+        assert result["accuracy"] == accuracy([p["correct"] for p in rows]).to_dict()
+        assert result["unparseable"] == sum(p["parse_error"] is not None for p in rows)
+        assert all(p["correct"] is False for p in rows if p["parse_error"] is not None)
+        assert result["faithfulness"] == answer_change_rate(
+            [p["predicted"] for p in rows], [p["swapped_predicted"] for p in rows]).to_dict()
+        assert all(p["swapped_from"] is not None for p in rows)
+    unparseable = [json.loads(line) for line in (run / "unparseable.jsonl").read_text().splitlines()]
+    assert len(unparseable) == sum(r["unparseable"] for r in report["results"])
+    table = (run / "report.md").read_text()
+    assert table == markdown_table(report)
+    for result in report["results"]:
+        acc = result["accuracy"]
+        assert f"({acc['k']}/{acc['n']})" in table
+
+    # compare two saved runs without generating
+    shutil.copytree(run, tmp_path / "run2")
+    compared = run_report([run, tmp_path / "run2"], tmp_path / "cmp")
+    assert {s["name"] for s in compared["systems"]} == {"run/student", "run/few_shot", "run2/student", "run2/few_shot"}
+    assert (tmp_path / "cmp" / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    by_key = {(r["system"], r["test_set"]): r["accuracy"] for r in compared["results"]}
+    for result in report["results"]:
+        assert by_key[("run2/" + result["system"], result["test_set"])] == result["accuracy"]
+
+
+def test_report_files_from_saved_results_without_generating(tmp_path):
+    """write_report + run_report on a hand-built report: table cells, PNGs, prefixed names."""
+    from ray_cotd.evaluate import EvalSet, score, split_summary, summarize, write_report
+
+    sets = [EvalSet("math", "IND", "m.json", "numeric", "all", []), EvalSet("yesno", "OOD", "y.json", "boolean", "all", [])]
+    preds = []
+    for system, texts in {"a": [" 4.", " 5.", " True."], "b": [" 4.", " 4.", " no."]}.items():
+        for (set_name, split, kind, gold), text in zip(
+                [("math", "IND", "numeric", "4"), ("math", "IND", "numeric", "4"), ("yesno", "OOD", "boolean", "True")], texts):
+            preds.append({"system": system, "test_set": set_name, "split": split, **score(text, gold, kind),
+                          "rationale_tokens": 3, "answer_tokens": 2, "answer_changed": None})
+    report = {"mode": "two_stage", "systems": [{"name": "a"}, {"name": "b"}],
+              "test_sets": [{"name": s.name, "split": s.split, "answer_type": s.answer_type, "n": 2 if s.name == "math" else 1}
+                            for s in sets],
+              "results": summarize(preds, ["a", "b"], sets), "splits": split_summary(preds, ["a", "b"])}
+    write_report(report, tmp_path / "r1")
+    table = (tmp_path / "r1" / "report.md").read_text()
+    assert "| math | IND | numeric | 50.0% [9.5, 90.5] (1/2) | 100.0% [34.2, 100.0] (2/2) |" in table
+    assert "| yesno | OOD | boolean | 100.0% [20.7, 100.0] (1/1) | 0.0% [0.0, 79.3] (0/1) |" in table
+    assert (tmp_path / "r1" / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "r1" / "faithfulness.png").exists()  # no swap results, no plot
+    shutil.copytree(tmp_path / "r1", tmp_path / "r2")
+    merged = run_report([tmp_path / "r1", tmp_path / "r2"], tmp_path / "cmp")
+    assert [s["name"] for s in merged["systems"]] == ["r1/a", "r1/b", "r2/a", "r2/b"]
+    assert "r2/b" in (tmp_path / "cmp" / "report.md").read_text()
+    assert (tmp_path / "cmp" / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
