@@ -1,0 +1,286 @@
+"""`ray-cotd tune`: search CasCoD α, PRADA λ and the granularity level for one student.
+
+The key-factors paper's lesson as a tool: the best granularity depends on the student, so search it.
+Each level is a pointer to an already annotated corpus (`level_corpora`): a trial never re-runs the
+teacher. One trial = one real Ray Train run (the `ray-cotd train` code path) whose validation
+reports carry `val_accuracy`, measured by two-stage generation with the inference module (the
+evaluate code path) on validation questions carved from the training side of the fixed hold-out
+split, so no test question is ever trained on or selected on.
+
+Search: Optuna TPE through Ray Tune's OptunaSearch, ASHA early stopping on the same metric, with
+the optimizer step as ASHA's time axis. Results: trials.csv / trials.md (params, metric, steps
+run, stopped early or not), plots (metric vs level, metric vs α, optimization history) and
+best_train.yaml, which `ray-cotd train best_train.yaml` runs as is. A sweep whose directory already
+exists resumes with `Tuner.restore` without repeating finished trials.
+
+Ray calls are marked `# [ray]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ray_cotd.config import ConfigError, TrainConfig, TuneConfig
+from ray_cotd.configbase import from_dict, save_resolved, to_dict
+
+# Metrics every trial reports (the train loop's keys); `metric` must be one of them.
+TRIAL_METRICS = ("val_accuracy", "val_loss", "loss", "task_loss")
+SEARCHED = ("alpha", "lambda_", "level", "lr")
+TIME_ATTR = "step"  # ASHA's clock: optimizer steps reported by the train loop
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and the search space (no Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None) -> None:
+    """Everything that can be wrong before a trial starts, as one clear ConfigError each."""
+    if not any((cfg.search_alpha, cfg.search_lambda, cfg.search_levels, cfg.search_lr)):
+        raise ConfigError(
+            "empty search space: set at least one of search_alpha, search_lambda, search_levels, search_lr"
+        )
+    for key in ("search_alpha", "search_lambda", "search_lr"):
+        bounds = getattr(cfg, key)
+        if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
+            raise ConfigError(f"{key}: expected [low, high] with low < high, got {bounds}")
+    if cfg.search_alpha and not (0.0 <= cfg.search_alpha[0] and cfg.search_alpha[1] <= 1.0):
+        raise ConfigError(f"search_alpha: CasCoD α lives in [0, 1], got {cfg.search_alpha}")
+    for key in ("search_lambda", "search_lr"):
+        bounds = getattr(cfg, key)
+        if bounds and bounds[0] <= 0:
+            raise ConfigError(f"{key}: searched on a log scale, so low must be > 0, got {bounds}")
+    if cfg.search_levels is not None:
+        if not cfg.search_levels:
+            raise ConfigError("search_levels: an empty list; give levels or null")
+        for level in cfg.search_levels:
+            if str(level) not in cfg.level_corpora:
+                raise ConfigError(
+                    f"search_levels: level {level} has no corpus in level_corpora "
+                    f"(given for levels: {', '.join(sorted(cfg.level_corpora)) or 'none'})"
+                )
+    for level, path in cfg.level_corpora.items():
+        if not Path(path).exists():
+            raise ConfigError(f"level_corpora.{level}: corpus not found: {path}")
+    if cfg.search_levels is None and not Path(cfg.train.corpus).exists():
+        raise ConfigError(f"train.corpus: corpus not found: {cfg.train.corpus!r}")
+    if cfg.metric not in TRIAL_METRICS:
+        raise ConfigError(f"metric: no trial reports {cfg.metric!r}; trials report {', '.join(TRIAL_METRICS)}")
+    if cfg.metric == "val_accuracy" and cfg.train.val_generate < 1:
+        raise ConfigError("train.val_generate: metric val_accuracy needs validation questions scored (>= 1)")
+    if cfg.search_lambda and cfg.train.objective not in ("prada", "cascod+prada"):
+        raise ConfigError(f"search_lambda: λ only acts in the prada objectives, not {cfg.train.objective!r}")
+    if cfg.search_alpha and cfg.train.objective not in ("cascod", "cascod+prada"):
+        raise ConfigError(f"search_alpha: α only acts in the cascod objectives, not {cfg.train.objective!r}")
+    if cfg.num_samples < 1 or cfg.max_concurrent_trials < 1:
+        raise ConfigError("num_samples and max_concurrent_trials must be >= 1")
+    if cfg.train.val_every < 1:
+        raise ConfigError("train.val_every: ASHA needs validation reports during a trial (>= 1 step)")
+    if cluster_cpus is not None:
+        per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
+        if cfg.max_concurrent_trials * per_trial > cluster_cpus:
+            raise ConfigError(
+                f"max_concurrent_trials: {cfg.max_concurrent_trials} trials x {per_trial:g} CPUs "
+                f"(train.num_workers x train.cpus_per_worker) exceed the cluster's {cluster_cpus:g} CPUs"
+            )
+
+
+def search_space(cfg: TuneConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    if cfg.search_alpha:
+        space["alpha"] = tune.uniform(*cfg.search_alpha)
+    if cfg.search_lambda:
+        space["lambda_"] = tune.loguniform(*cfg.search_lambda)
+    if cfg.search_levels:
+        space["level"] = tune.choice(list(cfg.search_levels))
+    if cfg.search_lr:
+        space["lr"] = tune.loguniform(*cfg.search_lr)
+    return space
+
+
+def trial_train_config(cfg: TuneConfig, params: dict[str, Any], trial_dir: str | Path) -> TrainConfig:
+    """The base train config with the trial's values in place (a level selects its corpus)."""
+    changes: dict[str, Any] = {k: params[k] for k in ("alpha", "lambda_", "lr") if k in params}
+    if "level" in params:
+        changes["corpus"] = cfg.level_corpora[str(params["level"])]
+    trial_dir = Path(trial_dir)
+    changes.update(output_dir=str(trial_dir / "train"), storage_path=str(trial_dir / "ray"), name="train")
+    return dataclasses.replace(cfg.train, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial (runs inside a Tune trial actor) and the driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """One trial: a Ray Train run whose rank-0 reports become this trial's Tune results."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_cotd.student.train import fit_student
+
+    tune_cfg = from_dict(TuneConfig, config["tune"])
+    params = {k: config[k] for k in SEARCHED if k in config}
+    trial_dir = Path(tune_cfg.output_dir).resolve() / "trials" / tune.get_context().get_trial_id()  # [ray]
+    train_cfg = trial_train_config(tune_cfg, params, trial_dir)
+    # A stable run name per trial: a restored trial resumes its Train run from its last checkpoint.
+    fit_student(train_cfg, callbacks=[TuneReportCallback()])  # [ray]
+
+
+def _experiment_path(cfg: TuneConfig) -> Path:
+    return Path(cfg.output_dir).resolve() / "ray" / cfg.name
+
+
+def run_tune(cfg: TuneConfig) -> dict[str, Any]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    check_tune_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    if not ray.is_initialized():
+        ray.init()  # [ray]
+    check_tune_config(cfg, cluster_cpus=ray.cluster_resources().get("CPU", 0.0))  # [ray]
+
+    fixed = {"tune": to_dict(cfg)}
+    # The trial actor itself only waits on its Train run; a sliver of CPU keeps it schedulable
+    # without taking a core from the Train workers (0 CPUs is rejected by Tune).
+    trainable = tune.with_resources(_trial, {"CPU": 0.01})  # [ray]
+    experiment = _experiment_path(cfg)
+    if tune.Tuner.can_restore(str(experiment)):  # [ray]
+        print(f"[tune] resuming {experiment}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        callbacks = []
+        if cfg.mlflow_uri:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(tracking_uri=cfg.mlflow_uri, experiment_name=cfg.name))
+        tuner = tune.Tuner(  # [ray]
+            trainable,
+            param_space={**fixed, **search_space(cfg)},
+            tune_config=tune.TuneConfig(
+                metric=cfg.metric,
+                mode=cfg.mode,
+                search_alg=OptunaSearch(seed=cfg.train.seed),
+                scheduler=ASHAScheduler(
+                    time_attr=TIME_ATTR, max_t=cfg.train.max_steps, grace_period=cfg.grace_period,
+                    reduction_factor=cfg.reduction_factor,
+                ),
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=cfg.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=str(experiment.parent), callbacks=callbacks),
+        )
+    grid = tuner.fit()  # [ray]
+    return write_results(cfg, grid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+def trial_rows(cfg: TuneConfig, grid: Any) -> list[dict[str, Any]]:
+    """One row per trial: params, best and last metric, steps run, stopped early or not."""
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        params = {k: result.config[k] for k in SEARCHED if k in result.config}
+        scored = history[history[cfg.metric].notna()] if history is not None and cfg.metric in history else None
+        steps = int(history[TIME_ATTR].max()) if history is not None and TIME_ATTR in history else 0
+        rows.append({
+            "trial_id": Path(result.path).name if result.path else None,
+            **params,
+            f"last_{cfg.metric}": None if scored is None or scored.empty else float(scored[cfg.metric].iloc[-1]),
+            "steps": steps,
+            "stopped_early": steps < cfg.train.max_steps and result.error is None,
+            "error": None if result.error is None else str(result.error).splitlines()[0],
+        })
+    return rows
+
+
+def _plot(cfg: TuneConfig, rows: list[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"last_{cfg.metric}"
+    scored = [r for r in rows if r[key] is not None]
+    paths = []
+    for param, label in (("level", "granularity level"), ("alpha", "CasCoD α"), ("lambda_", "PRADA λ")):
+        points = [(r[param], r[key]) for r in scored if r.get(param) is not None]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.scatter(*zip(*points))
+        ax.set_xlabel(label)
+        ax.set_ylabel(cfg.metric)
+        if param == "lambda_":
+            ax.set_xscale("log")
+        ax.set_title(f"{cfg.metric} vs {label}")
+        fig.tight_layout()
+        path = out / f"{cfg.metric}_vs_{param.rstrip('_')}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(str(path))
+    if scored:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        values = [r[key] for r in scored]
+        best = [max(values[: i + 1]) if cfg.mode == "max" else min(values[: i + 1]) for i in range(len(values))]
+        ax.plot(range(1, len(values) + 1), values, "o", label="trial")
+        ax.plot(range(1, len(values) + 1), best, "-", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(cfg.metric)
+        ax.set_title("optimization history")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "optimization_history.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def write_results(cfg: TuneConfig, grid: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    out = Path(cfg.output_dir)
+    rows = trial_rows(cfg, grid)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "trials.csv", index=False)
+    (out / "trials.md").write_text(table.to_markdown(index=False) if rows else "no trials\n")
+    best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="all")  # [ray]
+    best_params = {k: best.config[k] for k in SEARCHED if k in best.config}
+    best_train = trial_train_config(cfg, best_params, out / "best")
+    best_train = dataclasses.replace(best_train, output_dir=str(out / "best" / "train"), storage_path=None,
+                                     name="best")
+    best_yaml = save_resolved(best_train, out, "best_train.yaml")
+    summary = {
+        "trials": len(rows),
+        "stopped_early": sum(1 for r in rows if r["stopped_early"]),
+        "errors": sum(1 for r in rows if r["error"]),
+        "best_params": best_params,
+        f"best_{cfg.metric}": best.metrics.get(cfg.metric) if best.metrics else None,
+        "best_train_yaml": str(best_yaml),
+        "total_steps": int(sum(r["steps"] for r in rows)),
+        "plots": _plot(cfg, rows, out),
+        "table": str(out / "trials.csv"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[tune] {summary['trials']} trials, {summary['stopped_early']} stopped early; best {best_params}",
+          flush=True)
+    return summary
+
+
+__all__ = ["TRIAL_METRICS", "check_tune_config", "run_tune", "search_space", "trial_train_config", "write_results"]
