@@ -31,7 +31,7 @@ from ray_cotd.student.collate import Batch, collate, plan_batches
 from ray_cotd.student.corpus import read_training_rows
 from ray_cotd.student.model import load_tokenizer
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
-from ray_cotd.student.train import Student, build_student, encode_rows, make_scheduler, train_step
+from ray_cotd.student.train import build_student, encode_rows, make_scheduler, train_step
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp" / "train_chatgpt_level3.json"
 ROWS, WIDTH = 8, 256

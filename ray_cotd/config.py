@@ -47,6 +47,22 @@ class MappingSpec(StageConfig):
     domain: Optional[str] = doc(None, "column with a domain tag")
     id: Optional[str] = doc(None, "column with a row id (default: derived from the question text)")
 
+    def field_mapping(self) -> Any:
+        """The reader's FieldMapping: the preset's columns with explicit ones over them, the
+        explicit columns alone, or None (the reader detects the mapping from the file's columns)."""
+        from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping
+
+        explicit = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
+        if self.preset is not None:
+            if self.preset not in MAPPING_PRESETS:
+                raise ConfigError(f"mapping.preset: {self.preset!r} not valid; choose from {list(MAPPING_PRESETS)}")
+            return FieldMapping(**{**MAPPING_PRESETS[self.preset].columns(), **explicit})
+        if not explicit:
+            return None
+        if "question" not in explicit:
+            raise ConfigError("mapping.question: name the question column (or give a preset)")
+        return FieldMapping(**explicit)
+
 
 @dataclass
 class OpenAIEngineSpec(StageConfig):

@@ -30,10 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ray_cotd.config import ConfigError, EvaluateConfig, MappingSpec, ModelSpec, TestSetSpec, save_resolved
+from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, save_resolved
 from ray_cotd.data.answers import ANSWER_TYPES, ParsedOutput, infer_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
-from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, read_questions
+from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import holdout_split
 from ray_cotd.inference import GenerationLimits, parse_answer
 from ray_cotd.metrics import accuracy, answer_change_rate
@@ -68,20 +68,6 @@ class EvalSet:
 # -- preparation: everything that can fail on bad input, before any model runs -----------------
 
 
-def field_mapping(spec: MappingSpec) -> FieldMapping | None:
-    """The reader's FieldMapping for a config MappingSpec; None = detect from the columns."""
-    explicit = {k: v for k, v in asdict(spec).items() if k != "preset" and v is not None}
-    if spec.preset is None and not explicit:
-        return None
-    if spec.preset is not None:
-        if spec.preset not in MAPPING_PRESETS:
-            raise ConfigError(f"mapping.preset: {spec.preset!r} not valid; choose from {list(MAPPING_PRESETS)}")
-        return FieldMapping(**{**asdict(MAPPING_PRESETS[spec.preset]), **explicit})
-    if "question" not in explicit:
-        raise ConfigError("mapping.question: name the question column (or give a preset)")
-    return FieldMapping(**explicit)
-
-
 def _set_name(spec: TestSetSpec) -> str:
     if spec.name:
         return spec.name
@@ -94,7 +80,7 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
     """Read and check one test set. Raises DataError naming file, row and field on bad input."""
     if not spec.path:
         raise ConfigError("test_sets[].path: empty")
-    mapping = field_mapping(spec.mapping)
+    mapping = spec.mapping.field_mapping()
     result = read_questions(spec.path, mapping, on_bad="raise")
     gold_field = result.mapping.gold or result.mapping.answer if result.mapping else None
     if gold_field is None:
@@ -560,7 +546,6 @@ __all__ = [
     "System",
     "EvalSet",
     "build_systems",
-    "field_mapping",
     "load_few_shot",
     "load_predictions",
     "markdown_table",

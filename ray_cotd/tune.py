@@ -252,6 +252,18 @@ def _plot(cfg: TuneConfig, rows: list[dict[str, Any]], out: Path) -> list[str]:
     return paths
 
 
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no trials\n"
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_results(cfg: TuneConfig, grid: Any) -> dict[str, Any]:
     import pandas as pd
 
@@ -259,7 +271,7 @@ def write_results(cfg: TuneConfig, grid: Any) -> dict[str, Any]:
     rows = trial_rows(cfg, grid)
     table = pd.DataFrame(rows)
     table.to_csv(out / "trials.csv", index=False)
-    (out / "trials.md").write_text(table.to_markdown(index=False) if rows else "no trials\n")
+    (out / "trials.md").write_text(_markdown(rows))
     best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="all")  # [ray]
     best_params = {k: best.config[k] for k in SEARCHED if k in best.config}
     best_train = trial_train_config(cfg, best_params, out / "best")

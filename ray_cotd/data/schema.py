@@ -70,7 +70,7 @@ class AnnotatedRecord:
         job rewrites the same ids and resuming can skip rows already done.
     correct: answers_match(answer, gold) when there is a gold answer, else None.
     level: rationale granularity 1 (tersest) .. 6 (most detailed); None for human/answer-only rows.
-    format: the CoT format ("standard", "bsm", "rar", "symbolic"); None when unknown.
+    format: the CoT format (ray_cotd.teacher.prompts: "cot", "least_to_most", "rar", "symbolic"); None when unknown.
     sampling: generation settings (temperature, top_p, seed, ...). Stored by `to_dict` as a JSON
         string with sorted keys, because Parquet/Arrow would otherwise need one struct type shared
         by every row; `from_dict` accepts the string or a dict.

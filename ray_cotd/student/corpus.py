@@ -17,14 +17,14 @@ of what is left. Both split by question text, so all samples of one question sta
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import MappingSpec
 from ray_cotd.data.answers import ParseFailure, split_output
 from ray_cotd.data.errors import DataError
-from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, read_questions, read_rows
+from ray_cotd.data.readers import read_questions, read_rows
 from ray_cotd.data.splits import holdout_split
 
 ANNOTATED_KEYS = ("question", "rationale", "answer")
@@ -44,21 +44,6 @@ class Corpus:
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "train_rows": len(self.train), "val_rows": len(self.val),
                 "held_out_rows": self.held_out, "dropped": dict(self.dropped)}
-
-
-def field_mapping(spec: MappingSpec) -> FieldMapping | None:
-    """The reader mapping a MappingSpec names: a preset with per-column overrides, the columns
-    alone, or None (detect from the file's columns)."""
-    overrides = {f.name: getattr(spec, f.name) for f in fields(FieldMapping) if getattr(spec, f.name) is not None}
-    if spec.preset is not None:
-        if spec.preset not in MAPPING_PRESETS:
-            raise DataError(f"unknown mapping preset {spec.preset!r}", field="mapping.preset", choices=MAPPING_PRESETS)
-        return FieldMapping(**{**MAPPING_PRESETS[spec.preset].columns(), **overrides})
-    if overrides:
-        if "question" not in overrides:
-            raise DataError("a mapping without a preset must name the question column", field="mapping.question")
-        return FieldMapping(**overrides)
-    return None
 
 
 def _files(path: Path) -> list[Path]:
@@ -94,7 +79,7 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
                              "rationale": r["rationale"].strip(), "answer": r["answer"].strip(),
                              "domain": r.get("domain"), "source": str(file), "row": index})
             continue
-        result = read_questions(file, field_mapping(mapping or MappingSpec()), on_bad="collect")
+        result = read_questions(file, (mapping or MappingSpec()).field_mapping(), on_bad="collect")
         for b in result.bad:
             drop(b.path, b.row, b.field or "", b.reason)
         for rec in result.records:
@@ -140,11 +125,11 @@ def load_corpus(path: str | Path, mapping: MappingSpec | None = None, *, needs_r
 
 def load_target_questions(path: str | Path, mapping: MappingSpec | None = None) -> list[str]:
     """PRADA's unlabeled target-domain questions (any readable file; only the question is used)."""
-    result = read_questions(path, field_mapping(mapping or MappingSpec()), on_bad="collect")
+    result = read_questions(path, (mapping or MappingSpec()).field_mapping(), on_bad="collect")
     questions = [r["question"] for r in result.records]
     if not questions:
         raise DataError("no target-domain questions", path=path, field="target_questions")
     return questions
 
 
-__all__ = ["Corpus", "field_mapping", "load_corpus", "load_target_questions", "read_training_rows"]
+__all__ = ["Corpus", "load_corpus", "load_target_questions", "read_training_rows"]

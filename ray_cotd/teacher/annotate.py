@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ray_cotd.config import AnnotateConfig, MappingSpec, load_stage_config, save_resolved
+from ray_cotd.config import AnnotateConfig, load_stage_config, save_resolved
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
-from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, read_questions
+from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
 from ray_cotd.teacher.engines import OUTPUT_COLUMNS, REQUEST_COLUMNS, generate_stage, teacher_name
 from ray_cotd.teacher.prompts import check_choices, get_template
@@ -83,15 +83,6 @@ def arrow_schema() -> Any:
 
 
 # --------------------------------------------------------------------------- plan
-
-
-def field_mapping(spec: MappingSpec) -> FieldMapping | str | None:
-    """The reader's mapping for a config's MappingSpec: explicit columns over the preset's."""
-    explicit = {k: v for k, v in vars(spec).items() if k != "preset" and v is not None}
-    if not explicit:
-        return spec.preset
-    base = MAPPING_PRESETS[spec.preset].columns() if spec.preset in MAPPING_PRESETS else {}
-    return FieldMapping(**{**base, **explicit})
 
 
 def sampling_of(cfg: AnnotateConfig, sample_index: int) -> dict[str, Any]:
@@ -357,7 +348,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     save_resolved(cfg, out)
 
-    read = read_questions(cfg.questions, field_mapping(cfg.mapping), domain=cfg.domain, on_bad="collect")
+    read = read_questions(cfg.questions, cfg.mapping.field_mapping(), domain=cfg.domain, on_bad="collect")
     records = read.records[: cfg.limit] if cfg.limit is not None else read.records
     bad_questions = [_bad_question(b) for b in read.bad]
     records, repeated = unique_questions(records)
@@ -429,7 +420,6 @@ __all__ = [
     "TRANSIENT_REASONS",
     "Verdict",
     "arrow_schema",
-    "field_mapping",
     "judge",
     "plan_work",
     "run_annotate",
