@@ -199,7 +199,7 @@ def trial_rows(cfg: TuneConfig, grid: Any) -> list[dict[str, Any]]:
         scored = history[history[cfg.metric].notna()] if history is not None and cfg.metric in history else None
         steps = int(history[TIME_ATTR].max()) if history is not None and TIME_ATTR in history else 0
         rows.append({
-            "trial_id": Path(result.path).name if result.path else None,
+            "trial_id": (result.metrics or {}).get("trial_id"),
             **params,
             f"last_{cfg.metric}": None if scored is None or scored.empty else float(scored[cfg.metric].iloc[-1]),
             "steps": steps,
