@@ -50,9 +50,12 @@ def git_commit(start: Path | None = None) -> str | None:
 def _describe(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     entry: dict[str, Any] = {"path": str(path), "exists": p.exists()}
-    upstream = (p if p.is_dir() else p.parent) / MANIFEST_NAME  # the stage that produced this input
-    if upstream.is_file():
-        entry["manifest"] = str(upstream)
+    # The stage that produced this input: its directory, or the stage directory holding it
+    # (annotate/corpus/ is an input of train; annotate/manifest.json describes it).
+    for directory in ([p] if p.is_dir() else []) + [p.parent, p.parent.parent]:
+        if (directory / MANIFEST_NAME).is_file():
+            entry["manifest"] = str(directory / MANIFEST_NAME)
+            break
     return entry
 
 

@@ -15,12 +15,13 @@ def test_manifest_records_config_inputs_versions_and_upstream(tmp_path):
     upstream = tmp_path / "annotate"
     cfg = load_stage_config("annotate", None, ["questions=q.jsonl"])
     write_manifest(upstream, stage="annotate", config=cfg, inputs=["q.jsonl"], outputs=[str(upstream)])
-    train_cfg = load_stage_config("train", None, [f"corpus={upstream}"])
-    path = write_manifest(tmp_path / "train", stage="train", config=train_cfg, inputs=[upstream], outputs=[])
+    (upstream / "corpus").mkdir()
+    train_cfg = load_stage_config("train", None, [f"corpus={upstream / 'corpus'}"])
+    path = write_manifest(tmp_path / "train", stage="train", config=train_cfg, inputs=[upstream / "corpus"], outputs=[])
     manifest = json.loads(path.read_text())
     assert manifest["stage"] == "train"
     assert manifest["inputs"][0]["manifest"] == str(upstream / "manifest.json")
-    assert manifest["config"]["corpus"] == str(upstream)
+    assert manifest["config"]["corpus"] == str(upstream / "corpus")
     assert {"ray", "torch", "transformers", "peft"} <= set(manifest["versions"])
     assert (tmp_path / "train" / "resolved_config.yaml").is_file()
 
