@@ -8,11 +8,15 @@ rejected with the valid ones listed, and `save_resolved` writes what actually ra
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -76,6 +80,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
         return from_dict(tp, value, where=where)
     if tp is float:
+        # PyYAML reads "1e-3" (no dot) as a string; a number written that way is still a number.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -26,6 +26,16 @@ def test_yaml_plus_overrides(tmp_path):
     assert cfg.student.source == "/m" and cfg.student.dtype == "bfloat16"
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # PyYAML parses "1e-3" as a string; users write learning rates that way.
+    assert load_stage_config("train", None, ["lr=1e-3"]).lr == 1e-3
+    path = tmp_path / "t.yaml"
+    path.write_text("lr: 5e-5\n")
+    assert load_stage_config("train", path).lr == 5e-5
+    with pytest.raises(ConfigError, match="lr: expected a number, got 'fast'"):
+        load_stage_config("train", None, ["lr=fast"])
+
+
 def test_int_is_accepted_for_float_and_kept_as_float():
     cfg = load_stage_config("train", None, ["alpha=1"])
     assert cfg.alpha == 1.0 and isinstance(cfg.alpha, float)
