@@ -37,7 +37,7 @@ def sweep_overrides(data: Path, out: Path, *, trials: int, steps: int, grace: in
         "train.objective=cascod", "train.peft=lora", "train.lora_r=4", "train.lora_alpha=8", "train.batch_size=2",
         f"train.max_steps={steps}", "train.max_seq_len=160", "train.lr=1e-3", "train.lr_schedule=constant",
         "train.val_every=1", "train.val_fraction=0.02", f"train.checkpoint_every={steps}",
-        "train.num_workers=1", "train.cpus_per_worker=2.0", "train.seed=0",
+        "train.num_workers=1", "train.cpus_per_worker=1.0", "train.seed=0",
     ]
 
 

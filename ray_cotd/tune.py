@@ -30,6 +30,9 @@ from ray_cotd.configbase import from_dict, save_resolved, to_dict
 TRIAL_METRICS = ("val_accuracy", "val_loss", "loss", "task_loss")
 SEARCHED = ("alpha", "lambda_", "level", "lr")
 TIME_ATTR = "step"  # ASHA's clock: optimizer steps reported by the train loop
+# The trial actor only waits on its Train run; a sliver of CPU keeps it schedulable without taking a
+# core from the Train workers (Tune rejects 0 CPUs). It still counts when trials are packed.
+TRIAL_CPU = 0.01
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,11 +83,12 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None) -> 
     if cfg.train.val_every < 1:
         raise ConfigError("train.val_every: ASHA needs validation reports during a trial (>= 1 step)")
     if cluster_cpus is not None:
-        per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
+        per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
         if cfg.max_concurrent_trials * per_trial > cluster_cpus:
             raise ConfigError(
                 f"max_concurrent_trials: {cfg.max_concurrent_trials} trials x {per_trial:g} CPUs "
-                f"(train.num_workers x train.cpus_per_worker) exceed the cluster's {cluster_cpus:g} CPUs"
+                f"(train.num_workers x train.cpus_per_worker + {TRIAL_CPU} for the trial) exceed the "
+                f"cluster's {cluster_cpus:g} CPUs"
             )
 
 
@@ -152,9 +156,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     check_tune_config(cfg, cluster_cpus=ray.cluster_resources().get("CPU", 0.0))  # [ray]
 
     fixed = {"tune": to_dict(cfg)}
-    # The trial actor itself only waits on its Train run; a sliver of CPU keeps it schedulable
-    # without taking a core from the Train workers (0 CPUs is rejected by Tune).
-    trainable = tune.with_resources(_trial, {"CPU": 0.01})  # [ray]
+    trainable = tune.with_resources(_trial, {"CPU": TRIAL_CPU})  # [ray]
     experiment = _experiment_path(cfg)
     if tune.Tuner.can_restore(str(experiment)):  # [ray]
         print(f"[tune] resuming {experiment}", flush=True)

@@ -59,7 +59,11 @@ def test_missing_corpus_names_the_level_and_path(corpora, tmp_path):
 
 def test_more_concurrent_trials_than_cpus(corpora):
     cfg = tune_cfg(corpora, "max_concurrent_trials=3", "train.num_workers=1", "train.cpus_per_worker=1")
-    with pytest.raises(ConfigError, match="3 trials x 1 CPUs .* exceed the cluster's 2 CPUs"):
+    with pytest.raises(ConfigError, match="3 trials x 1.01 CPUs .* exceed the cluster's 2 CPUs"):
+        check_tune_config(cfg, cluster_cpus=2)
+    # one trial whose workers take every CPU leaves no room for the trial actor itself
+    cfg = tune_cfg(corpora, "train.num_workers=1", "train.cpus_per_worker=2")
+    with pytest.raises(ConfigError, match="1 trials x 2.01 CPUs"):
         check_tune_config(cfg, cluster_cpus=2)
 
 
