@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
@@ -91,17 +90,10 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from ray_cotd.data.inspect import format_inspect, inspect_path
-    from ray_cotd.data.readers import FieldMapping, MAPPING_PRESETS
+    from ray_cotd.config import MappingSpec
 
-    mapping: Any = args.preset
     columns = {k: getattr(args, k) for k in ("question", "output", "answer", "gold", "domain")}
-    if any(columns.values()):
-        base = MAPPING_PRESETS[args.preset] if args.preset else None
-        fields = dataclasses.asdict(base) if base else {}
-        fields.update({k: v for k, v in columns.items() if v})
-        if "question" not in fields:
-            raise ConfigError("inspect: --question COLUMN is required when no --preset is given")
-        mapping = FieldMapping(**fields)
+    mapping = MappingSpec(preset=args.preset, **columns).field_mapping()
     report = inspect_path(
         args.path, mapping, answer_type=args.answer_type, lenient=args.lenient, gold_path=args.gold_file
     )
