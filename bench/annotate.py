@@ -1,20 +1,23 @@
 """Annotate pipeline throughput vs a plain batched `generate` loop (same model, questions, batch size).
 
-    python bench/annotate.py            # 96 questions, batch 8, 96 new tokens, 3 interleaved pairs
-    python bench/annotate.py --quick    # 32 questions, batch 8, 64 new tokens, 2 pairs (< 5 minutes idle)
+    python bench/annotate.py            # 96 questions, batch 8, 96 new tokens, 3 interleaved rounds
+    python bench/annotate.py --quick    # 40 questions, batch 8, 64 new tokens, 2 rounds (< 5 minutes idle)
 
 Both sides run the embedded default teacher (SmolLM2-135M-Instruct), greedy, on the same rendered
-level-3 prompts, with torch using 2 threads: the plain loop in this process, the pipeline in one Ray
-Data actor that reserves both CPUs (Ray would otherwise set OMP_NUM_THREADS to 1 in the actor).
-Generated tokens are counted the same way on both sides: up to and including the first EOS.
+level-3 prompts, on the machine's CPUs: the plain loop in this process with torch using every CPU,
+the pipeline in two layouts of Ray Data actors: "1x2" (one actor reserving every CPU, torch using
+them all) and "2x1" (one single-threaded actor per CPU, the layout `ray-cotd annotate` recommends on
+CPU; each actor takes whole batches). Generated tokens are counted the same way on both sides: up to
+and including the first EOS.
 
 Timed: the plain loop from model load to the last batch; the pipeline from run_annotate's call to its
 return (actor start, model load, generation, parsing, Parquet commits). Starting the local Ray
 cluster is not timed (a cluster outlives many annotate runs). The pipeline's own generate-phase
 rate (stats.json this_run.tokens_per_s) is printed too.
 
-Each repeat runs the plain loop, then the pipeline; the ratio is of the medians.
-Last line: pipeline_over_plain=<median pipeline tokens/s / median plain tokens/s, end to end>.
+Each round runs the plain loop, then each pipeline layout; the ratios are of the medians.
+Last line: pipeline_over_plain=<median pipeline tokens/s / median plain tokens/s, end to end, in the
+recommended layout (--layout, default 2x1)>.
 """
 
 from __future__ import annotations
@@ -75,12 +78,18 @@ def plain_loop(questions: list[dict[str, str]], level: int, batch_size: int, max
     return tokens, time.perf_counter() - start
 
 
-def pipeline(questions_path: Path, out_dir: Path, level: int, batch_size: int, max_new_tokens: int) -> tuple[int, float, dict]:
+LAYOUTS = {"1x2": (1, 2.0), "2x1": (2, 1.0)}  # name -> (actors, CPUs = torch threads per actor)
+
+
+def pipeline(questions_path: Path, out_dir: Path, level: int, batch_size: int, max_new_tokens: int,
+             layout: str) -> tuple[int, float, dict]:
     from ray_cotd.config import AnnotateConfig
     from ray_cotd.teacher.annotate import run_annotate
 
+    workers, cpus = LAYOUTS[layout]
     cfg = AnnotateConfig(questions=str(questions_path), output_dir=str(out_dir), levels=[level],
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, num_workers=1, cpus_per_worker=2.0)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, num_workers=workers,
+                         cpus_per_worker=cpus)
     start = time.perf_counter()
     stats = run_annotate(cfg)
     return stats["this_run"]["completion_tokens"], time.perf_counter() - start, stats
@@ -92,44 +101,53 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None, help="plain/pipeline pairs, interleaved")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds of plain + each layout, interleaved")
     parser.add_argument("--level", type=int, default=3)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="2x1", help="the layout of the last line")
     args = parser.parse_args()
-    n = args.questions or (32 if args.quick else 96)
+    n = args.questions or (40 if args.quick else 96)
     max_new = args.max_new_tokens or (64 if args.quick else 96)
     repeats = args.repeats or (2 if args.quick else 3)
 
     import ray
 
     questions = make_questions(n)
-    plain_rates, pipe_rates, gen_rates = [], [], []
+    plain_rates: list[float] = []
+    pipe_rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    gen_rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
         qpath = Path(tmp) / "questions.jsonl"
         qpath.write_text("".join(json.dumps(q) + "\n" for q in questions))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            # Interleaved pairs: on a shared machine the load drifts, and a pair sees similar load.
+            # Interleaved rounds: on a shared machine the load drifts, and one round sees similar load.
             for rep in range(repeats):
                 plain_tokens, plain_s = plain_loop(questions, args.level, args.batch_size, max_new)
-                pipe_tokens, pipe_s, stats = pipeline(qpath, Path(tmp) / f"out{rep}", args.level, args.batch_size, max_new)
                 plain_rates.append(plain_tokens / plain_s)
-                pipe_rates.append(pipe_tokens / pipe_s)
-                gen_rates.append(stats["this_run"]["tokens_per_s"])
-                print(f"repeat {rep}: plain {plain_tokens} tokens in {plain_s:.1f} s = {plain_rates[-1]:.1f} tok/s; "
-                      f"pipeline {pipe_tokens} tokens in {pipe_s:.1f} s = {pipe_rates[-1]:.1f} tok/s end to end "
-                      f"(generate phase {gen_rates[-1]:.1f} tok/s); same tokens: {pipe_tokens == plain_tokens}",
+                print(f"round {rep}: plain {plain_tokens} tokens in {plain_s:.1f} s = {plain_rates[-1]:.1f} tok/s",
                       flush=True)
+                for layout in LAYOUTS:
+                    pipe_tokens, pipe_s, stats = pipeline(qpath, Path(tmp) / f"out-{layout}-{rep}", args.level,
+                                                          args.batch_size, max_new, layout)
+                    pipe_rates[layout].append(pipe_tokens / pipe_s)
+                    gen_rates[layout].append(stats["this_run"]["tokens_per_s"])
+                    print(f"round {rep}: pipeline {layout} {pipe_tokens} tokens in {pipe_s:.1f} s = "
+                          f"{pipe_rates[layout][-1]:.1f} tok/s end to end (generate phase "
+                          f"{gen_rates[layout][-1]:.1f} tok/s); same tokens: {pipe_tokens == plain_tokens}", flush=True)
         finally:
             ray.shutdown()
 
-    plain_med, pipe_med = statistics.median(plain_rates), statistics.median(pipe_rates)
-    print(f"questions={n} batch_size={args.batch_size} max_new_tokens={max_new} level={args.level} threads=2 "
-          f"repeats={repeats}")
-    print(f"median plain {plain_med:.1f} tok/s; median pipeline {pipe_med:.1f} tok/s end to end, "
-          f"{statistics.median(gen_rates):.1f} tok/s generate phase")
-    print(f"per-pair ratios: {[round(p / q, 3) for p, q in zip(pipe_rates, plain_rates)]}")
+    plain_med = statistics.median(plain_rates)
+    print(f"questions={n} batch_size={args.batch_size} max_new_tokens={max_new} level={args.level} cpus=2 "
+          f"rounds={repeats}")
+    print(f"median plain {plain_med:.1f} tok/s")
+    for layout in LAYOUTS:
+        med = statistics.median(pipe_rates[layout])
+        print(f"pipeline {layout}: median {med:.1f} tok/s end to end, {statistics.median(gen_rates[layout]):.1f} "
+              f"tok/s generate phase; over plain {med / plain_med:.3f} "
+              f"(per round {[round(p / q, 3) for p, q in zip(pipe_rates[layout], plain_rates)]})")
     print(f"pipeline kept {stats['kept']}/{stats['rows_in']} rows; dropped {stats['dropped_by_reason']}")
-    print(f"pipeline_over_plain={pipe_med / plain_med:.3f}")
+    print(f"pipeline_over_plain={statistics.median(pipe_rates[args.layout]) / plain_med:.3f}")
 
 
 if __name__ == "__main__":
