@@ -22,6 +22,7 @@ own at the end of a row, with no targets.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -193,26 +194,44 @@ class Batch:
 
 
 def pack_rows(lengths: Seq[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: indices of sequences grouped into rows of at most `capacity` tokens."""
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if lengths[index] > capacity:
-            raise ValueError(f"sequence {index} has {lengths[index]} tokens, more than the row capacity {capacity}")
-        for row, room in enumerate(free):
-            if lengths[index] <= room:
-                rows[row].append(index)
-                free[row] -= lengths[index]
-                break
-        else:
-            rows.append([index])
-            free.append(capacity - lengths[index])
-    return rows
+    """Indices of sequences grouped into rows of at most `capacity` tokens, with the fewest
+    computed tokens (rows x the widest row) that balanced packing finds.
+
+    A batch is a rectangle, so what costs is rows x width, not the row count: packing 8 examples
+    first-fit into rows of `capacity` leaves a short last row that the others' width pads. For each
+    row count from the least that can hold every token, the longest-first greedy (each sequence to
+    the least-filled row) balances the rows; the count with the smallest rectangle wins, and a tie
+    goes to more, narrower rows (attention costs grow with width).
+    """
+    for index, n in enumerate(lengths):
+        if n > capacity:
+            raise ValueError(f"sequence {index} has {n} tokens, more than the row capacity {capacity}")
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best: tuple[int, list[list[int]]] | None = None
+    for n_rows in range(max(1, math.ceil(sum(lengths) / capacity)), len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        load = [0] * n_rows
+        for index in order:
+            row = min(range(n_rows), key=load.__getitem__)
+            rows[row].append(index)
+            load[row] += lengths[index]
+        width = max(load)
+        if width > capacity:
+            continue
+        if best is None or n_rows * width <= best[0]:
+            best = (n_rows * width, rows)
+        if width == lengths[order[0]]:  # one sequence per widest row: more rows cannot narrow it
+            break
+    assert best is not None  # n_rows = len(lengths) always fits
+    return [row for row in best[1] if row]
 
 
 def collate(seqs: list[Sequence], *, pad_id: int, pack: bool, capacity: int) -> Batch:
-    """Rows of sequences: packed (first-fit into rows of `capacity`) or one per row, padded to the
-    longest row. Positions restart at 0 per example and per padding block (see module docstring)."""
+    """Rows of sequences: packed (balanced into rows of at most `capacity`, see pack_rows) or one
+    per row, padded to the longest row. Positions restart at 0 per example and per padding block
+    (see module docstring)."""
     rows = pack_rows([len(s) for s in seqs], capacity) if pack else [[i] for i in range(len(seqs))]
     width = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), width)

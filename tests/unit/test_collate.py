@@ -98,8 +98,18 @@ def test_encode_rows_counts_truncated_and_dropped_rows():
     assert all(len(s) <= budget for seqs in examples for s in seqs)
 
 
-def test_pack_rows_first_fit_decreasing():
-    assert pack_rows([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
+def test_pack_rows_balances_rows_to_the_smallest_rectangle():
+    assert pack_rows([5, 3, 4, 2], 8) == [[0, 3], [2, 1]]  # two rows of 7, not 8 + 6
+    # first-fit into rows of 512 would give widths 500 + 500 + 40 -> 3 x 500; balanced: 2 rows
+    # can't hold 1040 tokens in 512, so 3 balanced rows of at most 380 (first fit: 3 x 500)
+    lengths = [300, 200, 200, 180, 100, 60]
+    rows = pack_rows(lengths, 512)
+    width = max(sum(lengths[i] for i in r) for r in rows)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert len(rows) * width <= 3 * 380
+    # one sequence per row is never worse than padding
+    assert pack_rows([10, 10, 10], 10) == [[0], [1], [2]]
+    assert pack_rows([], 8) == []
     with pytest.raises(ValueError, match="capacity"):
         pack_rows([9], 8)
 
@@ -109,9 +119,11 @@ def test_collate_packed_resets_positions_and_marks_examples():
     b = build_sequence([([7], ROLE_ANSWER)], prompt=[2])  # 2 tokens
     c = build_sequence([([8], ROLE_ANSWER)], prompt=[2, 3])  # 3 tokens
     batch = collate([a, b, c], pad_id=0, pack=True, capacity=8)
-    assert batch.input_ids.shape == (2, 8)  # [a, c] fill the first row; b and padding the second
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
-    assert batch.example_index.tolist() == [[0, 0, 0, 0, 0, 2, 2, 2], [1, 1, -1, -1, -1, -1, -1, -1]]
+    assert batch.input_ids.shape == (2, 5)  # a alone, then c + b: two full rows of 5, no padding
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert batch.example_index.tolist() == [[0, 0, 0, 0, 0], [2, 2, 2, 1, 1]]
+    uneven = collate([a, b], pad_id=0, pack=True, capacity=8)  # one row of 7: nothing to balance
+    assert uneven.input_ids.shape == (1, 7)
     assert batch.real_tokens == 10 and batch.n_examples == 3
     padded = collate([a, b, c], pad_id=0, pack=False, capacity=8)
     assert padded.input_ids.shape == (3, 5) and padded.real_tokens == 10
