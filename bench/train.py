@@ -9,9 +9,11 @@
    FLOPs per step: 6·N·tokens for full fine-tuning, 4·N·tokens for LoRA (frozen weights need no
    weight gradients), N = the student's parameter count (tied embedding counted once);
    attention FLOPs are left out. MFU = achieved FLOP/s / the peak of that precision.
-3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each).
+   Full fp32 also runs in a plain loop in the same process, so Ray Train's cost is a side-by-side ratio.
+3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each), their steps
+   alternating on one LoRA bf16 student.
 4. Packing vs randomly ordered padded batches (and length-grouped) on real rows: real (non-pad)
-   tokens per second over the same number of batches of 8 examples.
+   tokens per second over the same number of batches of 8 examples, the three alternating.
 
 Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=<ratio>
 """
@@ -37,10 +39,11 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svam
 ROWS, WIDTH = 8, 256
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Median FLOP/s of an n x n matmul."""
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Median FLOP/s of an n x n matmul (after 3 warm-up calls)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+    for _ in range(3):
+        torch.mm(a, b)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -88,6 +91,25 @@ def time_steps(cfg: TrainConfig, batches: list[Batch], objective: str, steps: in
     return times
 
 
+def time_interleaved(cfg: TrainConfig, work: dict[str, tuple[list[Batch], str]], steps: int,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per optimizer step for each named (batches, objective), their steps alternating on one
+    student (step i of every name runs before step i+1 of any), after `warmup` rounds."""
+    student = build_student(cfg)
+    student.train()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    scheduler = make_scheduler(optimizer, cfg)
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for i in range(warmup + steps):
+        for name, (batches, objective) in work.items():
+            t0 = time.perf_counter()
+            train_step(student, student, optimizer, scheduler, [batches[i % len(batches)]], OBJECTIVES[objective],
+                       LossParams(alpha=0.3), precision=cfg.precision)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def ray_worker(config: dict) -> dict:
     """TorchTrainer worker: the same timed loop, inside Ray Train."""
     import ray.train
@@ -115,7 +137,8 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 timed steps per mode (about 5 minutes here)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 timed steps per mode; full fp32 (Ray and plain) and LoRA bf16 only (under 5 minutes here)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; 2 with --quick)")
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6/3)")
@@ -137,44 +160,57 @@ def main() -> None:
     tokens = ROWS * WIDTH
 
     results = {}
-    modes = [("full", "float32", True), ("full", "bfloat16", False), ("lora", "float32", False),
-             ("lora", "bfloat16", False)]
+    # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
+    modes = [("full", "float32", True), ("full", "float32", False), ("lora", "bfloat16", False)]
+    if not args.quick:
+        modes += [("full", "bfloat16", False), ("lora", "float32", False)]
     for peft, precision, via_ray in modes:
         cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant")
         times = through_ray_train(cfg, mfu_batch, steps, threads) if via_ray else time_steps(cfg, [mfu_batch], "std_cot", steps)
         step = statistics.median(times)
         flops = (6 if peft == "full" else 4) * n_params * tokens / step
         mfu = flops / (peak32 if precision == "float32" else peak16)
-        results[(peft, precision)] = mfu
+        results[(peft, precision, via_ray)] = mfu
         where = "Ray Train, 1 worker" if via_ray else "plain loop"
         print(f"{peft:4s} {precision:8s} ({where}): step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
               f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s, MFU {mfu:.3f}", flush=True)
 
-    # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed
+    # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed; the two
+    # objectives' steps alternate on one student, so machine noise hits both alike
     lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
-    step_time = {}
+    pairs = {}
     for name in ("std_cot", "cascod"):
         laid, _ = encode_rows(tokenizer, rows[:8], OBJECTIVES[name], max_seq_len=512)
-        batch = collate([s for ex in laid for s in ex], pad_id=tokenizer.pad_token_id, pack=True, capacity=512)
-        step_time[name] = statistics.median(time_steps(lora, [batch], name, steps))
-        print(f"{name}: step {step_time[name]:.2f} s on {batch.real_tokens} tokens", flush=True)
+        pairs[name] = ([collate([s for ex in laid for s in ex], pad_id=tokenizer.pad_token_id, pack=True,
+                                capacity=512)], name)
+    pair_times = time_interleaved(lora, pairs, max(steps, 3))
+    step_time = {name: statistics.median(t) for name, t in pair_times.items()}
+    for name, (batches, _) in pairs.items():
+        print(f"{name}: step {step_time[name]:.2f} s on {batches[0].real_tokens} tokens "
+              f"(runs {', '.join(f'{t:.2f}' for t in pair_times[name])})", flush=True)
     ratio = step_time["cascod"] / step_time["std_cot"]
 
-    # packing vs randomly ordered padding (and length grouping): tokens/s over the same batch count
+    # packing vs randomly ordered padding (and length grouping): real tokens/s over the same number
+    # of batches of 8 examples, the three batchings alternating batch by batch on one student
     lengths = [sum(len(s) for s in ex) for ex in examples]
-    rate = {}
+    modes_batches = {}
     for batching in ("padded", "grouped", "packed"):
         plan = plan_batches(lengths, 8, batching=batching, seed=0)[:n_batches]
-        batches = [collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
-                           pack=batching == "packed", capacity=512) for b in plan]
-        times = time_steps(lora, batches, "std_cot", len(batches))
+        modes_batches[batching] = ([collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
+                                            pack=batching == "packed", capacity=512) for b in plan], "std_cot")
+    batch_times = time_interleaved(lora, modes_batches, n_batches)
+    rate = {}
+    for batching, (batches, _) in modes_batches.items():
         real = sum(b.real_tokens for b in batches)
         computed = sum(b.input_ids.numel() for b in batches)
-        rate[batching] = real / sum(times)
+        rate[batching] = real / sum(batch_times[batching])
         print(f"{batching}: {rate[batching]:.0f} real tokens/s ({real} real of {computed} computed tokens)", flush=True)
     speedup = rate["packed"] / rate["padded"]
-    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f}", flush=True)
-    print(f"mfu_full_fp32={results[('full', 'float32')]:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")
+    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} packed_over_grouped={rate['packed'] / rate['grouped']:.3f}",
+          flush=True)
+    ray_mfu, plain_mfu = results[("full", "float32", True)], results[("full", "float32", False)]
+    print(f"full fp32: Ray Train MFU / plain-loop MFU = {ray_mfu / plain_mfu:.3f}", flush=True)
+    print(f"mfu_full_fp32={ray_mfu:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")
 
 
 if __name__ == "__main__":
