@@ -24,6 +24,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -135,6 +136,29 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
     return trainer.fit().return_value["times"]
 
 
+def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batches: int) -> float:
+    """Packing vs randomly ordered padding (and length grouping): real tokens/s over the same number
+    of batches of 8 examples, the three batchings alternating batch by batch on one student.
+    Prints each mode; returns packed / padded."""
+    lengths = [sum(len(s) for s in ex) for ex in examples]
+    modes_batches = {}
+    for batching in ("padded", "grouped", "packed"):
+        plan = plan_batches(lengths, 8, batching=batching, seed=0)[:n_batches]
+        modes_batches[batching] = ([collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
+                                            pack=batching == "packed", capacity=512) for b in plan], "std_cot")
+    batch_times = time_interleaved(lora, modes_batches, n_batches)
+    rate = {}
+    for batching, (batches, _) in modes_batches.items():
+        real = sum(b.real_tokens for b in batches)
+        computed = sum(b.input_ids.numel() for b in batches)
+        rate[batching] = real / sum(batch_times[batching])
+        print(f"{batching}: {rate[batching]:.0f} real tokens/s ({real} real of {computed} computed tokens)", flush=True)
+    speedup = rate["packed"] / rate["padded"]
+    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} packed_over_grouped={rate['packed'] / rate['grouped']:.3f}",
+          flush=True)
+    return speedup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -142,13 +166,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; 2 with --quick)")
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6/3)")
+    parser.add_argument("--packing-only", action="store_true",
+                        help="only the batching comparison (section 4); its last line is packing_speedup=<ratio>")
     args = parser.parse_args()
     steps = args.steps or (2 if args.quick else 5)
     n_batches = args.packing_batches or (3 if args.quick else 6)
     threads = torch.get_num_threads()
 
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)", flush=True)
+    if not args.packing_only:
+        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+        print(f"peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)", flush=True)
 
     base = TrainConfig(corpus=args.corpus, max_seq_len=512)
     tokenizer = load_tokenizer(base.student)
@@ -156,9 +183,15 @@ def main() -> None:
     rows, _ = holdout_split(rows, test_fraction=0.2, seed=0)
     examples, _ = encode_rows(tokenizer, rows, OBJECTIVES["std_cot"], max_seq_len=512)
     mfu_batch = full_rows(examples[:64], tokenizer.pad_token_id)
-    n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
     tokens = ROWS * WIDTH
 
+    lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
+    if args.packing_only:
+        speedup = batching_section(lora, tokenizer, examples, n_batches)
+        print(f"packing_speedup={speedup:.3f}")
+        return
+
+    n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
     results = {}
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
     modes = [("full", "float32", True), ("full", "float32", False), ("lora", "bfloat16", False)]
@@ -177,7 +210,6 @@ def main() -> None:
 
     # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed; the two
     # objectives' steps alternate on one student, so machine noise hits both alike
-    lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
     pairs = {}
     for name in ("std_cot", "cascod"):
         laid, _ = encode_rows(tokenizer, rows[:8], OBJECTIVES[name], max_seq_len=512)
@@ -190,24 +222,7 @@ def main() -> None:
               f"(runs {', '.join(f'{t:.2f}' for t in pair_times[name])})", flush=True)
     ratio = step_time["cascod"] / step_time["std_cot"]
 
-    # packing vs randomly ordered padding (and length grouping): real tokens/s over the same number
-    # of batches of 8 examples, the three batchings alternating batch by batch on one student
-    lengths = [sum(len(s) for s in ex) for ex in examples]
-    modes_batches = {}
-    for batching in ("padded", "grouped", "packed"):
-        plan = plan_batches(lengths, 8, batching=batching, seed=0)[:n_batches]
-        modes_batches[batching] = ([collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
-                                            pack=batching == "packed", capacity=512) for b in plan], "std_cot")
-    batch_times = time_interleaved(lora, modes_batches, n_batches)
-    rate = {}
-    for batching, (batches, _) in modes_batches.items():
-        real = sum(b.real_tokens for b in batches)
-        computed = sum(b.input_ids.numel() for b in batches)
-        rate[batching] = real / sum(batch_times[batching])
-        print(f"{batching}: {rate[batching]:.0f} real tokens/s ({real} real of {computed} computed tokens)", flush=True)
-    speedup = rate["packed"] / rate["padded"]
-    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} packed_over_grouped={rate['packed'] / rate['grouped']:.3f}",
-          flush=True)
+    speedup = batching_section(lora, tokenizer, examples, n_batches)
     ray_mfu, plain_mfu = results[("full", "float32", True)], results[("full", "float32", False)]
     print(f"full fp32: Ray Train MFU / plain-loop MFU = {ray_mfu / plain_mfu:.3f}", flush=True)
     print(f"mfu_full_fp32={ray_mfu:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")
