@@ -202,11 +202,13 @@ def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSp
 
 
 def load_prompt_encoder(spec: ModelSpec) -> Any:
-    """The P-Tuning prompt encoder of an adapter student, or None when it has none."""
+    """The P-Tuning prompt encoder of a student, or None when it has none: in the adapter directory,
+    or beside full weights (a lora+ptuning student merged by training keeps its encoder there)."""
     from ray_cotd.student.prada import PROMPT_ENCODER_CONFIG, PromptEncoder
 
-    if spec.adapter and (Path(spec.adapter) / PROMPT_ENCODER_CONFIG).is_file():
-        return PromptEncoder.load(spec.adapter).eval()
+    for directory in (spec.adapter, spec.source):
+        if directory and (Path(directory) / PROMPT_ENCODER_CONFIG).is_file():
+            return PromptEncoder.load(directory).eval()
     return None
 
 

@@ -106,12 +106,15 @@ class PromptEncoder(nn.Module):
         """The virtual-token embeddings, (num_virtual_tokens, token_dim)."""
         return self.mlp(self.embedding.weight)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the weights and config; `state` replaces the module's own weights (the full
+        tensors gathered from FSDP shards, which the module itself does not hold)."""
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / PROMPT_ENCODER_WEIGHTS))
+        weights = self.state_dict() if state is None else state
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / PROMPT_ENCODER_WEIGHTS))
         (out / PROMPT_ENCODER_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from ray_cotd.config import ModelSpec, TrainConfig, save_resolved
+from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.data.errors import DataError
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
@@ -110,18 +111,25 @@ class Student(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.domain_head = domain_head
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, virtual_index: torch.Tensor,
-                with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> logits (R, T, V) and, with_hidden, the last hidden states (R, T, D).
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> logits (R, T, V) and, with a domain head, its logits (E, 2) for the batch's E examples.
 
         No attention mask: positions restarting at 0 make transformers build the block-diagonal
         causal mask of packed rows (see collate.py). use_cache=False matters: with a cache object
         transformers skips that packed-sequence detection and attends across examples.
+        The domain head runs here, inside the wrapped forward, so FSDP has its weights gathered.
         """
-        embeds = embed_inputs(self.lm.get_input_embeddings(), input_ids, virtual_index, self.prompt_encoder)
-        out = self.lm(inputs_embeds=embeds, position_ids=position_ids, output_hidden_states=with_hidden,
+        embeds = embed_inputs(self.lm.get_input_embeddings(), batch.input_ids, batch.virtual_index,
+                              self.prompt_encoder)
+        with_head = self.domain_head is not None
+        out = self.lm(inputs_embeds=embeds, position_ids=batch.position_ids, output_hidden_states=with_head,
                       use_cache=False)
-        return out.logits, (out.hidden_states[-1] if with_hidden else None)
+        if not with_head:
+            return out.logits, None
+        with torch.autocast(device_type=embeds.device.type, enabled=False):  # pooling and classifier in fp32
+            pooled = pool_examples(out.hidden_states[-1].float(), batch.example_index, batch.question_mask,
+                                   batch.n_examples)
+            return out.logits, self.domain_head(pooled)
 
 
 def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> Student:
@@ -158,22 +166,55 @@ def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> 
     return Student(lm, encoder, head)
 
 
-def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: str | Path) -> Path:
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _save_gathered_adapter(lm: Any, state: dict[str, torch.Tensor], out: Path) -> None:
+    """The peft adapter files from LoRA tensors gathered off FSDP shards.
+
+    PeftModel.save_pretrained cannot pick them out of a state dict here: it finds its tensors by
+    module name, and nested FSDP units put `_fsdp_wrapped_module` into those names (it strips only
+    a leading one), so it writes an empty adapter. These are the files it writes otherwise:
+    adapter_config.json in inference mode, and the LoRA tensors keyed without the adapter name
+    ("...q_proj.lora_A.weight"), which PeftModel.from_pretrained loads (tests/integration/test_train_variants.py).
+    """
+    import copy
+
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import save_file
+
+    name = lm.active_adapter
+    config = copy.deepcopy(lm.peft_config[name])
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    weights = {k.replace(f".{name}.", "."): v.contiguous() for k, v in state.items() if ".lora_" in k}
+    save_file(weights, str(out / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: str | Path,
+                 state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write what transformers/peft load: the adapter (ModelSpec(source=base, adapter=dir)) or
-    full weights (ModelSpec(source=dir)), the prompt encoder / domain head, and student.json."""
+    full weights (ModelSpec(source=dir)), the prompt encoder / domain head, and student.json.
+
+    state: the student's state dict gathered from FSDP shards (keys "lm.", "prompt_encoder.",
+    "domain_head."; for adapters only the trainable tensors); None = read the module itself.
+    """
+    from safetensors.torch import save_file
+
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.peft in LORA or cfg.peft == "full":
-        student.lm.save_pretrained(str(out))
+    if state is not None and cfg.peft in LORA:
+        _save_gathered_adapter(student.lm, _part(state, "lm."), out)
+    elif cfg.peft in LORA or cfg.peft == "full":
+        student.lm.save_pretrained(str(out), **({"state_dict": _part(state, "lm.")} if state is not None else {}))
     if cfg.peft == "full":
         tokenizer.save_pretrained(str(out))
     if student.prompt_encoder is not None:
-        student.prompt_encoder.save(out)
+        student.prompt_encoder.save(out, None if state is None else _part(state, "prompt_encoder."))
     if student.domain_head is not None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous().cpu() for k, v in student.domain_head.state_dict().items()},
-                  str(out / DOMAIN_HEAD_WEIGHTS))
+        head = student.domain_head.state_dict() if state is None else _part(state, "domain_head.")
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(out / DOMAIN_HEAD_WEIGHTS))
     meta = {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
             "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision}
     (out / STUDENT_META).write_text(json.dumps(meta, indent=2))
@@ -196,17 +237,15 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def compute_loss(model: nn.Module, student: Student, batch: Batch, objective: Objective, params: LossParams,
+def compute_loss(model: nn.Module, batch: Batch, objective: Objective, params: LossParams,
                  precision: str = "float32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward one collated batch and apply the objective. `model` is what to call (the DDP wrapper
-    or the student itself); `student` is the unwrapped module (for the domain head)."""
-    device = batch.input_ids.device
-    with _autocast(precision, device):
-        logits, hidden = model(batch.input_ids, batch.position_ids, batch.virtual_index, objective.domain_adversarial)
+    """Forward one collated batch and apply the objective. `model` is what to call: the DDP/FSDP
+    wrapper or the Student itself."""
+    with _autocast(precision, batch.input_ids.device):
+        logits, domain_logits = model(batch)
     inputs = LossInputs(token_logp=token_logprobs(logits, batch.targets), roles=batch.roles)
     if objective.domain_adversarial:
-        pooled = pool_examples(hidden.float(), batch.example_index, batch.question_mask, batch.n_examples)
-        inputs.domain_logits = student.domain_head(pooled)
+        inputs.domain_logits = domain_logits
         inputs.domain = batch.domain
     return objective.loss(inputs, params)
 
@@ -214,20 +253,23 @@ def compute_loss(model: nn.Module, student: Student, batch: Batch, objective: Ob
 def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimizer, scheduler: Any,
                micro_batches: list[Batch], objective: Objective, params: LossParams, *,
                precision: str = "float32", max_grad_norm: float = 1.0) -> dict[str, float]:
-    """One optimizer step over `micro_batches` (gradient accumulation; DDP syncs on the last only)."""
+    """One optimizer step over `micro_batches` (gradient accumulation; DDP/FSDP sync on the last only)."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not isinstance(model, nn.parallel.DistributedDataParallel) \
+        sync = contextlib.nullcontext() if last or not isinstance(model, (nn.parallel.DistributedDataParallel, FSDP)) \
             else model.no_sync()
         with sync:
-            loss, parts = compute_loss(model, student, batch, objective, params, precision)
+            loss, parts = compute_loss(model, batch, objective, params, precision)
             (loss / len(micro_batches)).backward()
         for key, value in {"loss": loss.detach(), **parts}.items():
             totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm))
+    if isinstance(model, FSDP):  # each rank holds a shard of every gradient: FSDP computes the global norm
+        totals["grad_norm"] = float(model.clip_grad_norm_(max_grad_norm))
+    else:
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm))
     optimizer.step()
     scheduler.step()
     return totals
@@ -284,20 +326,23 @@ def _rows(shard: Any) -> list[list[Sequence]]:
     return [from_item(item) for item in shard.iter_rows()]
 
 
-def _all_reduce_mean(values: dict[str, float], world: int) -> dict[str, float]:
+def _all_reduce_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
     if world == 1:
         return values
     import torch.distributed as dist
 
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)  # NCCL needs device tensors
     dist.all_reduce(t)
     return {k: float(v) / world for k, v in zip(keys, t)}
 
 
-def _validate(model: nn.Module, student: Student, val: list[list[Sequence]], cfg: TrainConfig, objective: Objective,
-              params: LossParams, pad_id: int, world: int) -> float:
-    """Mean task loss over this worker's validation rows, averaged over all workers' batches."""
+def _validate(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, objective: Objective,
+              params: LossParams, pad_id: int, world: int, device: torch.device) -> float:
+    """Mean task loss over this worker's validation rows, averaged over all workers' batches.
+
+    Under FSDP every forward is a collective: Ray Train splits datasets equally, so every worker
+    runs the same number of batches here."""
     model.eval()
     total, count = 0.0, 0.0
     with torch.no_grad():
@@ -306,14 +351,14 @@ def _validate(model: nn.Module, student: Student, val: list[list[Sequence]], cfg
             batch = collate(seqs, pad_id=pad_id, pack=cfg.batching == "packed", capacity=cfg.max_seq_len)
             if objective.domain_adversarial:  # no target rows here: score the task loss L_y only
                 batch.domain = torch.zeros_like(batch.domain)
-            loss, parts = compute_loss(model, student, batch, objective, params, cfg.precision)
+            loss, parts = compute_loss(model, batch.to(device), objective, params, cfg.precision)
             total += float(parts.get("task_loss", loss))
             count += 1
     model.train()
     if world > 1:
         import torch.distributed as dist
 
-        t = torch.tensor([total, count], dtype=torch.float64)
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         total, count = float(t[0]), float(t[1])
     return total / max(count, 1.0)
@@ -336,24 +381,83 @@ def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str
     return sum(answers_match(r.answer, gold, answer_type) for r, gold in zip(results, golds)) / len(golds)
 
 
-def save_checkpoint(student: Student, cfg: TrainConfig, tokenizer: Any, optimizer: Any, scheduler: Any, step: int,
-                    history: list[dict[str, Any]], metrics: dict[str, Any], rank: int) -> None:
+def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokenizer: Any, optimizer: Any,
+                    scheduler: Any, step: int, history: list[dict[str, Any]], metrics: dict[str, Any],
+                    rank: int) -> None:
     """Rank 0 writes the student (HF format) + trainer state + metrics log; every rank reports.
 
-    The one place with rank logic: every worker must call report (it is a barrier).
+    The one place with rank logic: every worker must call report (it is a barrier), and under FSDP
+    every worker first joins the gather of the full weights and optimizer state, which only rank 0
+    keeps (the module on each rank holds just its shard). The optimizer state is saved keyed by
+    parameter name (torch.distributed.checkpoint.state_dict), the same layout for DDP and FSDP.
     """
     import ray.train
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
+        get_optimizer_state_dict
 
+    # cpu_offload also keeps the gathered tensors on rank 0 only; torch 2.13 segfaults doing it for
+    # tensors already on the CPU, where every rank then holds the gathered copy until it returns.
+    offload = next(model.parameters()).device.type != "cpu"
+    state = None
+    if isinstance(model, FSDP):  # adapters: gather only the trainable tensors, not the frozen base
+        state = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=offload, ignore_frozen_params=cfg.peft != "full"))
+    optimizer_state = get_optimizer_state_dict(model, optimizer,
+                                               options=StateDictOptions(full_state_dict=True, cpu_offload=offload))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_student(student, cfg, tokenizer, tmp)
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            save_student(student, cfg, tokenizer, tmp, state)
+            torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
                         "rng": torch.get_rng_state()}, os.path.join(tmp, TRAINER_STATE))
             with open(os.path.join(tmp, METRICS_LOG), "w") as f:
                 f.writelines(json.dumps(rec) + "\n" for rec in history)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)  # [ray]
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
+
+
+def fsdp_wrap_policy(student: Student, cfg: TrainConfig) -> Any:
+    """FSDP's units: each decoder layer (transformers' `_no_split_modules`), the prompt encoder,
+    the domain head and, when only adapters train, each LM module with trainable weights of its own
+    (the LoRA matrices). So no unit mixes frozen and trainable weights: FSDP reduces gradients per
+    unit, and a decoder layer with LoRA inside would reduce-scatter a layer-sized gradient that is
+    zero but for the LoRA part. The prompt encoder is one unit, not its leaves: its forward reads
+    its embedding's weight directly, which FSDP gathers only for the unit being run."""
+    from peft import PeftModel
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    base = student.lm.get_base_model() if isinstance(student.lm, PeftModel) else student.lm
+    layer_names = set(base._no_split_modules or [])
+    lm_modules = {id(m) for m in student.lm.modules()}
+    adapters = cfg.peft != "full"
+
+    def is_unit(module: nn.Module) -> bool:
+        if type(module).__name__ in layer_names or isinstance(module, (PromptEncoder, DomainHead)):
+            return True
+        return adapters and id(module) in lm_modules and any(p.requires_grad for p in module.parameters(recurse=False))
+
+    return CustomPolicy(is_unit)
+
+
+def prepare_student(student: Student, cfg: TrainConfig, world: int) -> nn.Module:
+    """Move the student to the worker's device and wrap it for cfg.parallel_strategy.
+
+    DDP: Ray's prepare_model. FSDP: wrapped here, because Ray's prepare_model refuses FSDP when
+    CUDA is absent and its default FSDP arguments fail on our student (LoRA and P-Tuning leave
+    frozen weights beside trainable ones, which needs use_orig_params=True). Full sharding, units
+    from `fsdp_wrap_policy`; the same code runs on CPU workers (gloo, tested) and on GPUs (NCCL,
+    not verified here). One worker is never wrapped (as in Ray).
+    """
+    import ray.train.torch
+
+    if cfg.parallel_strategy == "ddp" or world == 1:
+        return ray.train.torch.prepare_model(student, parallel_strategy="ddp")  # [ray]
+    device = ray.train.torch.get_device()  # [ray]
+    student = ray.train.torch.prepare_model(student, parallel_strategy=None)  # [ray] only moves it to the device
+    # Every rank built the same weights (same files, same seed); the broadcast that checks it
+    # (sync_module_states) is GPU-only in torch, so CPU workers skip it.
+    return FSDP(student, device_id=device, use_orig_params=True, auto_wrap_policy=fsdp_wrap_policy(student, cfg),
+                sync_module_states=device.type != "cpu")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +477,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.student)
 
     # --- setup: resume from the latest checkpoint when there is one (a retry or the same run name)
+    device = ray.train.torch.get_device()  # [ray]
     start_step, history, state = 0, [], None
     checkpoint = ray.train.get_checkpoint()  # [ray]
     resume_ctx = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
@@ -383,12 +488,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             start_step = state["step"]
             with open(os.path.join(resume_dir, METRICS_LOG)) as f:
                 history = [json.loads(line) for line in f if line.strip()]
-    model = ray.train.torch.prepare_model(student, parallel_strategy=cfg.parallel_strategy)  # [ray]
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    model = prepare_student(student, cfg, world)
+    # after wrapping: FSDP's use_orig_params parameters are what the optimizer must step
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, cfg)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
     if rank == 0 and start_step:
@@ -406,9 +513,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     for step in range(start_step + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         params = LossParams(alpha=cfg.alpha, lambda_=lambda_at(cfg.lambda_, cfg.lambda_schedule, (step - 1) / cfg.max_steps))
-        micro = [stream.batch((step - 1) * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+        micro = [stream.batch((step - 1) * cfg.grad_accum + i).to(device) for i in range(cfg.grad_accum)]
         values = train_step(model, student, optimizer, scheduler, micro, objective, params, precision=cfg.precision)
-        values = _all_reduce_mean(values, world)
+        values = _all_reduce_mean(values, world, device)
         seconds = time.perf_counter() - t0
         tokens = sum(b.real_tokens for b in micro) * world
         metrics = {"step": step, **values, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
@@ -416,8 +523,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if objective.domain_adversarial:
             metrics["lambda"] = params.lambda_
         if config["has_val"] and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
-            metrics["val_loss"] = _validate(model, student, val_rows, cfg, objective, params,
-                                                tokenizer.pad_token_id, world)
+            metrics["val_loss"] = _validate(model, val_rows, cfg, objective, params, tokenizer.pad_token_id, world,
+                                            device)
             if config["val_questions"] and rank == 0:
                 metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg)
         history.append(metrics)
@@ -425,7 +532,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens"))
             print(f"[train] step {step}/{cfg.max_steps} {shown}", flush=True)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            save_checkpoint(student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
+            save_checkpoint(model, student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
         else:
             ray.train.report(metrics)  # [ray] metrics each step (persisted only with a checkpoint)
     return {"start_step": start_step, "final": metrics}
@@ -440,6 +547,14 @@ def _storage_path(cfg: TrainConfig) -> str:
     if cfg.storage_path:
         return cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
     return str((Path(cfg.output_dir) / "ray").resolve())
+
+
+def check_parallel(cfg: TrainConfig) -> None:
+    """Settings the parallel strategy cannot run, refused before any worker starts."""
+    if cfg.parallel_strategy == "fsdp" and cfg.num_workers > 1 and cfg.val_generate > 0:
+        raise ConfigError("val_generate: scoring validation questions by generation needs the whole student on "
+                          "rank 0, but under parallel_strategy=fsdp each worker holds a shard; use ddp or "
+                          "val_generate=0")
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
@@ -458,15 +573,20 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
     if len(train) < cfg.num_workers:
         raise DataError(f"{len(train)} training rows cannot feed {cfg.num_workers} workers", path=cfg.corpus)
     targets: list[list[Sequence]] = []
+    target_stats = None
     if objective.domain_adversarial:
         questions = load_target_questions(cfg.target_questions)
         for q in questions:
             seq = prompt_sequence(tokenizer, q, n_virtual=nv)
             if len(seq) <= cfg.max_seq_len:
                 targets.append([seq])
+        target_stats = {"questions": len(questions), "dropped_too_long": len(questions) - len(targets)}
         if len(targets) < cfg.num_workers:
-            raise DataError("too few target-domain questions fit max_seq_len", path=cfg.target_questions)
-    return {"corpus": corpus, "train": train, "val": val, "targets": targets, "stats": stats, "val_stats": val_stats}
+            raise DataError(f"{len(targets)} of {len(questions)} target-domain questions fit max_seq_len="
+                            f"{cfg.max_seq_len}; {cfg.num_workers} workers need at least one each",
+                            path=cfg.target_questions, field="target_questions")
+    return {"corpus": corpus, "train": train, "val": val, "targets": targets, "stats": stats, "val_stats": val_stats,
+            "target_stats": target_stats}
 
 
 def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, str]:
@@ -512,6 +632,7 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
     print(f"[train] objective={cfg.objective} peft={cfg.peft} precision={cfg.precision} "
           f"workers={cfg.num_workers} batching={cfg.batching}", flush=True)
 
+    check_parallel(cfg)
     data = prepare_data(cfg, load_tokenizer(cfg.student))
     corpus, stats = data["corpus"], data["stats"]
     bad_path = out / "bad_rows.jsonl"
@@ -519,6 +640,8 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
         bad_path.unlink()
     write_bad_rows([BadRow(b["path"], b["row"], b["field"], b["reason"], b["detail"]) for b in corpus.bad], bad_path)
     data_report = {**corpus.summary(), "encode": stats.as_dict(), "val_encode": data["val_stats"].as_dict()}
+    if data["target_stats"] is not None:
+        data_report["target"] = data["target_stats"]
     print(f"[train] data: {json.dumps(data_report)}", flush=True)
 
     if not ray.is_initialized():

@@ -73,7 +73,7 @@ def test_one_pass_equals_two_pass_on_real_rows(rows, model_and_tokenizer, refere
     batch = collate([s for seqs in examples for s in seqs], pad_id=tokenizer.pad_token_id, pack=pack, capacity=1024)
     student = Student(model, None, None)
     with torch.no_grad():
-        loss, parts = compute_loss(student, student, batch, OBJECTIVES["cascod"], LossParams(alpha=ALPHA))
+        loss, parts = compute_loss(student, batch, OBJECTIVES["cascod"], LossParams(alpha=ALPHA))
     torch.testing.assert_close(parts["rationale_loss"], l_rationale, rtol=1e-5, atol=0)
     torch.testing.assert_close(parts["answer_loss"], l_answer, rtol=1e-5, atol=0)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
