@@ -273,7 +273,8 @@ class TuneConfig(StageConfig):
     mode: Literal["max", "min"] = doc("max", "maximize or minimize the metric")
     grace_period: int = doc(1, "ASHA: reports before a trial may be stopped")
     reduction_factor: int = doc(2, "ASHA reduction factor")
-    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI (None = off; 'file:...' for a local store)")
+    mlflow: bool = doc(False, "log every trial's params and metrics to MLflow (pip install 'ray-cotd[mlflow]')")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
     output_dir: str = doc("runs/tune", "trial table, plots, best_train.yaml")
     name: str = doc("sweep", "Tune experiment name (same name + dir resumes)")
 

@@ -11,7 +11,10 @@ Search: Optuna TPE through Ray Tune's OptunaSearch, ASHA early stopping on the s
 the optimizer step as ASHA's time axis. Results: trials.csv / trials.md (params, metric, steps
 run, stopped early or not), plots (metric vs level, metric vs α, optimization history) and
 best_train.yaml, which `ray-cotd train best_train.yaml` runs as is. A sweep whose directory already
-exists resumes with `Tuner.restore` without repeating finished trials.
+exists resumes with `Tuner.restore` without repeating finished trials. With `mlflow: true`, each
+trial is one MLflow run (its config as params, every report as metrics), by default in
+`sqlite:///<output_dir>/mlflow.db`: a local file, since MLflow 3 refuses its old `./mlruns` file
+store unless MLFLOW_ALLOW_FILE_STORE=true. `mlflow_uri` points anywhere else.
 
 Ray calls are marked `# [ray]`.
 """
@@ -19,7 +22,9 @@ Ray calls are marked `# [ray]`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ TIME_ATTR = "step"  # ASHA's clock: optimizer steps reported by the train loop
 # The trial actor only waits on its Train run; a sliver of CPU keeps it schedulable without taking a
 # core from the Train workers (Tune rejects 0 CPUs). It still counts when trials are packed.
 TRIAL_CPU = 0.01
+MLFLOW_DB = "mlflow.db"  # the default MLflow store, inside output_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,8 +46,19 @@ TRIAL_CPU = 0.01
 # ---------------------------------------------------------------------------------------------
 
 
-def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None) -> None:
-    """Everything that can be wrong before a trial starts, as one clear ConfigError each."""
+def mlflow_tracking_uri(cfg: TuneConfig) -> str | None:
+    """Where trials are logged: None (MLflow off), `mlflow_uri`, or the SQLite file in output_dir."""
+    if not cfg.mlflow:
+        return None
+    return cfg.mlflow_uri or f"sqlite:///{Path(cfg.output_dir).resolve() / MLFLOW_DB}"
+
+
+def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
+                      cluster_gpus: float | None = None) -> None:
+    """Everything that can be wrong before a trial starts, as one clear ConfigError each.
+
+    Resources are checked when the caller knows the cluster's CPUs (and GPUs).
+    """
     if not any((cfg.search_alpha, cfg.search_lambda, cfg.search_levels, cfg.search_lr)):
         raise ConfigError(
             "empty search space: set at least one of search_alpha, search_lambda, search_levels, search_lr"
@@ -82,6 +99,16 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None) -> 
         raise ConfigError("num_samples and max_concurrent_trials must be >= 1")
     if cfg.train.val_every < 1:
         raise ConfigError("train.val_every: ASHA needs validation reports during a trial (>= 1 step)")
+    if cfg.mlflow_uri and not cfg.mlflow:
+        raise ConfigError(f"mlflow_uri: set to {cfg.mlflow_uri!r} but mlflow is false; set mlflow=true to log to it")
+    if cfg.mlflow:
+        try:
+            importlib.import_module("mlflow")  # here, so that a missing package fails before any trial
+        except ImportError as err:
+            raise ConfigError(
+                f"mlflow: true needs the mlflow package, which cannot be imported ({err}); "
+                "install the extra: pip install 'ray-cotd[mlflow]'"
+            ) from err
     if cluster_cpus is not None:
         per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
         if cfg.max_concurrent_trials * per_trial > cluster_cpus:
@@ -89,6 +116,13 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None) -> 
                 f"max_concurrent_trials: {cfg.max_concurrent_trials} trials x {per_trial:g} CPUs "
                 f"(train.num_workers x train.cpus_per_worker + {TRIAL_CPU} for the trial) exceed the "
                 f"cluster's {cluster_cpus:g} CPUs"
+            )
+    if cluster_gpus is not None and cfg.train.use_gpu:
+        # Ray Train's use_gpu reserves one GPU per worker.
+        if cfg.max_concurrent_trials * cfg.train.num_workers > cluster_gpus:
+            raise ConfigError(
+                f"max_concurrent_trials: {cfg.max_concurrent_trials} trials x {cfg.train.num_workers} GPUs "
+                f"(one per train worker with train.use_gpu) exceed the cluster's {cluster_gpus:g} GPUs"
             )
 
 
@@ -133,12 +167,91 @@ def _trial(config: dict[str, Any]) -> None:
     params = {k: config[k] for k in SEARCHED if k in config}
     trial_dir = Path(tune_cfg.output_dir).resolve() / "trials" / tune.get_context().get_trial_id()  # [ray]
     train_cfg = trial_train_config(tune_cfg, params, trial_dir)
+
+    class MetricReports(TuneReportCallback):
+        """Forward only the reports that carry the sweep's metric: with train.val_every > 1 the
+        steps between validations report no val_* metric, which Tune and OptunaSearch reject."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics and tune_cfg.metric in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
     # A stable run name per trial: a restored trial resumes its Train run from its last checkpoint.
-    fit_student(train_cfg, callbacks=[TuneReportCallback()])  # [ray]
+    fit_student(train_cfg, callbacks=[MetricReports()])  # [ray]
 
 
 def _experiment_path(cfg: TuneConfig) -> Path:
     return Path(cfg.output_dir).resolve() / "ray" / cfg.name
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"tune": {"train": {"lr": 1e-3}}} -> {"tune/train/lr": 1e-3}"""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _mlflow_callback(cfg: TuneConfig) -> Any:
+    """A Tune logger callback writing one MLflow run per trial: the trial's config as params (the
+    searched keys at the top level, the sweep's config under tune/), every report's numbers as
+    metrics at its optimizer step. The experiment (named after the sweep) is opened here, so a bad
+    store fails before any trial starts.
+
+    Not Ray's MLflowLoggerCallback: it sends one request per key (~100 SQLite commits per report,
+    1-4 s of Tune's event loop each on a busy 2-core machine; here one batch), and a trial resumed
+    by `Tuner.restore` gets a second run there; here it continues its first (found by trial_id tag).
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+    from ray.tune.logger import LoggerCallback
+
+    uri = mlflow_tracking_uri(cfg)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(cfg.name)
+        # Artifacts (none are logged today) stay beside the default store rather than in the cwd.
+        artifacts = (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri() if cfg.mlflow_uri is None else None
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.name, artifacts)
+    except Exception as err:  # MLflow raises several types for an unusable store; all mean the same here
+        raise ConfigError(f"mlflow_uri: cannot open the MLflow tracking store {uri!r}: {err}") from err
+
+    class MLflowTrials(LoggerCallback):
+        def __init__(self) -> None:
+            self.client: Any = None  # opened in setup(), after Tune has pickled this callback
+            self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
+
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            self.client = MlflowClient(tracking_uri=uri)
+
+        def log_trial_start(self, trial: Any) -> None:
+            if trial.trial_id in self.runs:
+                return
+            earlier = self.client.search_runs([experiment_id], f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+            if earlier:
+                self.runs[trial.trial_id] = earlier[0].info.run_id
+                return
+            run = self.client.create_run(experiment_id, run_name=str(trial),
+                                         tags={"trial_id": trial.trial_id, "trial_name": str(trial)})
+            params = [Param(k, str(v)) for k, v in _flatten(trial.config).items()]
+            for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+                self.client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+            self.runs[trial.trial_id] = run.info.run_id
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            step, now = int(result.get(TIME_ATTR, iteration)), int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            self.client.log_batch(self.runs[trial.trial_id], metrics=metrics)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            self.client.set_terminated(self.runs[trial.trial_id], "FAILED" if failed else "FINISHED")
+
+    return MLflowTrials()
 
 
 def run_tune(cfg: TuneConfig) -> dict[str, Any]:
@@ -148,12 +261,13 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     from ray.tune.search.optuna import OptunaSearch
 
     check_tune_config(cfg)
+    if not ray.is_initialized():
+        ray.init()  # [ray]
+    resources = ray.cluster_resources()  # [ray]
+    check_tune_config(cfg, cluster_cpus=resources.get("CPU", 0.0), cluster_gpus=resources.get("GPU", 0.0))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
-    if not ray.is_initialized():
-        ray.init()  # [ray]
-    check_tune_config(cfg, cluster_cpus=ray.cluster_resources().get("CPU", 0.0))  # [ray]
 
     fixed = {"tune": to_dict(cfg)}
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_CPU})  # [ray]
@@ -162,11 +276,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
         print(f"[tune] resuming {experiment}", flush=True)
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        callbacks = []
-        if cfg.mlflow_uri:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-            callbacks.append(MLflowLoggerCallback(tracking_uri=cfg.mlflow_uri, experiment_name=cfg.name))
+        callbacks = [_mlflow_callback(cfg)] if cfg.mlflow else []
         tuner = tune.Tuner(  # [ray]
             trainable,
             param_space={**fixed, **search_space(cfg)},
@@ -274,7 +384,9 @@ def write_results(cfg: TuneConfig, grid: Any) -> dict[str, Any]:
     table = pd.DataFrame(rows)
     table.to_csv(out / "trials.csv", index=False)
     (out / "trials.md").write_text(_markdown(rows))
-    best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="all")  # [ray]
+    # scope "last": each trial's final report, the value trials.md shows and what best_train.yaml,
+    # which trains to max_steps, reproduces ("all" would pick one lucky intermediate report)
+    best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")  # [ray]
     best_params = {k: best.config[k] for k in SEARCHED if k in best.config}
     best_train = trial_train_config(cfg, best_params, out / "best")
     best_train = dataclasses.replace(best_train, output_dir=str(out / "best" / "train"), storage_path=None,
@@ -297,4 +409,5 @@ def write_results(cfg: TuneConfig, grid: Any) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["TRIAL_METRICS", "check_tune_config", "run_tune", "search_space", "trial_train_config", "write_results"]
+__all__ = ["TRIAL_METRICS", "check_tune_config", "mlflow_tracking_uri", "run_tune", "search_space",
+           "trial_train_config", "write_results"]

@@ -1,5 +1,6 @@
 """A small real sweep on CPU: the default student, two SVAMP granularity levels and CasCoD α,
-Optuna + ASHA, interrupted with Ctrl-C after its first trial and resumed; the best config trains."""
+Optuna + ASHA, logged to MLflow, interrupted with Ctrl-C after its first trial and resumed; the
+MLflow store holds one run per trial; the best config trains."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ray_cotd.config import load_stage_config
+from ray_cotd.config import ConfigError, load_stage_config
 from ray_cotd.student.train import run_train
-from ray_cotd.tune import run_tune
+from ray_cotd.tune import mlflow_tracking_uri, run_tune
 
 pytestmark = [pytest.mark.ray, pytest.mark.real_model]
 
@@ -37,6 +38,7 @@ def _sweep_config(shared_data: Path, out: Path) -> Path:
         "reduction_factor": 2,
         "output_dir": str(out),
         "name": "sweep",
+        "mlflow": True,  # the default store: sqlite:///<output_dir>/mlflow.db
         "train": {
             "objective": "cascod", "peft": "lora", "lora_r": 4, "lora_alpha": 8,
             "batch_size": 2, "max_steps": 4, "max_seq_len": 192, "lr": 1.0e-3, "lr_schedule": "constant",
@@ -96,10 +98,36 @@ def test_sweep_interrupt_resume_and_best_config(ray_cluster, shared_data, tmp_pa
         assert Path(plot).stat().st_size > 0
     assert any("optimization_history" in p for p in summary["plots"])
 
-    # 4. The best trial's config trains as is.
+    # 4. MLflow: one run per trial (the resumed trial kept its run), with the searched params and
+    #    the last reported metric, read back from the store with the MLflow client.
+    from mlflow.tracking import MlflowClient
+
+    uri = mlflow_tracking_uri(load_stage_config("tune", cfg_path))
+    assert uri == f"sqlite:///{out.resolve() / 'mlflow.db'}" and (out / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert len(runs) == 3, [run.data.tags for run in runs]
+    for row in table.itertuples():
+        (run,) = [r for r in runs if r.data.tags["trial_id"] == str(row.trial_id)]
+        assert run.info.status == "FINISHED"
+        assert float(run.data.params["alpha"]) == pytest.approx(row.alpha)
+        assert int(run.data.params["level"]) == row.level
+        assert run.data.metrics["val_loss"] == pytest.approx(row.last_val_loss)
+        history = client.get_metric_history(run.info.run_id, "step")
+        assert max(m.value for m in history) == row.steps
+
+    # 5. The best trial's config trains as is.
     best = load_stage_config("train", summary["best_train_yaml"])
     assert best.alpha == pytest.approx(summary["best_params"]["alpha"])
     assert best.corpus.endswith(f"level{summary['best_params']['level']}.json")
     trained = run_train(best)
     assert trained["steps"] == 4 and Path(trained["student_dir"], "adapter_config.json").is_file()
     assert trained["val_accuracy"] is not None and 0.0 <= trained["val_accuracy"] <= 1.0
+
+
+def test_sweep_larger_than_the_cluster_fails_before_any_trial(ray_cluster, shared_data, tmp_path):
+    out = tmp_path / "tune"
+    cfg = load_stage_config("tune", _sweep_config(shared_data, out), ["max_concurrent_trials=2", "mlflow=false"])
+    with pytest.raises(ConfigError, match="2 trials x 1.01 CPUs .* exceed the cluster's 2 CPUs"):
+        run_tune(cfg)
+    assert not out.exists()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from ray_cotd.config import ConfigError, load_stage_config
-from ray_cotd.tune import check_tune_config, trial_train_config
+from ray_cotd.tune import check_tune_config, mlflow_tracking_uri, trial_train_config
 
 
 @pytest.fixture
@@ -43,6 +45,9 @@ def test_a_valid_sweep_passes(corpora):
         (["search_lambda=[0.0,1.0]", "train.objective=prada", "train.target_questions=t.json"], "low must be > 0"),
         (["search_lambda=[0.01,1.0]"], "λ only acts in the prada objectives"),
         (["train.val_every=0"], "ASHA needs validation reports"),
+        (["search_levels=null", "train.corpus=/nonexistent/corpus.json"],
+         "train.corpus: corpus not found: '/nonexistent/corpus.json'"),
+        (["mlflow_uri=sqlite:///x.db"], "mlflow_uri: set to 'sqlite:///x.db' but mlflow is false"),
     ],
 )
 def test_bad_sweeps_fail_before_trials(corpora, overrides, fragment):
@@ -65,6 +70,27 @@ def test_more_concurrent_trials_than_cpus(corpora):
     cfg = tune_cfg(corpora, "train.num_workers=1", "train.cpus_per_worker=2")
     with pytest.raises(ConfigError, match="1 trials x 2.01 CPUs"):
         check_tune_config(cfg, cluster_cpus=2)
+
+
+def test_more_concurrent_trials_than_gpus(corpora):
+    cfg = tune_cfg(corpora, "max_concurrent_trials=2", "train.num_workers=2", "train.use_gpu=true")
+    with pytest.raises(ConfigError, match="2 trials x 2 GPUs .* exceed the cluster's 2 GPUs"):
+        check_tune_config(cfg, cluster_cpus=8, cluster_gpus=2)
+    check_tune_config(tune_cfg(corpora, "train.use_gpu=true"), cluster_cpus=8, cluster_gpus=1)
+
+
+def test_mlflow_without_the_package_names_the_extra(corpora, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` raise ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'ray-cotd\[mlflow\]'"):
+        check_tune_config(tune_cfg(corpora, "mlflow=true"), cluster_cpus=2)
+
+
+def test_mlflow_store_defaults_to_a_sqlite_file_in_the_output_dir(corpora, tmp_path):
+    assert mlflow_tracking_uri(tune_cfg(corpora)) is None
+    cfg = tune_cfg(corpora, "mlflow=true", f"output_dir={tmp_path / 'sweep'}")
+    assert mlflow_tracking_uri(cfg) == f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}"
+    cfg = tune_cfg(corpora, "mlflow=true", "mlflow_uri=http://mlflow.internal:5000")
+    assert mlflow_tracking_uri(cfg) == "http://mlflow.internal:5000"
 
 
 def test_trial_config_points_the_level_at_its_corpus(corpora, tmp_path):
