@@ -111,9 +111,13 @@ def check_model(spec: ModelSpec) -> None:
     """Fail now, not inside an actor, when a model or adapter path is not a model."""
     from ray_cotd.student.model import ModelLoadError, resolve_source
 
+    from ray_cotd.student.train import STUDENT_META
+
     resolve_source(spec)
-    if spec.adapter and not (Path(spec.adapter) / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{spec.adapter} is not a PEFT adapter directory: it has no adapter_config.json")
+    adapter = Path(spec.adapter) if spec.adapter else None
+    if adapter and not ((adapter / "adapter_config.json").is_file() or (adapter / STUDENT_META).is_file()):
+        raise ModelLoadError(f"{spec.adapter} is not an adapter student directory: it has neither "
+                             f"adapter_config.json (LoRA) nor {STUDENT_META} (a P-Tuning-only student)")
 
 
 def _student_name(spec: ModelSpec) -> str:
@@ -225,12 +229,12 @@ class GenerateActor:
         self.mode = mode
         self.limits = GenerationLimits(**limits)
         self.demos = demos
-        self.models: dict[str, tuple[Any, Any]] = {}
+        self.models: dict[str, tuple[Any, Any, Any]] = {}  # model, tokenizer, prompt encoder or None
         self.generators: dict[tuple[str, str | None], Any] = {}
 
     def generator(self, system: str, answer_type: str) -> Any:
         from ray_cotd.inference import Generator
-        from ray_cotd.student.model import load_model_and_tokenizer
+        from ray_cotd.student.model import load_model_and_tokenizer, load_prompt_encoder
 
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None
@@ -238,11 +242,14 @@ class GenerateActor:
         if key not in self.generators:
             model_key = json.dumps(info["model"], sort_keys=True)
             if model_key not in self.models:
-                model, tokenizer = load_model_and_tokenizer(ModelSpec(**info["model"]))
-                self.models[model_key] = (model.to(self.device), tokenizer)
-            model, tokenizer = self.models[model_key]
+                spec = ModelSpec(**info["model"])
+                model, tokenizer = load_model_and_tokenizer(spec)
+                encoder = load_prompt_encoder(spec)  # a P-Tuning student's virtual tokens, as in training
+                self.models[model_key] = (model.to(self.device), tokenizer,
+                                          encoder.to(self.device) if encoder is not None else None)
+            model, tokenizer, encoder = self.models[model_key]
             demos = [tuple(d) for d in self.demos.get(demo_type, [])] if demo_type else None
-            self.generators[key] = Generator(model, tokenizer, few_shot=demos or None)
+            self.generators[key] = Generator(model, tokenizer, few_shot=demos or None, prompt_encoder=encoder)
         return self.generators[key]
 
     def __call__(self, batch: Any) -> Any:
