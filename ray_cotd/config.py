@@ -182,7 +182,9 @@ class TrainConfig(StageConfig):
     holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)")
     checkpoint_every: int = doc(50, "checkpoint every k steps")
     batching: Literal["packed", "grouped", "padded"] = doc(
-        "packed", "packed: examples share rows (no cross-example attention); grouped: similar lengths per batch"
+        "grouped",
+        "grouped: similar lengths per batch (the fastest here, docs/benchmarks.md); packed: examples share "
+        "rows (no cross-example attention); padded: random order",
     )
     seed: int = doc(0, "seed for data order and init")
     output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
