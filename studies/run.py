@@ -202,6 +202,12 @@ def _n(report: dict, test_set: str) -> int:
     return next((t["n"] for t in report["test_sets"] if t["name"] == test_set), 0)
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_objectives(report: dict, path: Path) -> None:
     plt = _pyplot()
     systems = [s for s in (UNTRAINED, *OBJECTIVES) if any(r["system"] == s for r in report["results"])]
@@ -212,9 +218,7 @@ def plot_objectives(report: dict, path: Path) -> None:
             [accuracy_of(report, s, "commonsenseqa") for s in systems],
     })
     ax.set_title("Item 1: objectives, SmolLM2-135M LoRA on StrategyQA chatgpt level-1 rationales")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_granularity(report: dict, path: Path) -> None:
@@ -237,9 +241,7 @@ def plot_granularity(report: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title(f"Item 2: granularity, SVAMP hold-out split (n={_n(report, 'svamp')})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_teachers(report: dict, levels: dict[str, int], path: Path) -> None:
@@ -249,9 +251,7 @@ def plot_teachers(report: dict, levels: dict[str, int], path: Path) -> None:
     _bars(ax, labels, {f"cascod, SVAMP hold-out (n={_n(report, 'svamp')})":
                        [accuracy_of(report, f"{t}-L{lv}", "svamp") for t, lv in levels.items()]})
     ax.set_title("Item 3: teacher choice")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_tuned(report: dict, path: Path) -> None:
@@ -261,9 +261,7 @@ def plot_tuned(report: dict, path: Path) -> None:
     _bars(ax, [f"{label}\nn={_n(report, name)}" for name, label in sets],
           {system: [accuracy_of(report, system, name) for name, _ in sets] for system in ("default", "tuned")})
     ax.set_title("Item 4: cascod+prada, default vs tuned (α, λ, level)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,19 +21,7 @@ from ray_cotd.student.format import STAGE2_PREFIX
 from ray_cotd.student.objectives import OBJECTIVES
 from ray_cotd.student.train import encode_rows
 
-
-class CharTokenizer:
-    """One id per character; no chat template, so prompts use format.py's plain Q/A layout."""
-
-    chat_template = None
-    eos_token_id = 1
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-
-TOK = CharTokenizer()
+from char_tokenizer import TOK
 
 
 def ids(text):

@@ -13,19 +13,7 @@ from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE
 from ray_cotd.student.format import STAGE2_PREFIX, answer_value_text
 from ray_cotd.student.train import check_parallel, prepare_data
 
-
-class CharTokenizer:
-    """One id per character (ids >= 32); no chat template, so prompts are format.py's plain Q/A."""
-
-    chat_template = None
-    eos_token_id = 1
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-
-TOK = CharTokenizer()
+from char_tokenizer import TOK
 
 
 def _corpus(tmp_path, rows, name="corpus.json"):
