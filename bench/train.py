@@ -10,6 +10,11 @@
    weight gradients), N = the student's parameter count (tied embedding counted once);
    attention FLOPs are left out. MFU = achieved FLOP/s / the peak of that precision.
    Full fp32 also runs in a plain loop in the same process, so Ray Train's cost is a side-by-side ratio.
+   The bench re-executes itself with the glibc malloc tunables that training workers get
+   (ray_cotd.student.train.CPU_MALLOC_TUNABLES, TrainConfig.cpu_malloc_cache); `--malloc stock`
+   measures without them. Without --quick, a child process with stock malloc times the plain full
+   fp32 loop once more (malloc_cache_speedup). The first 2 steps of each mode are warm-up (they
+   still page-fault their buffers in).
 3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each), their steps
    alternating on one LoRA bf16 student.
 4. Packing vs randomly ordered padded batches (and length-grouped) on real rows: real (non-pad)
@@ -21,7 +26,10 @@ Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +42,12 @@ from ray_cotd.student.collate import Batch, collate, plan_batches
 from ray_cotd.student.corpus import read_training_rows
 from ray_cotd.student.model import load_tokenizer
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
-from ray_cotd.student.train import build_student, encode_rows, make_scheduler, train_step
+from ray_cotd.student.train import (CPU_MALLOC_TUNABLES, build_student, encode_rows, make_scheduler, train_step,
+                                    worker_runtime_env)
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp" / "train_chatgpt_level3.json"
 ROWS, WIDTH = 8, 256
+WARMUP = 2
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -75,7 +85,7 @@ def full_rows(examples: list, pad_id: int) -> Batch:
                  torch.zeros(k, dtype=torch.long))
 
 
-def time_steps(cfg: TrainConfig, batches: list[Batch], objective: str, steps: int, warmup: int = 1) -> list[float]:
+def time_steps(cfg: TrainConfig, batches: list[Batch], objective: str, steps: int, warmup: int = WARMUP) -> list[float]:
     """Seconds per optimizer step (forward + backward + AdamW) over `batches`, after warmup."""
     student = build_student(cfg)
     student.train()
@@ -131,7 +141,8 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
     trainer = TorchTrainer(
         ray_worker, train_loop_config={"cfg": cfg, "batch": batch, "steps": steps, "threads": threads},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
-        run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path="/tmp/ray-cotd-bench"),
+        run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path="/tmp/ray-cotd-bench",
+                                       worker_runtime_env=worker_runtime_env(cfg)),
     )
     return trainer.fit().return_value["times"]
 
@@ -154,35 +165,60 @@ def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batche
         rate[batching] = real / sum(batch_times[batching])
         print(f"{batching}: {rate[batching]:.0f} real tokens/s ({real} real of {computed} computed tokens)", flush=True)
     speedup = rate["packed"] / rate["padded"]
+    computed = {batching: sum(b.input_ids.numel() for b in batches) for batching, (batches, _) in modes_batches.items()}
+    print(f"packing ceiling (padded / packed computed tokens) {computed['padded'] / computed['packed']:.3f}; "
+          f"packed speedup {speedup:.3f}", flush=True)
     print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} packed_over_grouped={rate['packed'] / rate['grouped']:.3f}",
           flush=True)
     return speedup
 
 
+def mfu_batch_and_rows(corpus: str) -> tuple[Any, list, list, Batch]:
+    """The tokenizer, the training split's rows and encoded std_cot examples, and the MFU batch."""
+    tokenizer = load_tokenizer(TrainConfig(corpus=corpus).student)
+    rows, _, _ = read_training_rows(corpus)
+    rows, _ = holdout_split(rows, test_fraction=0.2, seed=0)
+    examples, _ = encode_rows(tokenizer, rows, OBJECTIVES["std_cot"], max_seq_len=512)
+    return tokenizer, rows, examples, full_rows(examples[:64], tokenizer.pad_token_id)
+
+
+def stock_malloc_step(corpus: str, steps: int) -> float:
+    """Median plain-loop full fp32 step in a child process without the malloc tunables."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, __file__, "--plain-full-fp32", str(steps), "--corpus", corpus, "--malloc", "stock"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2 timed steps per mode; full fp32 (Ray and plain) and LoRA bf16 only (under 5 minutes here)")
+                        help="2 timed steps per mode; full fp32 only (Ray and plain) (under 5 minutes here)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; 2 with --quick)")
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
-    parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6/3)")
+    parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6)")
     parser.add_argument("--packing-only", action="store_true",
                         help="only the batching comparison (section 4); its last line is packing_speedup=<ratio>")
+    parser.add_argument("--malloc", choices=("cache", "stock"), default="cache",
+                        help="cache: run with the training workers' glibc malloc tunables (default); stock: without")
+    parser.add_argument("--plain-full-fp32", type=int, metavar="STEPS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.malloc == "cache" and os.environ.get("GLIBC_TUNABLES") != CPU_MALLOC_TUNABLES:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": CPU_MALLOC_TUNABLES})
+    if args.plain_full_fp32:  # the child of stock_malloc_step
+        cfg = TrainConfig(peft="full", precision="float32", objective="std_cot", max_steps=1000, lr_schedule="constant")
+        print(statistics.median(time_steps(cfg, [mfu_batch_and_rows(args.corpus)[3]], "std_cot", args.plain_full_fp32)))
+        return
     steps = args.steps or (2 if args.quick else 5)
-    n_batches = args.packing_batches or (3 if args.quick else 6)
+    n_batches = args.packing_batches or 6
     threads = torch.get_num_threads()
 
     if not args.packing_only:
         peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
         print(f"peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)", flush=True)
 
-    base = TrainConfig(corpus=args.corpus, max_seq_len=512)
-    tokenizer = load_tokenizer(base.student)
-    rows, _, _ = read_training_rows(args.corpus)
-    rows, _ = holdout_split(rows, test_fraction=0.2, seed=0)
-    examples, _ = encode_rows(tokenizer, rows, OBJECTIVES["std_cot"], max_seq_len=512)
-    mfu_batch = full_rows(examples[:64], tokenizer.pad_token_id)
+    print(f"malloc: {args.malloc} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})", flush=True)
+    tokenizer, rows, examples, mfu_batch = mfu_batch_and_rows(args.corpus)
     tokens = ROWS * WIDTH
 
     lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
@@ -194,11 +230,12 @@ def main() -> None:
     n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
     results = {}
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
-    modes = [("full", "float32", True), ("full", "float32", False), ("lora", "bfloat16", False)]
+    modes = [("full", "float32", True), ("full", "float32", False)]
     if not args.quick:
-        modes += [("full", "bfloat16", False), ("lora", "float32", False)]
+        modes += [("lora", "bfloat16", False), ("full", "bfloat16", False), ("lora", "float32", False)]
     for peft, precision, via_ray in modes:
-        cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant")
+        cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant",
+                          cpu_malloc_cache=args.malloc == "cache")
         times = through_ray_train(cfg, mfu_batch, steps, threads) if via_ray else time_steps(cfg, [mfu_batch], "std_cot", steps)
         step = statistics.median(times)
         flops = (6 if peft == "full" else 4) * n_params * tokens / step
@@ -223,6 +260,11 @@ def main() -> None:
     ratio = step_time["cascod"] / step_time["std_cot"]
 
     speedup = batching_section(lora, tokenizer, examples, n_batches)
+    if not args.quick and args.malloc == "cache":
+        plain_step = 6 * n_params * tokens / (results[("full", "float32", False)] * peak32)
+        stock = stock_malloc_step(args.corpus, steps)
+        print(f"full fp32 plain loop with stock malloc (child process): step {stock:.2f} s; "
+              f"malloc_cache_speedup={stock / plain_step:.3f}", flush=True)
     ray_mfu, plain_mfu = results[("full", "float32", True)], results[("full", "float32", False)]
     print(f"full fp32: Ray Train MFU / plain-loop MFU = {ray_mfu / plain_mfu:.3f}", flush=True)
     print(f"mfu_full_fp32={ray_mfu:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")

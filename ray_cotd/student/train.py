@@ -612,6 +612,24 @@ def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, st
     return paths
 
 
+# glibc returns every freed block above its mmap threshold (the logits, most activations) to the
+# OS, so each CPU step page-faults about 1 GB back in: 10-30% of a full fp32 step here
+# (docs/benchmarks.md). These tunables keep freed memory in the process. glibc reads them at exec,
+# so they go into the workers' environment (a mallopt() call at run time left most faults in place).
+# arena_max=1 matters: Ray Train runs the loop in a non-main thread, whose arena mmaps large blocks
+# whatever the threshold. The cost is a higher peak RSS (+11% for full fp32 here: 7.4 vs 6.7 GB).
+CPU_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+                       ":glibc.malloc.arena_max=1")
+
+
+def worker_runtime_env(cfg: TrainConfig) -> dict[str, Any]:
+    """The Ray Train workers' runtime env: the malloc tunables for CPU workers, unless turned off
+    or the caller already set GLIBC_TUNABLES (workers inherit the job's environment)."""
+    if cfg.use_gpu or not cfg.cpu_malloc_cache or "GLIBC_TUNABLES" in os.environ:
+        return {}
+    return {"env_vars": {"GLIBC_TUNABLES": CPU_MALLOC_TUNABLES}}
+
+
 def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Check and encode the corpus, then fit a TorchTrainer; -> (Ray Train result, data report).
 
@@ -662,6 +680,7 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=_storage_path(cfg), callbacks=callbacks,
+            worker_runtime_env=worker_runtime_env(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
