@@ -39,7 +39,9 @@ class ModelSpec(StageConfig):
 class MappingSpec(StageConfig):
     """Which input columns hold the question, teacher output, answer, gold label, domain and id."""
 
-    preset: Optional[str] = doc(None, "alpaca | testset | arc | plain; None = detect from the columns")
+    preset: Optional[str] = doc(
+        None, "alpaca | testset | arc | plain | answer_only (never detected); None = detect from the columns"
+    )
     question: Optional[str] = doc(None, "column with the question text (overrides the preset)")
     output: Optional[str] = doc(None, "column with raw teacher text to split into rationale + answer")
     answer: Optional[str] = doc(None, "column with a plain answer")

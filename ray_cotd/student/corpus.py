@@ -24,7 +24,7 @@ from typing import Any
 from ray_cotd.config import MappingSpec
 from ray_cotd.data.answers import ParseFailure, split_output
 from ray_cotd.data.errors import DataError
-from ray_cotd.data.readers import read_questions, read_rows
+from ray_cotd.data.readers import FieldMapping, detect_mapping, read_questions, read_rows
 from ray_cotd.data.splits import holdout_split
 
 ANNOTATED_KEYS = ("question", "rationale", "answer")
@@ -123,9 +123,28 @@ def load_corpus(path: str | Path, mapping: MappingSpec | None = None, *, needs_r
     return Corpus(train=train, val=val, held_out=len(test), source=str(path), dropped=dropped, bad=bad)
 
 
+# Unlabeled target files may hold nothing but questions; no preset detects that (they all need an
+# answer or output column), so these question-only columns are tried after the presets.
+QUESTION_ONLY_COLUMNS = ("question", "instruction", "input")
+
+
 def load_target_questions(path: str | Path, mapping: MappingSpec | None = None) -> list[str]:
-    """PRADA's unlabeled target-domain questions (any readable file; only the question is used)."""
-    result = read_questions(path, (mapping or MappingSpec()).field_mapping(), on_bad="collect")
+    """PRADA's unlabeled target-domain questions (any readable file; only the question is used).
+
+    With no mapping, the columns are detected as for a corpus; a file whose rows have only a
+    question column (QUESTION_ONLY_COLUMNS) is read as questions alone.
+    """
+    field_mapping = (mapping or MappingSpec()).field_mapping()
+    if field_mapping is None:
+        columns = next((r.keys() for r in read_rows(path) if isinstance(r, dict)), ())
+        try:
+            detect_mapping(columns)
+        except DataError:
+            question = next((c for c in QUESTION_ONLY_COLUMNS if c in columns), None)
+            if question is None:
+                raise
+            field_mapping = FieldMapping(question=question)
+    result = read_questions(path, field_mapping, on_bad="collect")
     questions = [r["question"] for r in result.records]
     if not questions:
         raise DataError("no target-domain questions", path=path, field="target_questions")
