@@ -472,8 +472,9 @@ def plot_rates(report: dict, metric: str, path: Path, title: str) -> None:
                 continue
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(r["rate"])
-            lo.append(r["rate"] - r["ci_low"])
-            hi.append(r["ci_high"] - r["rate"])
+            # a Wilson bound at 0/n or n/n can differ from the rate by float rounding (-1e-17)
+            lo.append(max(0.0, r["rate"] - r["ci_low"]))
+            hi.append(max(0.0, r["ci_high"] - r["rate"]))
         bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=system)
         ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(sets)), [f"{t['name']}\n({t['split']}, n={t['n']})" for t in sets], fontsize=8)
