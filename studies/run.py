@@ -189,7 +189,8 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[dict | None]]) -> N
         xs = [j - 0.4 + width * (i + 0.5) for j, a in enumerate(accs) if a is not None]
         got = [a for a in accs if a is not None]
         ys = [a["rate"] for a in got]
-        err = [[a["rate"] - a["ci_low"] for a in got], [a["ci_high"] - a["rate"] for a in got]]
+        # clamped: a Wilson bound at 0/n can sit 1e-17 past the rate, which matplotlib refuses
+        err = [[max(0.0, a["rate"] - a["ci_low"]) for a in got], [max(0.0, a["ci_high"] - a["rate"]) for a in got]]
         bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
         ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
