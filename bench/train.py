@@ -228,7 +228,7 @@ def main() -> None:
         return
 
     n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
-    results = {}
+    results, step_s = {}, {}
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
     modes = [("full", "float32", True), ("full", "float32", False)]
     if not args.quick:
@@ -240,7 +240,7 @@ def main() -> None:
         step = statistics.median(times)
         flops = (6 if peft == "full" else 4) * n_params * tokens / step
         mfu = flops / (peak32 if precision == "float32" else peak16)
-        results[(peft, precision, via_ray)] = mfu
+        results[(peft, precision, via_ray)], step_s[(peft, precision, via_ray)] = mfu, step
         where = "Ray Train, 1 worker" if via_ray else "plain loop"
         print(f"{peft:4s} {precision:8s} ({where}): step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
               f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s, MFU {mfu:.3f}", flush=True)
@@ -261,10 +261,9 @@ def main() -> None:
 
     speedup = batching_section(lora, tokenizer, examples, n_batches)
     if not args.quick and args.malloc == "cache":
-        plain_step = 6 * n_params * tokens / (results[("full", "float32", False)] * peak32)
         stock = stock_malloc_step(args.corpus, steps)
         print(f"full fp32 plain loop with stock malloc (child process): step {stock:.2f} s; "
-              f"malloc_cache_speedup={stock / plain_step:.3f}", flush=True)
+              f"malloc_cache_speedup={stock / step_s[('full', 'float32', False)]:.3f}", flush=True)
     ray_mfu, plain_mfu = results[("full", "float32", True)], results[("full", "float32", False)]
     print(f"full fp32: Ray Train MFU / plain-loop MFU = {ray_mfu / plain_mfu:.3f}", flush=True)
     print(f"mfu_full_fp32={ray_mfu:.3f} cascod_over_std_cot={ratio:.3f} packing_speedup={speedup:.3f}")

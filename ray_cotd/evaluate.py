@@ -36,7 +36,7 @@ from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import holdout_split
 from ray_cotd.inference import GenerationLimits, parse_answer
-from ray_cotd.metrics import accuracy, answer_change_rate
+from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 
 SPLITS = ("IND", "OOD")
 # baseline name -> whether its prompt carries few-shot demonstrations
@@ -465,17 +465,10 @@ def plot_rates(report: dict, metric: str, path: Path, title: str) -> None:
     width = 0.8 / max(1, len(systems))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(sets) * max(1, len(systems)) ** 0.5 + 2), 4))
     for i, system in enumerate(systems):
-        xs, ys, lo, hi = [], [], [], []
-        for j, ts in enumerate(sets):
-            r = cell.get((system, ts["name"]))
-            if r is None:
-                continue
-            xs.append(j - 0.4 + width * (i + 0.5))
-            ys.append(r["rate"])
-            # a Wilson bound at 0/n or n/n can differ from the rate by float rounding (-1e-17)
-            lo.append(max(0.0, r["rate"] - r["ci_low"]))
-            hi.append(max(0.0, r["ci_high"] - r["rate"]))
-        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=system)
+        placed = [(j, cell[(system, ts["name"])]) for j, ts in enumerate(sets) if (system, ts["name"]) in cell]
+        xs = [j - 0.4 + width * (i + 0.5) for j, _ in placed]
+        ys = [r["rate"] for _, r in placed]
+        bars = ax.bar(xs, ys, width, yerr=error_bars([r for _, r in placed]), capsize=3, label=system)
         ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(sets)), [f"{t['name']}\n({t['split']}, n={t['n']})" for t in sets], fontsize=8)
     ax.set_ylim(0, 1)

@@ -31,7 +31,14 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # The interval always contains p; at k = 0 or n, rounding can put a bound 1e-17 past it.
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
+
+
+def error_bars(rates: Sequence[dict]) -> list[list[float]]:
+    """matplotlib's yerr ([below], [above]) for rate records {rate, ci_low, ci_high}; clamped at 0
+    for reports written before wilson_interval kept p inside its bounds."""
+    return [[max(0.0, r["rate"] - r["ci_low"]) for r in rates], [max(0.0, r["ci_high"] - r["rate"]) for r in rates]]
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
                       cluster_gpus: float | None = None) -> None:
     """Everything that can be wrong before a trial starts, as one clear ConfigError each.
 
-    Resources are checked when the caller knows the cluster's CPUs (and GPUs).
+    Resources are checked (check_resources) when the caller knows the cluster's CPUs (and GPUs).
     """
     if not any((cfg.search_alpha, cfg.search_lambda, cfg.search_levels, cfg.search_lr)):
         raise ConfigError(
@@ -109,6 +109,11 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
                 f"mlflow: true needs the mlflow package, which cannot be imported ({err}); "
                 "install the extra: pip install 'ray-cotd[mlflow]'"
             ) from err
+    check_resources(cfg, cluster_cpus=cluster_cpus, cluster_gpus=cluster_gpus)
+
+
+def check_resources(cfg: TuneConfig, *, cluster_cpus: float | None, cluster_gpus: float | None) -> None:
+    """The concurrent trials fit the cluster's CPUs (and GPUs); None = not known, not checked."""
     if cluster_cpus is not None:
         per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
         if cfg.max_concurrent_trials * per_trial > cluster_cpus:
@@ -260,11 +265,11 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    check_tune_config(cfg)
+    check_tune_config(cfg)  # before a cluster starts
     if not ray.is_initialized():
         ray.init()  # [ray]
     resources = ray.cluster_resources()  # [ray]
-    check_tune_config(cfg, cluster_cpus=resources.get("CPU", 0.0), cluster_gpus=resources.get("GPU", 0.0))
+    check_resources(cfg, cluster_cpus=resources.get("CPU", 0.0), cluster_gpus=resources.get("GPU", 0.0))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)

@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import yaml
 
+from ray_cotd.metrics import error_bars
+
 STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
@@ -189,9 +191,7 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[dict | None]]) -> N
         xs = [j - 0.4 + width * (i + 0.5) for j, a in enumerate(accs) if a is not None]
         got = [a for a in accs if a is not None]
         ys = [a["rate"] for a in got]
-        # clamped: a Wilson bound at 0/n can sit 1e-17 past the rate, which matplotlib refuses
-        err = [[max(0.0, a["rate"] - a["ci_low"]) for a in got], [max(0.0, a["ci_high"] - a["rate"]) for a in got]]
-        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
+        bars = ax.bar(xs, ys, width, yerr=error_bars(got), capsize=3, label=name)
         ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(0, 1.1)
@@ -230,8 +230,7 @@ def plot_granularity(report: dict, path: Path) -> None:
         points = [(lv, a) for lv, a in points if a is not None]
         xs = [lv + offset for lv, _ in points]
         ys = [a["rate"] for _, a in points]
-        err = [[a["rate"] - a["ci_low"] for _, a in points], [a["ci_high"] - a["rate"] for _, a in points]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=objective)
+        ax.errorbar(xs, ys, yerr=error_bars([a for _, a in points]), marker="o", capsize=3, label=objective)
     base = accuracy_of(report, UNTRAINED, "svamp")
     if base is not None:
         ax.axhline(base["rate"], color="grey", linestyle="--", label=f"untrained ({base['rate']:.0%})")

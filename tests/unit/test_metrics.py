@@ -90,3 +90,11 @@ def test_summarize_accuracy_and_ci_from_hand_checked_predictions():
     assert results["yesno"]["faithfulness"] is None
     pooled = split_summary(preds, ["s"])["s"]
     assert (pooled["IND"]["k"], pooled["OOD"]["k"]) == (3, 2)
+
+
+def test_wilson_interval_contains_the_rate_at_every_k():
+    # at k = 0 or n, float rounding used to put a bound 1e-17 past p (a negative plot error bar)
+    for n in (1, 7, 20, 30, 100, 290, 1221):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
