@@ -95,6 +95,9 @@ def test_pack_rows_balances_rows_to_the_smallest_rectangle():
     width = max(sum(lengths[i] for i in r) for r in rows)
     assert sorted(i for r in rows for i in r) == list(range(6))
     assert len(rows) * width <= 3 * 380
+    # greedy alone: 3+2+2 | 3+2 -> 2 x 7; the swap of a 3 for a 2 balances it to 2 x 6
+    rows = pack_rows([3, 3, 2, 2, 2], 7)
+    assert sorted(sum([3, 3, 2, 2, 2][i] for i in r) for r in rows) == [6, 6]
     # one sequence per row is never worse than padding
     assert pack_rows([10, 10, 10], 10) == [[0], [1], [2]]
     assert pack_rows([], 8) == []
