@@ -2,7 +2,9 @@
 
     python bench/train.py [--quick] [--steps N] [--corpus PATH]
 
-1. Peak: the machine's fp32 and bf16 matmul rate (torch.mm 2048², median), in this process.
+1. Peak: the machine's fp32 and bf16 matmul rate (torch.mm 2048², median), in this process, at the
+   start and again at the end; MFU divides by the higher of the two (on these shared VMs one
+   measurement of the peak varied 159-186 GFLOP/s between runs, and a low one inflates MFU).
 2. MFU at batch 8 x 256 tokens (rows filled with real SVAMP text, positions restarting per
    example): full fine-tuning and LoRA, fp32 and bf16 autocast. Full fp32 runs through Ray Train
    (TorchTrainer, 1 worker with every CPU); the others run the same `train_step` in a plain loop.
@@ -17,8 +19,9 @@
    still page-fault their buffers in).
 3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each), their steps
    alternating on one LoRA bf16 student.
-4. Packing vs randomly ordered padded batches (and length-grouped) on real rows: real (non-pad)
-   tokens per second over the same number of batches of 8 examples, the three alternating.
+4. Packing vs randomly ordered padded batches (and length-grouped, left out with --quick) on real
+   rows: real (non-pad) tokens per second over the same number of batches of 8 examples, the modes
+   alternating.
 
 Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=<ratio>
 """
@@ -147,13 +150,14 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
     return trainer.fit().return_value["times"]
 
 
-def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batches: int) -> float:
+def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batches: int,
+                     modes: tuple[str, ...] = ("padded", "grouped", "packed")) -> float:
     """Packing vs randomly ordered padding (and length grouping): real tokens/s over the same number
     of batches of 8 examples, the three batchings alternating batch by batch on one student.
     Prints each mode; returns packed / padded."""
     lengths = [sum(len(s) for s in ex) for ex in examples]
     modes_batches = {}
-    for batching in ("padded", "grouped", "packed"):
+    for batching in modes:
         plan = plan_batches(lengths, 8, batching=batching, seed=0)[:n_batches]
         modes_batches[batching] = ([collate([s for i in b for s in examples[i]], pad_id=tokenizer.pad_token_id,
                                             pack=batching == "packed", capacity=512) for b in plan], "std_cot")
@@ -168,8 +172,9 @@ def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batche
     computed = {batching: sum(b.input_ids.numel() for b in batches) for batching, (batches, _) in modes_batches.items()}
     print(f"packing ceiling (padded / packed computed tokens) {computed['padded'] / computed['packed']:.3f}; "
           f"packed speedup {speedup:.3f}", flush=True)
-    print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} packed_over_grouped={rate['packed'] / rate['grouped']:.3f}",
-          flush=True)
+    if "grouped" in rate:
+        print(f"grouped_speedup={rate['grouped'] / rate['padded']:.3f} "
+              f"packed_over_grouped={rate['packed'] / rate['grouped']:.3f}", flush=True)
     return speedup
 
 
@@ -193,7 +198,8 @@ def stock_malloc_step(corpus: str, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2 timed steps per mode; full fp32 only (Ray and plain) (under 5 minutes here)")
+                        help="2 timed steps per mode; full fp32 only (Ray and plain); packed vs padded only "
+                             "(under 5 minutes here)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 5; 2 with --quick)")
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--packing-batches", type=int, default=None, help="batches per batching mode (default 6)")
@@ -215,7 +221,8 @@ def main() -> None:
 
     if not args.packing_only:
         peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-        print(f"peak fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)", flush=True)
+        print(f"peak at start: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)",
+              flush=True)
 
     print(f"malloc: {args.malloc} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})", flush=True)
     tokenizer, rows, examples, mfu_batch = mfu_batch_and_rows(args.corpus)
@@ -228,7 +235,7 @@ def main() -> None:
         return
 
     n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
-    results, step_s = {}, {}
+    step_s = {}
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
     modes = [("full", "float32", True), ("full", "float32", False)]
     if not args.quick:
@@ -237,13 +244,11 @@ def main() -> None:
         cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant",
                           cpu_malloc_cache=args.malloc == "cache")
         times = through_ray_train(cfg, mfu_batch, steps, threads) if via_ray else time_steps(cfg, [mfu_batch], "std_cot", steps)
-        step = statistics.median(times)
+        step = step_s[(peft, precision, via_ray)] = statistics.median(times)
         flops = (6 if peft == "full" else 4) * n_params * tokens / step
-        mfu = flops / (peak32 if precision == "float32" else peak16)
-        results[(peft, precision, via_ray)], step_s[(peft, precision, via_ray)] = mfu, step
         where = "Ray Train, 1 worker" if via_ray else "plain loop"
         print(f"{peft:4s} {precision:8s} ({where}): step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
-              f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s, MFU {mfu:.3f}", flush=True)
+              f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s", flush=True)
 
     # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed; the two
     # objectives' steps alternate on one student, so machine noise hits both alike
@@ -259,7 +264,18 @@ def main() -> None:
               f"(runs {', '.join(f'{t:.2f}' for t in pair_times[name])})", flush=True)
     ratio = step_time["cascod"] / step_time["std_cot"]
 
-    speedup = batching_section(lora, tokenizer, examples, n_batches)
+    speedup = batching_section(lora, tokenizer, examples, n_batches,
+                               ("padded", "packed") if args.quick else ("padded", "grouped", "packed"))
+    end32, end16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peak32, peak16 = max(peak32, end32), max(peak16, end16)
+    print(f"peak at end: fp32 {end32 / 1e9:.1f} GFLOP/s, bf16 {end16 / 1e9:.1f} GFLOP/s; MFU uses the higher: "
+          f"fp32 {peak32 / 1e9:.1f}, bf16 {peak16 / 1e9:.1f}", flush=True)
+    results = {}
+    for (peft, precision, via_ray), step in step_s.items():
+        flops = (6 if peft == "full" else 4) * n_params * tokens / step
+        results[(peft, precision, via_ray)] = mfu = flops / (peak32 if precision == "float32" else peak16)
+        where = "Ray Train, 1 worker" if via_ray else "plain loop"
+        print(f"MFU {peft:4s} {precision:8s} ({where}): {mfu:.3f}", flush=True)
     if not args.quick and args.malloc == "cache":
         stock = stock_malloc_step(args.corpus, steps)
         print(f"full fp32 plain loop with stock malloc (child process): step {stock:.2f} s; "
