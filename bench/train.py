@@ -152,8 +152,11 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
     return trainer.fit().return_value["times"]
 
 
+BATCHING_MODES = ("padded", "grouped", "packed")  # padded first: the baseline of each alternating round
+
+
 def batching_section(lora: TrainConfig, tokenizer: Any, examples: list, n_batches: int,
-                     modes: tuple[str, ...] = ("padded", "grouped", "packed")) -> float:
+                     modes: tuple[str, ...] = BATCHING_MODES) -> float:
     """Packing vs randomly ordered padding (and length grouping): real tokens/s over the same number
     of batches of 8 examples, the three batchings alternating batch by batch on one student.
     Prints each mode; returns packed / padded."""
@@ -197,6 +200,10 @@ def stock_malloc_step(corpus: str, steps: int) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def mode_label(peft: str, precision: str, via_ray: bool) -> str:
+    return f"{peft:4s} {precision:8s} ({'Ray Train, 1 worker' if via_ray else 'plain loop'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -237,7 +244,7 @@ def main() -> None:
         return
 
     n_params = sum(p.numel() for p in build_student(TrainConfig(peft="full", objective="std_cot")).lm.parameters())
-    step_s = {}
+    step_s, flops_s = {}, {}
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
     modes = [("full", "float32", True), ("full", "float32", False)]
     if not args.quick:
@@ -247,9 +254,8 @@ def main() -> None:
                           cpu_malloc_cache=args.malloc == "cache")
         times = through_ray_train(cfg, mfu_batch, steps, threads) if via_ray else time_steps(cfg, [mfu_batch], "std_cot", steps)
         step = step_s[(peft, precision, via_ray)] = statistics.median(times)
-        flops = (6 if peft == "full" else 4) * n_params * tokens / step
-        where = "Ray Train, 1 worker" if via_ray else "plain loop"
-        print(f"{peft:4s} {precision:8s} ({where}): step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
+        flops = flops_s[(peft, precision, via_ray)] = (6 if peft == "full" else 4) * n_params * tokens / step
+        print(f"{mode_label(peft, precision, via_ray)}: step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
               f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s", flush=True)
 
     # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed; the two
@@ -269,17 +275,15 @@ def main() -> None:
           f"(ratio of medians {step_time['cascod'] / step_time['std_cot']:.3f})", flush=True)
 
     speedup = batching_section(lora, tokenizer, examples, n_batches,
-                               ("padded", "packed") if args.quick else ("padded", "grouped", "packed"))
+                               tuple(m for m in BATCHING_MODES if not (args.quick and m == "grouped")))
     end32, end16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     peak32, peak16 = max(peak32, end32), max(peak16, end16)
     print(f"peak at end: fp32 {end32 / 1e9:.1f} GFLOP/s, bf16 {end16 / 1e9:.1f} GFLOP/s; MFU uses the higher: "
           f"fp32 {peak32 / 1e9:.1f}, bf16 {peak16 / 1e9:.1f}", flush=True)
     results = {}
-    for (peft, precision, via_ray), step in step_s.items():
-        flops = (6 if peft == "full" else 4) * n_params * tokens / step
+    for (peft, precision, via_ray), flops in flops_s.items():
         results[(peft, precision, via_ray)] = mfu = flops / (peak32 if precision == "float32" else peak16)
-        where = "Ray Train, 1 worker" if via_ray else "plain loop"
-        print(f"MFU {peft:4s} {precision:8s} ({where}): {mfu:.3f}", flush=True)
+        print(f"MFU {mode_label(peft, precision, via_ray)}: {mfu:.3f}", flush=True)
     if not args.quick and args.malloc == "cache":
         stock = stock_malloc_step(args.corpus, steps)
         print(f"full fp32 plain loop with stock malloc (child process): step {stock:.2f} s; "

@@ -238,25 +238,24 @@ def _narrow_widest_row(rows: list[list[int]], load: list[int], lengths: Seq[int]
     loads, so it ends."""
     while True:
         wide = max(range(len(rows)), key=load.__getitem__)
-        best: tuple[int, int, int | None, int] | None = None  # (new max of the two rows, out, in, row)
+        best: tuple[int, int, int | None, int, int] | None = None  # (new max of the two rows, out, in, row, delta)
         for other in range(len(rows)):
             if other == wide:
                 continue
             for out in rows[wide]:
                 for into, delta in [(None, lengths[out])] + [(b, lengths[out] - lengths[b]) for b in rows[other]]:
                     if delta > 0 and load[other] + delta < load[wide]:
-                        move = (max(load[other] + delta, load[wide] - delta), out, into, other)
+                        move = (max(load[other] + delta, load[wide] - delta), out, into, other, delta)
                         if best is None or move[0] < best[0]:
                             best = move
         if best is None:
             return
-        _, out, into, other = best
+        _, out, into, other, delta = best
         rows[wide].remove(out)
         rows[other].append(out)
         if into is not None:
             rows[other].remove(into)
             rows[wide].append(into)
-        delta = lengths[out] - (lengths[into] if into is not None else 0)
         load[wide] -= delta
         load[other] += delta
 
