@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import ray
 import yaml
+
+from ray_cotd.ray_session import start_local_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,24 +55,6 @@ def sweep_config(data: Path, out: Path, *, name: str, trials: int, concurrent: i
     }
 
 
-def start_cluster() -> str:
-    """Start the local Ray cluster with its address in every process's environment.
-
-    Ray Train's PlacementGroupCleaner (which frees a Train run's placement group when Tune kills
-    the trial, as ASHA does at every stop) looks its cluster up without an address; with another
-    Ray cluster on the machine it finds several, gives up, and the stopped trial's CPU stays
-    reserved, so the next trial never starts. RAY_ADDRESS set before the cluster starts reaches it.
-    """
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
-    address = f"{ray.util.get_node_ip_address()}:{port}"
-    os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=address)  # inherited by the cluster's processes
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local" ignores RAY_ADDRESS
-    assert ctx.address_info["address"] == address, (ctx.address_info["address"], address)
-    return address
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 trials of 4 steps, max_seq_len 128 (under 5 minutes)")
@@ -90,7 +73,7 @@ def main() -> None:
         raise SystemExit(f"--keep {args.keep}: exists; give a new directory (an existing sweep would resume)")
 
     t_start = time.perf_counter()
-    start_cluster()  # one cluster for both sweeps; they connect through RAY_ADDRESS
+    start_local_cluster(num_cpus=2, include_dashboard=True)  # one cluster for both sweeps, joined through RAY_ADDRESS
     env = dict(os.environ)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:

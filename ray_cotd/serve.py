@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_cotd.config import ConfigError, ServeConfig
 from ray_cotd.configbase import from_dict, to_dict
 from ray_cotd.inference import STAGE2_PREFIX, GenerationLimits, Generator, TwoStageResult
+from ray_cotd.ray_session import connect
 
 HEALTH_PATH = "/healthz"
 DEPLOYMENT_NAME = "StudentServer"
@@ -854,9 +855,8 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
     """Start Serve on cfg.host:cfg.port, deploy the student and return the base URL.
 
     blocking=True (the CLI) serves until Ctrl-C, then shuts Serve down. Uses the running Ray
-    session, or `ray.init()` (a local cluster, or the one RAY_ADDRESS names).
+    session, or joins the cluster RAY_ADDRESS names, or starts a local one (ray_session.connect).
     """
-    import ray
     from ray import serve
 
     from ray_cotd.student.model import resolve_source
@@ -864,8 +864,7 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
     # Fail here on a bad path rather than in every replica; also converts a GGUF once, not per replica.
     resolve_source(cfg.student)
     token_digest(cfg)
-    if not ray.is_initialized():
-        ray.init()
+    connect()  # [ray]
     # Serve's own timeout is a backstop above ours, so a normal timeout is our 503 with a reason.
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 30})
     serve.run(app_from_config(cfg), name=cfg.app_name, route_prefix="/", blocking=False)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ray_cotd.config import ConfigError, TrainConfig, TuneConfig
 from ray_cotd.configbase import from_dict, save_resolved, to_dict
+from ray_cotd.ray_session import connect
 
 # Metrics every trial reports (the train loop's keys); `metric` must be one of them.
 TRIAL_METRICS = ("val_accuracy", "val_loss", "loss", "task_loss")
@@ -266,8 +267,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     from ray.tune.search.optuna import OptunaSearch
 
     check_tune_config(cfg)  # before a cluster starts
-    if not ray.is_initialized():
-        ray.init()  # [ray]
+    connect()  # [ray]
     resources = ray.cluster_resources()  # [ray]
     check_resources(cfg, cluster_cpus=resources.get("CPU", 0.0), cluster_gpus=resources.get("GPU", 0.0))
     out = Path(cfg.output_dir)

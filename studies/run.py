@@ -38,6 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from ray_cotd.metrics import error_bars
+from ray_cotd.ray_session import start_local_cluster
 
 STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
@@ -457,21 +458,18 @@ class Study:
 
 
 def init_ray() -> None:
-    """One local Ray cluster for every run (dashboard on: Train and Tune need the State API).
+    """One local Ray cluster for every run (dashboard on: Train and Tune need the State API), with
+    its address in its processes' environment (ray_cotd.ray_session: otherwise Ray Train's
+    placement-group cleanup fails when other Ray clusters run on the machine).
 
     Logical CPUs above the 2 physical cores: a Train worker takes 2 (its torch threads) and Tune's
-    trial driver and Ray Data's small tasks need a slot beside it. The headroom also covers
-    placement groups that Ray Train fails to release when its PlacementGroupCleaner actor cannot
-    start ("Found multiple active Ray instances" when other people's clusters run on the machine):
-    without it the next Tune trial waits for CPUs and times out.
+    trial driver and Ray Data's small tasks need a slot beside it.
     """
-    import ray
-
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Workers inherit this from the raylet: OpenMP threads sleep instead of spinning while they wait,
     # which matters on a shared 2-core box (spinning threads steal the cores the others need).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    ray.init(address="local", num_cpus=12, include_dashboard=True, log_to_driver=True)
+    start_local_cluster(num_cpus=12, include_dashboard=True, log_to_driver=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.data.errors import DataError
+from ray_cotd.ray_session import connect
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
 from ray_cotd.student.prada import (
@@ -662,8 +663,7 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
         data_report["target"] = data["target_stats"]
     print(f"[train] data: {json.dumps(data_report)}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
+    connect()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
     datasets = {"train": ray.data.from_items(to_items(data["train"]))}  # [ray]
     if data["val"]:
         datasets["val"] = ray.data.from_items(to_items(data["val"]))  # [ray]

@@ -41,6 +41,7 @@ from ray_cotd.config import AnnotateConfig, load_stage_config, save_resolved
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
+from ray_cotd.ray_session import connect
 from ray_cotd.teacher.engines import OUTPUT_COLUMNS, REQUEST_COLUMNS, generate_stage, teacher_name
 from ray_cotd.teacher.prompts import check_choices, get_template
 
@@ -365,8 +366,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         import ray
         import ray.data
 
-        if not ray.is_initialized():
-            ray.init()  # RAY_ADDRESS (ray job submit, a cluster) or a local cluster
+        connect()  # [ray] RAY_ADDRESS (ray job submit, a cluster) or a local cluster
         context = ray.data.DataContext.get_current()
         previous_order = context.execution_options.preserve_order
         # Plan order on the driver is what makes dedup and resume deterministic (module doc).
