@@ -73,8 +73,8 @@ def main() -> None:
         raise SystemExit(f"--keep {args.keep}: exists; give a new directory (an existing sweep would resume)")
 
     t_start = time.perf_counter()
-    start_local_cluster(num_cpus=2, include_dashboard=True)  # one cluster for both sweeps, joined through RAY_ADDRESS
-    env = dict(os.environ)
+    ctx = start_local_cluster(num_cpus=2, include_dashboard=True)  # one cluster for both sweeps
+    env = {**os.environ, "RAY_ADDRESS": ctx.address_info["address"]}  # the sweeps join it
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch

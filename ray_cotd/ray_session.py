@@ -15,28 +15,30 @@ import os
 import socket
 from typing import Any
 
-# The address start_local_cluster put in RAY_ADDRESS; once that cluster is shut down, connect()
-# starts a new one rather than trying to join the dead one.
-_started_address: str | None = None
+_PINNED = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")
 
 
 def start_local_cluster(**init_kwargs: Any) -> Any:
     """Start a new local Ray cluster (`ray.init(address="local", **init_kwargs)`) on a free GCS
-    port, with RAY_ADDRESS and RAY_GCS_SERVER_PORT set first so that its processes inherit them.
-    Returns ray.init's context. Subprocesses started afterwards join it through RAY_ADDRESS."""
+    port, with RAY_ADDRESS and RAY_GCS_SERVER_PORT set while it starts so that its processes (and
+    every worker they start) inherit them. This process's environment is restored afterwards: left
+    behind, they would point a later `ray start` or subprocess at this cluster after it is gone.
+    Returns ray.init's context; pass `ctx.address_info["address"]` on to subprocesses that should join."""
     import ray
 
-    global _started_address
     with socket.socket() as sock:
         sock.bind(("", 0))
         port = sock.getsockname()[1]
-    address = f"{ray.util.get_node_ip_address()}:{port}"  # [ray]
-    os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=address)
-    ctx = ray.init(address="local", **init_kwargs)  # [ray] "local" starts a new cluster, ignoring RAY_ADDRESS
-    if ctx.address_info["address"] != address:  # the port was taken between the probe and the start
-        os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
-    _started_address = os.environ["RAY_ADDRESS"]
-    return ctx
+    saved = {name: os.environ.get(name) for name in _PINNED}
+    os.environ.update(RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}", RAY_GCS_SERVER_PORT=str(port))  # [ray]
+    try:
+        return ray.init(address="local", **init_kwargs)  # [ray] "local" starts a new cluster, ignoring RAY_ADDRESS
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def connect(**init_kwargs: Any) -> None:
@@ -49,8 +51,6 @@ def connect(**init_kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
-    if _started_address is not None and os.environ.get("RAY_ADDRESS") == _started_address:
-        del os.environ["RAY_ADDRESS"]  # ours, and shut down since: start afresh
     # ray.init's own lookup (private; ray is pinned): None means a bare ray.init() would start a
     # new local cluster. Not address="auto": that also joins any other process's local cluster.
     if canonicalize_bootstrap_address(None) is None:  # [ray]

@@ -8,10 +8,11 @@ import sys
 import textwrap
 
 
-def test_local_cluster_processes_inherit_its_address(ray_cluster):
+def test_local_cluster_processes_inherit_its_address_and_the_driver_keeps_its_env(ray_cluster):
     """The session cluster is started by start_local_cluster: a task on it sees the cluster's own
     address in RAY_ADDRESS, which is what Ray Train's placement-group cleanup needs to find it when
-    another cluster runs on the machine."""
+    another cluster runs on the machine. The driver's environment is left as it was: a RAY_ADDRESS
+    left behind hung the e2e tier's `ray start` of a second head after this cluster was shut down."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -19,8 +20,9 @@ def test_local_cluster_processes_inherit_its_address(ray_cluster):
         return os.environ.get("RAY_ADDRESS")
 
     address = ray_cluster.address_info["address"]
-    assert os.environ["RAY_ADDRESS"] == address
     assert ray.get(address_seen_by_a_worker.remote()) == address
+    assert os.environ.get("RAY_ADDRESS") != address
+    assert os.environ.get("RAY_GCS_SERVER_PORT") != address.rsplit(":", 1)[1]
 
 
 def test_connect_joins_the_cluster_ray_address_names(ray_cluster):
