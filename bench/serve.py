@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from ray_cotd.config import ServeConfig
+from ray_cotd.ray_session import free_port
 
 # Invented word problems of similar length (the rationale limit, not the question, sets the cost).
 QUESTIONS = [
@@ -38,12 +38,6 @@ QUESTIONS = [
     "There are 24 students split evenly into 4 teams. How many students are on each team?",
     "A shop sold 15 apples in the morning and 27 in the afternoon. How many apples were sold?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -18,6 +18,14 @@ from typing import Any
 _PINNED = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")
 
 
+def free_port() -> int:
+    """A TCP port free on every interface now (a GCS's, or a Serve HTTP port in tests and benches);
+    another process may still take it before the caller binds it."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 def start_local_cluster(**init_kwargs: Any) -> Any:
     """Start a new local Ray cluster (`ray.init(address="local", **init_kwargs)`) on a free GCS
     port, with RAY_ADDRESS and RAY_GCS_SERVER_PORT set while it starts so that its processes (and
@@ -26,26 +34,29 @@ def start_local_cluster(**init_kwargs: Any) -> Any:
     Returns ray.init's context; pass `ctx.address_info["address"]` on to subprocesses that should join."""
     import ray
 
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
+    existing = ray.is_initialized()  # with ignore_reinit_error=True, ray.init returns this session as is
+    port = free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"  # [ray]
     saved = {name: os.environ.get(name) for name in _PINNED}
-    os.environ.update(RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}", RAY_GCS_SERVER_PORT=str(port))  # [ray]
+    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
     try:
-        return ray.init(address="local", **init_kwargs)  # [ray] "local" starts a new cluster, ignoring RAY_ADDRESS
+        ctx = ray.init(address="local", **init_kwargs)  # [ray] "local" starts a new cluster, ignoring RAY_ADDRESS
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    if not existing and ctx.address_info["address"] != address:  # its processes would carry an address that is not theirs
+        raise RuntimeError(f"the local Ray cluster started at {ctx.address_info['address']}, not at the "
+                           f"{address} its processes were given (RAY_GCS_SERVER_PORT not honoured?)")
+    return ctx
 
 
-def connect(**init_kwargs: Any) -> None:
+def connect() -> None:
     """Make sure this process has a Ray session, as a bare `ray.init()` would: keep the current
     one; else join the cluster RAY_ADDRESS names (`ray job submit`, KubeRay) or the one last started
-    on this machine by `ray start`; else start a local cluster, here with start_local_cluster.
-    init_kwargs apply to a start only."""
+    on this machine by `ray start`; else start a local cluster, here with start_local_cluster."""
     import ray
     from ray._private.services import canonicalize_bootstrap_address
 
@@ -54,6 +65,6 @@ def connect(**init_kwargs: Any) -> None:
     # ray.init's own lookup (private; ray is pinned): None means a bare ray.init() would start a
     # new local cluster. Not address="auto": that also joins any other process's local cluster.
     if canonicalize_bootstrap_address(None) is None:  # [ray]
-        start_local_cluster(**init_kwargs)
+        start_local_cluster()
     else:
         ray.init()  # [ray]

@@ -24,6 +24,7 @@ def ray_cluster():
     ctx = start_local_cluster(
         num_cpus=2,
         include_dashboard=True,
+        ignore_reinit_error=True,
         log_to_driver=True,
         configure_logging=True,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ import requests
 import yaml
 
 from ray_cotd.config import ServeConfig
+from ray_cotd.ray_session import free_port
 from ray_cotd.configbase import from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +31,6 @@ QUESTIONS = [  # invented for these tests
     "What is 15 minus 7?",
 ]
 TOKEN_ENV = "RAY_COTD_SERVE_TEST_TOKEN"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_config(**overrides) -> ServeConfig:
