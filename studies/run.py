@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ray_cotd.metrics import error_bars
+from ray_cotd.metrics import accuracy, error_bars
 from ray_cotd.ray_session import start_local_cluster
 
 STUDY_DIR = Path(__file__).resolve().parent
@@ -136,10 +136,31 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def objectives_table(report: dict) -> str:
+def constant_answer(report: dict, test_set: str, run_dir: Path) -> tuple[str, dict] | None:
+    """The most common gold answer of `test_set` and the accuracy of always giving it, read from
+    any system's predictions file (relative to the evaluate run's `run_dir`): the floor a trained
+    student must clear (~50% on StrategyQA's yes/no questions). None without predictions."""
+    from collections import Counter
+
+    for r in report["results"]:
+        path = run_dir / str(r.get("predictions") or "")
+        if r["test_set"] == test_set and r.get("predictions") and path.is_file():
+            golds = [json.loads(line)["gold"] for line in path.read_text().splitlines() if line.strip()]
+            if golds:
+                top = Counter(golds).most_common(1)[0][0]
+                return top, accuracy([g == top for g in golds]).to_dict()
+    return None
+
+
+def objectives_table(report: dict, run_dir: Path | None = None) -> str:
     systems = [UNTRAINED, *OBJECTIVES]
     rows = [[s, pct(accuracy_of(report, s, "strategyqa")), pct(accuracy_of(report, s, "commonsenseqa"))]
             for s in systems if any(r["system"] == s for r in report["results"])]
+    if run_dir is not None:
+        refs = [constant_answer(report, t, run_dir) for t in ("strategyqa", "commonsenseqa")]
+        if any(refs):
+            rows.append(["*always the most common answer*"]
+                        + [f'{pct(ref[1])}: always "{ref[0]}"' if ref else "–" for ref in refs])
     return md_table(["system", "StrategyQA test (IND), % [95% CI]", "CommonsenseQA test (OOD), % [95% CI]"], rows)
 
 
@@ -210,7 +231,7 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_objectives(report: dict, path: Path) -> None:
+def plot_objectives(report: dict, path: Path, run_dir: Path | None = None) -> None:
     plt = _pyplot()
     systems = [s for s in (UNTRAINED, *OBJECTIVES) if any(r["system"] == s for r in report["results"])]
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -219,6 +240,10 @@ def plot_objectives(report: dict, path: Path) -> None:
         f"CommonsenseQA test (OOD, n={_n(report, 'commonsenseqa')})":
             [accuracy_of(report, s, "commonsenseqa") for s in systems],
     })
+    ref = constant_answer(report, "strategyqa", run_dir) if run_dir is not None else None
+    if ref is not None:
+        ax.axhline(ref[1]["rate"], color="grey", linestyle=":", label=f"IND: always '{ref[0]}' ({ref[1]['rate']:.0%})")
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Item 1: objectives, SmolLM2-135M LoRA on StrategyQA chatgpt level-1 rationales")
     _save(plt, fig, path)
 
@@ -415,8 +440,9 @@ class Study:
             return json.loads(path.read_text()) if path.is_file() else None
 
         if (r := report("objectives")) is not None:
-            plot_objectives(r, self.plots_dir / "study_objectives.png")
-            sections.append("## 1. Objectives (IND vs OOD)\n\n" + objectives_table(r))
+            run_dir = self.out / "objectives" / "evaluate"
+            plot_objectives(r, self.plots_dir / "study_objectives.png", run_dir)
+            sections.append("## 1. Objectives (IND vs OOD)\n\n" + objectives_table(r, run_dir))
             study["objectives"] = r["results"]
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")

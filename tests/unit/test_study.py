@@ -161,3 +161,29 @@ def test_parallel_runners_skip_started_runs_and_wait_to_evaluate(tmp_path: Path,
     study.train("granularity", "granularity/train.yaml", "cascod_level6", ["objective=cascod"])
     assert study.evaluate("granularity", "granularity/evaluate.yaml", {"cascod-L6": started / "student"}) is None
     assert study.teachers() is None and called == []
+
+
+def test_constant_answer_reference_row(tmp_path: Path) -> None:
+    """The objectives table and plot show what always giving the most common gold answer scores
+    (the floor on yes/no StrategyQA), read from a system's predictions file."""
+    sets = {"strategyqa": 10, "commonsenseqa": 10}
+    report = _report({(s, t): (5, 10) for s in ("untrained", "cascod") for t in sets}, sets)
+    golds = {"strategyqa": ["True"] * 6 + ["False"] * 4, "commonsenseqa": list("AABCDEEEBC")}
+    for r in report["results"]:
+        r["predictions"] = f"predictions/{r['system']}/{r['test_set']}.jsonl"
+    for name, values in golds.items():
+        path = tmp_path / "predictions" / "cascod" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"gold": g, "predicted": "x"}) + "\n" for g in values))
+    assert run.constant_answer(report, "strategyqa", tmp_path)[0] == "True"
+    assert run.constant_answer(report, "strategyqa", tmp_path)[1]["k"] == 6
+    assert run.constant_answer(report, "commonsenseqa", tmp_path)[:1] == ("E",)
+    table = run.objectives_table(report, tmp_path)
+    row = table.splitlines()[-1]
+    assert row.startswith("| *always the most common answer* |")
+    assert '(6/10): always "True"' in row and '(3/10): always "E"' in row
+    assert "always" not in run.objectives_table(report)  # no run directory: no reference row
+    assert run.constant_answer(report, "strategyqa", tmp_path / "elsewhere") is None
+    pytest.importorskip("matplotlib")
+    run.plot_objectives(report, tmp_path / "o.png", tmp_path)
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
