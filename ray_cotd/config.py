@@ -165,6 +165,11 @@ class TrainConfig(StageConfig):
     num_virtual_tokens: int = doc(16, "P-Tuning virtual tokens")
     encoder_hidden_size: int = doc(128, "P-Tuning prompt-encoder MLP width")
     domain_head_width: int = doc(256, "PRADA domain-classifier hidden width")
+    domain_head_lr: Optional[float] = doc(
+        None,
+        "peak learning rate of PRADA's domain classifier (its own AdamW group, same schedule); None = lr. "
+        "Adam's steps ignore λ's scale, so only this lets the classifier move faster than the features",
+    )
     precision: Precision = doc("float32", "training precision (bfloat16 = autocast)")
     num_workers: int = doc(1, "Ray Train workers")
     parallel_strategy: Literal["ddp", "fsdp"] = doc("ddp", "how workers share the model (fsdp for large students)")
@@ -205,6 +210,8 @@ class TrainConfig(StageConfig):
             raise ConfigError(f"alpha: {self.alpha} is outside [0, 1]")
         if self.lambda_ < 0 or math.isnan(self.lambda_):
             raise ConfigError(f"lambda_: {self.lambda_} must be >= 0")
+        if self.domain_head_lr is not None and not self.domain_head_lr > 0:
+            raise ConfigError(f"domain_head_lr: {self.domain_head_lr} must be > 0 (or null for lr)")
         if self.objective in ("prada", "cascod+prada") and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
         for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers", "num_virtual_tokens"):

@@ -276,6 +276,16 @@ def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimi
     return totals
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: every trainable tensor at cfg.lr, except PRADA's domain classifier
+    at cfg.domain_head_lr when that is set (found by name, under any DDP/FSDP wrapper prefix)."""
+    head, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if cfg.domain_head_lr is not None and "domain_head." in name else rest).append(p)
+    return [{"params": rest, "lr": cfg.lr}] + ([{"params": head, "lr": cfg.domain_head_lr}] if head else [])
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then constant / linear decay to 0 / cosine to 0 at max_steps."""
 
@@ -491,7 +501,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 history = [json.loads(line) for line in f if line.strip()]
     model = prepare_student(student, cfg, world)
     # after wrapping: FSDP's use_orig_params parameters are what the optimizer must step
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, cfg)
     if state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

@@ -184,9 +184,10 @@ def test_lora_ptuning_cascod_prada_bf16_merged(ray_cluster, shared_data, tmp_pat
 
 
 def test_ptuning_only_prada(ray_cluster, shared_data, tmp_path, tokenizer):
-    """P-Tuning alone (the base stays frozen, no LoRA files) under PRADA with Std-CoT as L_y."""
+    """P-Tuning alone (the base stays frozen, no LoRA files) under PRADA with Std-CoT as L_y, its
+    domain classifier in its own optimizer group (domain_head_lr)."""
     cfg = _cfg(shared_data, tmp_path, peft="ptuning", objective="prada", target_questions=str(DEMO_QUESTIONS),
-               lambda_=0.1, merge_adapters=True)
+               lambda_=0.1, merge_adapters=True, domain_head_lr=1e-2)
     summary = run_train(cfg)
     history = _steps(summary, 2, extra=PRADA_KEYS)
     assert all(h["lambda"] == 0.1 for h in history)

@@ -76,3 +76,37 @@ def test_prompt_encoder_replaces_placeholders_and_round_trips(tmp_path):
     torch.testing.assert_close(PromptEncoder.load(tmp_path)(), prompts)
     with pytest.raises(FileNotFoundError, match="prompt_encoder.json"):
         PromptEncoder.load(tmp_path / "nothing")
+
+
+def test_domain_head_gets_its_own_learning_rate_under_any_wrapper():
+    """domain_head_lr puts PRADA's classifier in a second AdamW group (found by name, also under a
+    DDP-style `module.` prefix); the schedule scales both groups; frozen tensors stay out."""
+    from ray_cotd.config import ConfigError, TrainConfig
+    from ray_cotd.student.train import make_scheduler, param_groups
+
+    inner = torch.nn.Module()
+    inner.lm = torch.nn.Linear(4, 4)
+    inner.lm.bias.requires_grad_(False)
+    inner.domain_head = DomainHead(4, width=8)
+    wrapped = torch.nn.Module()
+    wrapped.module = inner  # what DDP's named_parameters() prefixes
+    head = list(inner.domain_head.parameters())
+
+    same = param_groups(wrapped, TrainConfig(lr=1e-3, warmup_steps=0, max_steps=10))
+    assert len(same) == 1 and same[0]["lr"] == 1e-3 and len(same[0]["params"]) == 1 + len(head)
+
+    cfg = TrainConfig(lr=1e-3, domain_head_lr=1e-2, warmup_steps=2, max_steps=10, lr_schedule="cosine")
+    groups = param_groups(wrapped, cfg)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert groups[0]["params"] == [inner.lm.weight]  # the frozen bias is not optimized
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in head}
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    main, classifier = scheduler.get_last_lr()
+    assert 0 < main < 1e-3 and classifier == pytest.approx(10 * main)  # one schedule, two peaks
+
+    with pytest.raises(ConfigError, match="domain_head_lr"):
+        TrainConfig(domain_head_lr=0.0).validate()
