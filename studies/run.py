@@ -152,15 +152,20 @@ def constant_answer(report: dict, test_set: str, run_dir: Path) -> tuple[str, di
     return None
 
 
-def objectives_table(report: dict, run_dir: Path | None = None) -> str:
+def constant_answers(report: dict, run_dir: Path) -> dict[str, tuple[str, dict]]:
+    """constant_answer of item 1's two test sets, those that have one."""
+    return {t: ref for t in ("strategyqa", "commonsenseqa") if (ref := constant_answer(report, t, run_dir))}
+
+
+def objectives_table(report: dict, refs: dict[str, tuple[str, dict]] | None = None) -> str:
+    """Item 1's table; `refs` (constant_answers) adds the constant-answer row."""
     systems = [UNTRAINED, *OBJECTIVES]
     rows = [[s, pct(accuracy_of(report, s, "strategyqa")), pct(accuracy_of(report, s, "commonsenseqa"))]
             for s in systems if any(r["system"] == s for r in report["results"])]
-    if run_dir is not None:
-        refs = [constant_answer(report, t, run_dir) for t in ("strategyqa", "commonsenseqa")]
-        if any(refs):
-            rows.append(["*always the most common answer*"]
-                        + [f'{pct(ref[1])}: always "{ref[0]}"' if ref else "–" for ref in refs])
+    if refs:
+        rows.append(["*always the most common answer*"]
+                    + [f'{pct(ref[1])}: always "{ref[0]}"' if (ref := refs.get(t)) else "–"
+                       for t in ("strategyqa", "commonsenseqa")])
     return md_table(["system", "StrategyQA test (IND), % [95% CI]", "CommonsenseQA test (OOD), % [95% CI]"], rows)
 
 
@@ -231,7 +236,7 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_objectives(report: dict, path: Path, run_dir: Path | None = None) -> None:
+def plot_objectives(report: dict, path: Path, refs: dict[str, tuple[str, dict]] | None = None) -> None:
     plt = _pyplot()
     systems = [s for s in (UNTRAINED, *OBJECTIVES) if any(r["system"] == s for r in report["results"])]
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -240,8 +245,7 @@ def plot_objectives(report: dict, path: Path, run_dir: Path | None = None) -> No
         f"CommonsenseQA test (OOD, n={_n(report, 'commonsenseqa')})":
             [accuracy_of(report, s, "commonsenseqa") for s in systems],
     })
-    ref = constant_answer(report, "strategyqa", run_dir) if run_dir is not None else None
-    if ref is not None:
+    if (ref := (refs or {}).get("strategyqa")) is not None:
         ax.axhline(ref[1]["rate"], color="grey", linestyle=":", label=f"IND: always '{ref[0]}' ({ref[1]['rate']:.0%})")
         ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Item 1: objectives, SmolLM2-135M LoRA on StrategyQA chatgpt level-1 rationales")
@@ -440,9 +444,9 @@ class Study:
             return json.loads(path.read_text()) if path.is_file() else None
 
         if (r := report("objectives")) is not None:
-            run_dir = self.out / "objectives" / "evaluate"
-            plot_objectives(r, self.plots_dir / "study_objectives.png", run_dir)
-            sections.append("## 1. Objectives (IND vs OOD)\n\n" + objectives_table(r, run_dir))
+            refs = constant_answers(r, self.out / "objectives" / "evaluate")  # read once, shown twice
+            plot_objectives(r, self.plots_dir / "study_objectives.png", refs)
+            sections.append("## 1. Objectives (IND vs OOD)\n\n" + objectives_table(r, refs))
             study["objectives"] = r["results"]
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")

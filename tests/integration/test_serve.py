@@ -20,8 +20,8 @@ import requests
 import yaml
 
 from ray_cotd.config import ServeConfig
-from ray_cotd.ray_session import free_port
 from ray_cotd.configbase import from_dict
+from ray_cotd.ray_session import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTIONS = [  # invented for these tests

@@ -178,12 +178,14 @@ def test_constant_answer_reference_row(tmp_path: Path) -> None:
     assert run.constant_answer(report, "strategyqa", tmp_path)[0] == "True"
     assert run.constant_answer(report, "strategyqa", tmp_path)[1]["k"] == 6
     assert run.constant_answer(report, "commonsenseqa", tmp_path)[:1] == ("E",)
-    table = run.objectives_table(report, tmp_path)
+    refs = run.constant_answers(report, tmp_path)
+    assert set(refs) == {"strategyqa", "commonsenseqa"}
+    table = run.objectives_table(report, refs)
     row = table.splitlines()[-1]
     assert row.startswith("| *always the most common answer* |")
     assert '(6/10): always "True"' in row and '(3/10): always "E"' in row
-    assert "always" not in run.objectives_table(report)  # no run directory: no reference row
+    assert "always" not in run.objectives_table(report)  # no references: no reference row
     assert run.constant_answer(report, "strategyqa", tmp_path / "elsewhere") is None
     pytest.importorskip("matplotlib")
-    run.plot_objectives(report, tmp_path / "o.png", tmp_path)
+    run.plot_objectives(report, tmp_path / "o.png", refs)
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
