@@ -198,6 +198,11 @@ class TrainConfig(StageConfig):
     storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
     name: str = doc("student", "Ray Train run name (same name + storage resumes)")
     max_failures: int = doc(2, "worker-failure retries from the latest checkpoint")
+    ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc(
+        "WARNING",
+        "console level of Ray Train's own `ray.train` logs (ray.train.LoggingConfig); INFO adds a "
+        "'Reporting training result' line per step and worker-group start-up lines",
+    )
     merge_adapters: bool = doc(False, "also write adapters merged into full weights (what vLLM/serve load)")
     cpu_malloc_cache: bool = doc(
         True,

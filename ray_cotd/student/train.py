@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -471,6 +472,17 @@ def prepare_student(student: Student, cfg: TrainConfig, world: int) -> nn.Module
                 sync_module_states=device.type != "cpu")
 
 
+def progress(line: str) -> None:
+    """One progress line from a Train worker, printed once.
+
+    Ray Train V2 patches `print` in its workers: the text goes to the worker's stdout *and* to the
+    root logger, whose console handler writes it again, so every `print` reached the driver twice.
+    Writing to the stream directly skips the patch (metrics.jsonl keeps the values).
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """The TorchTrainer worker function: setup, resume, loop, report."""
     import ray.train
@@ -510,7 +522,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
     if rank == 0 and start_step:
-        print(f"[train] resumed from step {start_step}", flush=True)
+        progress(f"[train] resumed from step {start_step}")
 
     train_rows = _rows(ray.train.get_dataset_shard("train"))  # [ray]
     val_rows = _rows(ray.train.get_dataset_shard("val")) if config["has_val"] else []  # [ray]
@@ -541,7 +553,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(metrics)
         if rank == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens"))
-            print(f"[train] step {step}/{cfg.max_steps} {shown}", flush=True)
+            progress(f"[train] step {step}/{cfg.max_steps} {shown}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             save_checkpoint(model, student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
         else:
@@ -692,7 +704,8 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
             name=cfg.name, storage_path=_storage_path(cfg), callbacks=callbacks,
             worker_runtime_env=worker_runtime_env(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=cfg.ray_log_level)),
         datasets=datasets,
     )
     return trainer.fit(), data_report  # [ray]
