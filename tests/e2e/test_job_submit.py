@@ -41,18 +41,20 @@ def local_head(tmp_path_factory):
         ray.shutdown()
     state = tmp_path_factory.mktemp("head")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_BIN": str(VENV_BIN / "ray")}
-    started = subprocess.run(
-        ["bash", "cluster/local_head.sh", "start", "--dir", str(state), "--num-cpus", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert started.returncode == 0, started.stderr
-    client_env = {**env, **_parse_exports(started.stdout)}
-    assert client_env.get("RAY_API_SERVER_ADDRESS", "").startswith("http://127.0.0.1:"), started.stdout
+    stop = ["bash", "cluster/local_head.sh", "stop", "--dir", str(state)]
+    try:
+        started = subprocess.run(
+            ["bash", "cluster/local_head.sh", "start", "--dir", str(state), "--num-cpus", "2"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert started.returncode == 0, started.stderr
+        client_env = {**env, **_parse_exports(started.stdout)}
+        assert client_env.get("RAY_API_SERVER_ADDRESS", "").startswith("http://127.0.0.1:"), started.stdout
+    except BaseException:  # a head that failed or timed out half-way must not outlive the test session
+        subprocess.run(stop, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        raise
     yield client_env
-    stopped = subprocess.run(
-        ["bash", "cluster/local_head.sh", "stop", "--dir", str(state)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
+    stopped = subprocess.run(stop, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
 
 
