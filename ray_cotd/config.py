@@ -188,6 +188,11 @@ class TrainConfig(StageConfig):
     val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions")
     holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)")
     checkpoint_every: int = doc(50, "checkpoint every k steps")
+    report_every: int = doc(
+        0,
+        "also report step metrics to Ray every k steps (0 = only at checkpoints and validations). Ray Train "
+        "takes one report per worker every 2 s, so k=1 holds training to 0.5 steps/s",
+    )
     batching: Literal["packed", "grouped", "padded"] = doc(
         "packed",
         "packed: examples share rows, no cross-example attention (the fastest here, docs/benchmarks.md); "
@@ -224,6 +229,8 @@ class TrainConfig(StageConfig):
                 raise ConfigError(f"{key}: must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError("val_fraction and holdout_fraction must be in [0, 1)")
+        if self.report_every < 0 or self.val_every < 0:
+            raise ConfigError("report_every and val_every must be >= 0 (0 = off)")
 
 
 @dataclass

@@ -483,6 +483,23 @@ def progress(line: str) -> None:
     sys.stdout.flush()
 
 
+def report_kind(step: int, cfg: TrainConfig, *, validated: bool) -> str | None:
+    """What step `step` reports to Ray: "checkpoint", "metrics" (no checkpoint) or None.
+
+    Checkpoint steps and the last step report with a checkpoint; validation steps (what Tune
+    trials rank and ASHA stops on) and every `report_every`-th step report metrics; other steps
+    report nothing. Ray Train V2's controller takes one report per worker per poll (every
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s) through a queue of one, so a report every step held
+    training to 0.5 steps/s. Every step's metrics still go to metrics.jsonl. The same answer on
+    every rank: a report is a barrier.
+    """
+    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        return "checkpoint"
+    if validated or (cfg.report_every and step % cfg.report_every == 0):
+        return "metrics"
+    return None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """The TorchTrainer worker function: setup, resume, loop, report."""
     import ray.train
@@ -542,7 +559,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         tokens = sum(b.real_tokens for b in micro) * world
         metrics = {"step": step, **values, "lr": scheduler.get_last_lr()[0], "tokens": tokens,
-                   "tokens_per_s": tokens / seconds, "step_s": seconds}
+                   "tokens_per_s": tokens / seconds, "step_s": seconds, "time": time.time()}
         if objective.domain_adversarial:
             metrics["lambda"] = params.lambda_
         if config["has_val"] and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
@@ -552,12 +569,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg)
         history.append(metrics)
         if rank == 0:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens"))
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens", "time"))
             progress(f"[train] step {step}/{cfg.max_steps} {shown}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        report = report_kind(step, cfg, validated="val_loss" in metrics)
+        if report == "checkpoint":
             save_checkpoint(model, student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
-        else:
-            ray.train.report(metrics)  # [ray] metrics each step (persisted only with a checkpoint)
+        elif report == "metrics":
+            ray.train.report(metrics)  # [ray] free-floating: Tune trials and the dashboard see it
     return {"start_step": start_step, "final": metrics}
 
 

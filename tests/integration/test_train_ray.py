@@ -40,6 +40,8 @@ def test_two_workers_train_checkpoint_and_resume(ray_cluster, shared_data, tmp_p
     assert first["steps"] == 4 and first["resumed_from_step"] == 0
     history = _history(first)
     assert [h["step"] for h in history] == [1, 2, 3, 4]
+    times = [h["time"] for h in history]  # wall clock per step: steps/s include what step_s leaves out
+    assert times == sorted(times) and times[-1] - times[0] >= sum(h["step_s"] for h in history[1:])
     assert first["data"]["held_out_rows"] > 0 and first["data"]["encode"]["truncated_rationale"] > 0
     # loss falls: the last two steps average below the first two (lr 2e-3 on 2x2 rows per step)
     assert (history[2]["loss"] + history[3]["loss"]) < (history[0]["loss"] + history[1]["loss"])

@@ -1,5 +1,5 @@
-"""Worker progress lines reach the driver once under Ray Train V2's print patch, and the run's
-Ray Train log level is the config's."""
+"""What a Train worker sends the driver: progress lines once under Ray Train V2's print patch, reports
+only where they are needed, and the run's Ray Train log level."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_ray_log_level_defaults_to_warning_and_is_checked():
     assert TrainConfig().ray_log_level == "WARNING"
     with pytest.raises(ConfigError, match="ray_log_level"):
         from_dict(TrainConfig, {"ray_log_level": "CHATTY"})
+
+
+def test_reports_only_at_checkpoints_validations_and_report_every():
+    """Ray Train V2 takes one report per worker per 2-s poll: steps between them report nothing."""
+    from ray_cotd.student.train import report_kind
+
+    cfg = TrainConfig(max_steps=25, checkpoint_every=10)
+    kinds = {s: report_kind(s, cfg, validated=s == 5) for s in range(1, 26)}
+    assert {s for s, k in kinds.items() if k == "checkpoint"} == {10, 20, 25}
+    assert {s for s, k in kinds.items() if k == "metrics"} == {5}
+    every3 = TrainConfig(max_steps=25, checkpoint_every=10, report_every=3)
+    assert {s for s in range(1, 26) if report_kind(s, every3, validated=False) == "metrics"} == {3, 6, 9, 12, 15, 18,
+                                                                                                   21, 24}
+    with pytest.raises(ConfigError, match="report_every"):
+        from_dict(TrainConfig, {"report_every": -1})
