@@ -80,3 +80,20 @@ def answer_change_rate(original: Sequence[str | None], swapped: Sequence[str | N
 
 
 __all__ = ["Rate", "Z_95", "accuracy", "answer_change_rate", "rate", "wilson_interval"]
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact two-sided McNemar test of two systems scored on the same questions, in order.
+
+    Only the discordant questions count: `a_only` (a right, b wrong) and `b_only`. Under no
+    difference each is Binomial(a_only + b_only, 1/2); p is twice the smaller tail, capped at 1
+    (1.0 when no question is discordant). Paired, so it sees differences that two overlapping
+    Wilson intervals hide.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired results need the same questions: {len(a)} vs {len(b)}")
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    n = a_only + b_only
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
+    return {"a_only": a_only, "b_only": b_only, "p": min(1.0, 2 * tail)}

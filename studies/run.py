@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ray_cotd.metrics import accuracy, error_bars
+from ray_cotd.metrics import accuracy, error_bars, mcnemar_exact
 from ray_cotd.ray_session import start_local_cluster
 
 STUDY_DIR = Path(__file__).resolve().parent
@@ -136,20 +136,69 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def predictions(report: dict, test_set: str, run_dir: Path, system: str | None = None) -> list[dict] | None:
+    """The prediction records of `system` (None: the first system that has them) on `test_set`,
+    from the evaluate run's `run_dir`; None where there is no predictions file."""
+    for r in report["results"]:
+        path = run_dir / str(r.get("predictions") or "")
+        if r["test_set"] == test_set and r.get("predictions") and system in (None, r["system"]) and path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return None
+
+
 def constant_answer(report: dict, test_set: str, run_dir: Path) -> tuple[str, dict] | None:
     """The most common gold answer of `test_set` and the accuracy of always giving it, read from
     any system's predictions file (relative to the evaluate run's `run_dir`): the floor a trained
     student must clear (~50% on StrategyQA's yes/no questions). None without predictions."""
     from collections import Counter
 
-    for r in report["results"]:
-        path = run_dir / str(r.get("predictions") or "")
-        if r["test_set"] == test_set and r.get("predictions") and path.is_file():
-            golds = [json.loads(line)["gold"] for line in path.read_text().splitlines() if line.strip()]
-            if golds:
-                top = Counter(golds).most_common(1)[0][0]
-                return top, accuracy([g == top for g in golds]).to_dict()
-    return None
+    golds = [p["gold"] for p in predictions(report, test_set, run_dir) or []]
+    if not golds:
+        return None
+    top = Counter(golds).most_common(1)[0][0]
+    return top, accuracy([g == top for g in golds]).to_dict()
+
+
+def best_levels(report: dict) -> dict[str, int]:
+    """Each granularity objective's most accurate level on SVAMP (a tie goes to the shorter level)."""
+    return {o: best_level(report, o) for o in GRANULARITY_OBJECTIVES
+            if any(accuracy_of(report, f"{o}-L{lv}", "svamp") for lv in LEVELS)}
+
+
+def paired_vs_best(report: dict, run_dir: Path) -> dict[str, dict[int, dict]]:
+    """Exact McNemar test of every level against its objective's best level, question by question
+    on the same SVAMP hold-out questions: {objective: {level: mcnemar_exact(best, level)}}."""
+    tests: dict[str, dict[int, dict]] = {}
+    for objective, best in best_levels(report).items():
+        top = predictions(report, "svamp", run_dir, f"{objective}-L{best}")
+        if top is None:
+            continue
+        top_by_id = {p["id"]: p["correct"] for p in top}
+        for level in LEVELS:
+            other = predictions(report, "svamp", run_dir, f"{objective}-L{level}")
+            if level == best or other is None:
+                continue
+            by_id = {p["id"]: p["correct"] for p in other}
+            ids = [i for i in top_by_id if i in by_id]
+            tests.setdefault(objective, {})[level] = mcnemar_exact([top_by_id[i] for i in ids],
+                                                                  [by_id[i] for i in ids])
+    return tests
+
+
+def paired_table(tests: dict[str, dict[int, dict]], best: dict[str, int]) -> str:
+    """Item 2's paired tests: per level, questions only the best level got right, only this level
+    got right, and the exact McNemar p."""
+    objectives = [o for o in GRANULARITY_OBJECTIVES if o in tests]
+
+    def cell(objective: str, level: int) -> str:
+        if level == best[objective]:
+            return "best"
+        t = tests[objective].get(level)
+        return "–" if t is None else f"{t['a_only']} / {t['b_only']}, p = {t['p']:.3g}"
+
+    rows = [[str(level)] + [cell(o, level) for o in objectives] for level in LEVELS]
+    return md_table(["level", *(f"{o}: best L{best[o]} only / this level only, exact McNemar p"
+                                for o in objectives)], rows)
 
 
 def constant_answers(report: dict, run_dir: Path) -> dict[str, tuple[str, dict]]:
@@ -450,10 +499,14 @@ class Study:
             study["objectives"] = r["results"]
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")
+            paired = paired_vs_best(r, self.out / "granularity" / "evaluate")
             sections.append(f"## 2. Granularity (SVAMP chatgpt levels)\n\nbest cascod level: {best_level(r)}\n\n"
-                            + granularity_table(r))
+                            + granularity_table(r)
+                            + ("\n\nPaired, each level against its objective's best:\n\n"
+                               + paired_table(paired, best_levels(r)) if paired else ""))
             study["granularity"] = r["results"]
             study["best_level"] = best_level(r)
+            study["paired_vs_best"] = paired
         if (r := report("teachers")) is not None:
             levels = self.teacher_levels()
             plot_teachers(r, levels, self.plots_dir / "study_teachers.png")

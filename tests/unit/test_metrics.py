@@ -98,3 +98,17 @@ def test_wilson_interval_contains_the_rate_at_every_k():
         for k in range(n + 1):
             low, high = wilson_interval(k, n)
             assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
+
+
+def test_mcnemar_exact_counts_discordant_pairs_and_gives_the_binomial_p():
+    from ray_cotd.metrics import mcnemar_exact
+
+    a = [True] * 15 + [False] + [True] * 10 + [False] * 4  # 10 both right, 4 both wrong: ignored
+    b = [False] * 15 + [True] + [True] * 10 + [False] * 4
+    assert mcnemar_exact(a, b) == {"a_only": 15, "b_only": 1, "p": 2 * 17 / 2**16}
+    assert mcnemar_exact(b, a)["p"] == mcnemar_exact(a, b)["p"]  # two-sided
+    assert mcnemar_exact([True] * 5, [False] * 5)["p"] == 2 / 32
+    assert mcnemar_exact([True, False, True, False], [False, True, False, True])["p"] == 1.0  # capped
+    assert mcnemar_exact([True], [True]) == {"a_only": 0, "b_only": 0, "p": 1.0}
+    with pytest.raises(ValueError, match="same questions"):
+        mcnemar_exact([True], [True, False])

@@ -189,3 +189,24 @@ def test_constant_answer_reference_row(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     run.plot_objectives(report, tmp_path / "o.png", refs)
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_tests_against_each_objectives_best_level(tmp_path: Path) -> None:
+    """Item 2's paired table: every level against its objective's best level on the same
+    questions (matched by id), read from the predictions files."""
+    correct = {"std_cot-L2": [True] * 8 + [False] * 2, "std_cot-L1": [True] + [False] * 9,
+               "cascod-L1": [True] * 3 + [False] * 7, "cascod-L2": [False, True, True] + [False] * 7}
+    report = _report({(s, "svamp"): (sum(c), 10) for s, c in correct.items()}, {"svamp": 10})
+    for r in report["results"]:
+        r["predictions"] = f"predictions/{r['system']}/svamp.jsonl"
+        path = tmp_path / r["predictions"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct[r["system"]])]
+        path.write_text("".join(json.dumps(row) + "\n" for row in reversed(rows)))  # order must not matter
+    assert run.best_levels(report) == {"std_cot": 2, "cascod": 1}
+    tests = run.paired_vs_best(report, tmp_path)
+    assert tests == {"std_cot": {1: {"a_only": 7, "b_only": 0, "p": 2 / 2**7}},
+                     "cascod": {2: {"a_only": 1, "b_only": 0, "p": 1.0}}}
+    table = run.paired_table(tests, run.best_levels(report))
+    assert "| 1 | 7 / 0, p = 0.0156 | best |" in table and "| 2 | best | 1 / 0, p = 1 |" in table
+    assert "| 3 | – | – |" in table
