@@ -205,8 +205,8 @@ class TrainConfig(StageConfig):
     max_failures: int = doc(2, "worker-failure retries from the latest checkpoint")
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc(
         "WARNING",
-        "console level of Ray Train's own `ray.train` logs (ray.train.LoggingConfig); INFO adds a "
-        "'Reporting training result' line per step and worker-group start-up lines",
+        "console level of Ray Train's own `ray.train` logs (ray.train.LoggingConfig); INFO adds its "
+        "worker-group start-up lines",
     )
     merge_adapters: bool = doc(False, "also write adapters merged into full weights (what vLLM/serve load)")
     cpu_malloc_cache: bool = doc(
