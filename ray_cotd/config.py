@@ -241,11 +241,15 @@ class TestSetSpec(StageConfig):
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping")
     answer_type: Optional[str] = doc(None, "numeric | boolean | multiple_choice | text; None = infer")
     holdout: Literal["all", "test", "train"] = doc("all", "use all rows, or one side of the fixed hold-out split")
-    limit: Optional[int] = doc(None, "evaluate only the first N rows")
+    offset: int = doc(0, "skip the first N rows (after the hold-out split), e.g. to score selection rows "
+                         "apart from the test rows")
+    limit: Optional[int] = doc(None, "evaluate only the first N rows (after offset)")
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit: must be >= 1 (or null for all rows)")
+        if self.offset < 0:
+            raise ConfigError("offset: must be >= 0")
 
 
 # What each evaluation baseline runs (keys of ray_cotd.evaluate.BASELINES).

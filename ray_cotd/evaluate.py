@@ -100,10 +100,12 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
     if spec.holdout != "all":
         train, test = holdout_split(records, test_fraction=holdout_fraction, seed=seed)
         records = test if spec.holdout == "test" else train
+    records = records[spec.offset:]
     if spec.limit is not None:
         records = records[: spec.limit]
     if not records:
-        raise DataError(f"no rows to evaluate (holdout={spec.holdout}, limit={spec.limit})", path=spec.path)
+        raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit})",
+                        path=spec.path)
     return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records)
 
 

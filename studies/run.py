@@ -50,6 +50,7 @@ LEVELS = (1, 2, 3, 4, 5, 6)
 # teacher -> SVAMP levels in the release (llama has only 1-4)
 TEACHER_LEVELS = {"chatgpt": LEVELS, "gemini": LEVELS, "llama": (1, 2, 3, 4)}
 UNTRAINED = "untrained"
+SELECT_SET = "svamp_select"  # item 2's selection rows (granularity/select.yaml), never a reported test row
 
 
 class StudyError(RuntimeError):
@@ -224,6 +225,12 @@ def granularity_table(report: dict) -> str:
     if accuracy_of(report, UNTRAINED, "svamp") is not None:
         rows.append(["untrained"] + [pct(accuracy_of(report, UNTRAINED, "svamp"))] * len(GRANULARITY_OBJECTIVES))
     return md_table(["level", *(f"{o}, % [95% CI]" for o in GRANULARITY_OBJECTIVES)], rows)
+
+
+def selection_table(report: dict) -> str:
+    """cascod per level on the selection rows: what picks item 3's level."""
+    rows = [[str(level), pct(accuracy_of(report, f"cascod-L{level}", SELECT_SET))] for level in LEVELS]
+    return md_table(["level", "cascod on the selection rows, % [95% CI]"], rows)
 
 
 def teachers_table(report: dict, levels: dict[str, int]) -> str:
@@ -423,7 +430,7 @@ class Study:
         sets = [dataclasses.replace(ts, limit=limits.get(ts.name, ts.limit)) for ts in cfg.test_sets]
         return dataclasses.replace(cfg, test_sets=sets)
 
-    def evaluate(self, experiment: str, yaml_name: str, students: dict[str, Path]) -> dict | None:
+    def evaluate(self, experiment: str, yaml_name: str, students: dict[str, Path], run: str = "evaluate") -> dict | None:
         waiting = [name for name, path in students.items() if not is_done("train", path.parent)]
         if self.parallel and waiting:
             print(f"[study] skip evaluate {experiment}: another runner still trains {waiting}", flush=True)
@@ -431,7 +438,7 @@ class Study:
         specs = [{"source": "default", "adapter": str(path), "dtype": "bfloat16"} for path in students.values()]
         overrides = [*self.scale.get("evaluate", []), f"students={json.dumps(specs)}",
                      f"student_names={json.dumps(list(students))}"]
-        return self._run(experiment, "evaluate", STUDY_DIR / yaml_name, overrides, self.out / experiment / "evaluate",
+        return self._run(experiment, "evaluate", STUDY_DIR / yaml_name, overrides, self.out / experiment / run,
                          adjust=self._limit_sets)
 
     # -- the four experiments ----------------------------------------------------------------
@@ -448,18 +455,22 @@ class Study:
                 students[f"{objective}-L{level}"] = self.train(
                     "granularity", "granularity/train.yaml", f"{objective}_level{level}",
                     [f"objective={objective}", f"corpus={DATA_PREFIX}/svamp/train_chatgpt_level{level}.json"])
-        return self.evaluate("granularity", "granularity/evaluate.yaml", students)
+        report = self.evaluate("granularity", "granularity/evaluate.yaml", students)
+        # item 3's level is chosen on hold-out rows apart from the test rows (select.yaml)
+        self.evaluate("granularity", "granularity/select.yaml",
+                      {k: v for k, v in students.items() if k.startswith("cascod-")}, run="select")
+        return report
 
     def teacher_levels(self) -> dict[str, int]:
-        report = self.out / "granularity" / "evaluate" / "report.json"
+        report = self.out / "granularity" / "select" / "report.json"
         if not report.is_file():
             raise StudyError(f"teachers needs the granularity study's best level: {report} is missing "
                              "(run --only granularity first)")
-        best = best_level(json.loads(report.read_text()))
+        best = best_level(json.loads(report.read_text()), test_set=SELECT_SET)
         return {t: teacher_level(t, best) for t in TEACHER_LEVELS}
 
     def teachers(self) -> dict | None:
-        if self.parallel and not (self.out / "granularity" / "evaluate" / "report.json").is_file():
+        if self.parallel and not (self.out / "granularity" / "select" / "report.json").is_file():
             print("[study] skip teachers: the granularity report is another runner's to write", flush=True)
             return None
         students = {}
@@ -488,8 +499,8 @@ class Study:
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         sections, study = [], {"scale": self.scale_name, "data": str(self.data)}
 
-        def report(experiment: str) -> dict | None:
-            path = self.out / experiment / "evaluate" / "report.json"
+        def report(experiment: str, run: str = "evaluate") -> dict | None:
+            path = self.out / experiment / run / "report.json"
             return json.loads(path.read_text()) if path.is_file() else None
 
         if (r := report("objectives")) is not None:
@@ -500,13 +511,17 @@ class Study:
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")
             paired = paired_vs_best(r, self.out / "granularity" / "evaluate")
-            sections.append(f"## 2. Granularity (SVAMP chatgpt levels)\n\nbest cascod level: {best_level(r)}\n\n"
-                            + granularity_table(r)
-                            + ("\n\nPaired, each level against its objective's best:\n\n"
-                               + paired_table(paired, best_levels(r)) if paired else ""))
+            sections.append("## 2. Granularity (SVAMP chatgpt levels)\n\n" + granularity_table(r)
+                            + ("\n\nPaired, each level against its objective's best on these test rows (post hoc):"
+                               "\n\n" + paired_table(paired, best_levels(r)) if paired else ""))
             study["granularity"] = r["results"]
-            study["best_level"] = best_level(r)
             study["paired_vs_best"] = paired
+            if (sel := report("granularity", "select")) is not None:
+                chosen = best_level(sel, test_set=SELECT_SET)
+                sections.append(f"Item 3's level, chosen on the selection rows (not the test rows): {chosen}\n\n"
+                                + selection_table(sel))
+                study["selection"] = sel["results"]
+                study["best_level"] = chosen
         if (r := report("teachers")) is not None:
             levels = self.teacher_levels()
             plot_teachers(r, levels, self.plots_dir / "study_teachers.png")

@@ -87,3 +87,29 @@ def test_real_strategyqa_human_file_holds_the_test_questions(shared_data):
     test = read_rows(shared_data / "strategyqa" / "test.json")
     kept = without_questions(human, test, key="instruction")
     assert (len(human), len(kept)) == (2290, 2000)
+
+
+def test_test_set_offset_and_limit_carve_disjoint_rows_of_the_holdout(tmp_path):
+    """Selection rows (offset) and test rows (limit) of one hold-out split never share a question."""
+    import json
+
+    from ray_cotd.config import ConfigError, TestSetSpec
+    from ray_cotd.configbase import from_dict
+    from ray_cotd.evaluate import prepare_test_set
+
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"question": r["question"], "answer": str(r["n"])}) + "\n"
+                            for r in _questions(200)))
+
+    def rows(**kw):
+        spec = TestSetSpec(path=str(path), answer_type="numeric", holdout="test", **kw)
+        return [r["question"] for r in prepare_test_set(spec, holdout_fraction=0.2, seed=0).records]
+
+    everything = rows()
+    test, select = rows(limit=10), rows(offset=10)
+    assert test == everything[:10] and select == everything[10:] and not set(test) & set(select)
+    assert rows(offset=10, limit=5) == everything[10:15]
+    with pytest.raises(DataError, match="offset=1000"):
+        rows(offset=1000)
+    with pytest.raises(ConfigError, match="offset"):
+        from_dict(TestSetSpec, {"path": "x", "offset": -1})

@@ -73,6 +73,21 @@ def test_no_training_config_reads_a_test_file() -> None:
                for t in trains)
 
 
+def test_item3_level_is_selected_on_rows_no_scale_reports() -> None:
+    """Item 3's level comes from SVAMP hold-out rows after every scale's test rows: nothing is
+    selected on a reported test question."""
+    from ray_cotd.config import load_stage_config
+
+    select = load_stage_config("evaluate", run.STUDY_DIR / "granularity" / "select.yaml")
+    test = load_stage_config("evaluate", run.STUDY_DIR / "granularity" / "evaluate.yaml")
+    (sel,), (tst,) = select.test_sets, test.test_sets
+    assert sel.name == run.SELECT_SET and (sel.path, sel.holdout, sel.mapping) == (tst.path, tst.holdout, tst.mapping)
+    assert (select.holdout_fraction, select.seed) == (test.holdout_fraction, test.seed)
+    for name in ("cpu", "paper", "smoke"):
+        limit = run.load_scale(name)["test_limits"].get("svamp")
+        assert limit is not None and limit <= sel.offset, f"scale {name}: svamp test rows reach the selection rows"
+
+
 def test_rebase_only_moves_data_paths(tmp_path: Path) -> None:
     assert run.rebase("../shared/data/svamp/x.json", tmp_path) == f"{tmp_path}/svamp/x.json"
     assert run.rebase({"1": "../shared/data/a", "2": "runs/b"}, tmp_path) == {"1": f"{tmp_path}/a", "2": "runs/b"}
