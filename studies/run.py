@@ -228,9 +228,10 @@ def granularity_table(report: dict) -> str:
 
 
 def selection_table(report: dict) -> str:
-    """cascod per level on the selection rows: what picks item 3's level."""
-    rows = [[str(level), pct(accuracy_of(report, f"cascod-L{level}", SELECT_SET))] for level in LEVELS]
-    return md_table(["level", "cascod on the selection rows, % [95% CI]"], rows)
+    """Each level on the selection rows: cascod's column picks item 3's level."""
+    rows = [[str(level)] + [pct(accuracy_of(report, f"{o}-L{level}", SELECT_SET)) for o in GRANULARITY_OBJECTIVES]
+            for level in LEVELS]
+    return md_table(["level", *(f"{o} on the selection rows, % [95% CI]" for o in GRANULARITY_OBJECTIVES)], rows)
 
 
 def teachers_table(report: dict, levels: dict[str, int]) -> str:
@@ -456,9 +457,9 @@ class Study:
                     "granularity", "granularity/train.yaml", f"{objective}_level{level}",
                     [f"objective={objective}", f"corpus={DATA_PREFIX}/svamp/train_chatgpt_level{level}.json"])
         report = self.evaluate("granularity", "granularity/evaluate.yaml", students)
-        # item 3's level is chosen on hold-out rows apart from the test rows (select.yaml)
-        self.evaluate("granularity", "granularity/select.yaml",
-                      {k: v for k, v in students.items() if k.startswith("cascod-")}, run="select")
+        # item 3's level is chosen on hold-out rows apart from the test rows (select.yaml), where
+        # every student is scored again: the test rows' picture checked on questions it did not come from
+        self.evaluate("granularity", "granularity/select.yaml", students, run="select")
         return report
 
     def teacher_levels(self) -> dict[str, int]:

@@ -225,3 +225,11 @@ def test_paired_tests_against_each_objectives_best_level(tmp_path: Path) -> None
     table = run.paired_table(tests, run.best_levels(report))
     assert "| 1 | 7 / 0, p = 0.0156 | best |" in table and "| 2 | best | 1 / 0, p = 1 |" in table
     assert "| 3 | – | – |" in table
+
+
+def test_selection_table_shows_both_objectives() -> None:
+    report = _report({(f"{o}-L{lv}", run.SELECT_SET): (lv, 57) for o in run.GRANULARITY_OBJECTIVES
+                      for lv in run.LEVELS}, {run.SELECT_SET: 57})
+    table = run.selection_table(report)
+    assert "| 6 | 10.5" in table and table.count("(6/57)") == 2
+    assert run.best_level(report, test_set=run.SELECT_SET) == 6
