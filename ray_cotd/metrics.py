@@ -79,9 +79,6 @@ def answer_change_rate(original: Sequence[str | None], swapped: Sequence[str | N
     return rate([a != b for a, b in zip(original, swapped)])
 
 
-__all__ = ["Rate", "Z_95", "accuracy", "answer_change_rate", "rate", "wilson_interval"]
-
-
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     """Exact two-sided McNemar test of two systems scored on the same questions, in order.
 
@@ -97,3 +94,7 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     n = a_only + b_only
     tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
     return {"a_only": a_only, "b_only": b_only, "p": min(1.0, 2 * tail)}
+
+
+__all__ = ["Rate", "Z_95", "accuracy", "answer_change_rate", "mcnemar_exact", "rate", "wilson_interval"]
+

@@ -166,11 +166,12 @@ def best_levels(report: dict) -> dict[str, int]:
             if any(accuracy_of(report, f"{o}-L{lv}", "svamp") for lv in LEVELS)}
 
 
-def paired_vs_best(report: dict, run_dir: Path) -> dict[str, dict[int, dict]]:
-    """Exact McNemar test of every level against its objective's best level, question by question
-    on the same SVAMP hold-out questions: {objective: {level: mcnemar_exact(best, level)}}."""
+def paired_vs_best(report: dict, run_dir: Path, best_by_objective: dict[str, int]) -> dict[str, dict[int, dict]]:
+    """Exact McNemar test of every level against its objective's best level (best_levels),
+    question by question on the same SVAMP hold-out questions:
+    {objective: {level: mcnemar_exact(best, level)}}."""
     tests: dict[str, dict[int, dict]] = {}
-    for objective, best in best_levels(report).items():
+    for objective, best in best_by_objective.items():
         top = predictions(report, "svamp", run_dir, f"{objective}-L{best}")
         if top is None:
             continue
@@ -219,19 +220,14 @@ def objectives_table(report: dict, refs: dict[str, tuple[str, dict]] | None = No
     return md_table(["system", "StrategyQA test (IND), % [95% CI]", "CommonsenseQA test (OOD), % [95% CI]"], rows)
 
 
-def granularity_table(report: dict) -> str:
-    rows = [[str(level)] + [pct(accuracy_of(report, f"{o}-L{level}", "svamp")) for o in GRANULARITY_OBJECTIVES]
+def granularity_table(report: dict, test_set: str = "svamp", rows_name: str = "") -> str:
+    """Item 2's students per level on `test_set` (the test rows, or SELECT_SET, whose cascod
+    column picks item 3's level); `rows_name` goes into the column headers."""
+    rows = [[str(level)] + [pct(accuracy_of(report, f"{o}-L{level}", test_set)) for o in GRANULARITY_OBJECTIVES]
             for level in LEVELS]
-    if accuracy_of(report, UNTRAINED, "svamp") is not None:
-        rows.append(["untrained"] + [pct(accuracy_of(report, UNTRAINED, "svamp"))] * len(GRANULARITY_OBJECTIVES))
-    return md_table(["level", *(f"{o}, % [95% CI]" for o in GRANULARITY_OBJECTIVES)], rows)
-
-
-def selection_table(report: dict) -> str:
-    """Each level on the selection rows: cascod's column picks item 3's level."""
-    rows = [[str(level)] + [pct(accuracy_of(report, f"{o}-L{level}", SELECT_SET)) for o in GRANULARITY_OBJECTIVES]
-            for level in LEVELS]
-    return md_table(["level", *(f"{o} on the selection rows, % [95% CI]" for o in GRANULARITY_OBJECTIVES)], rows)
+    if accuracy_of(report, UNTRAINED, test_set) is not None:
+        rows.append(["untrained"] + [pct(accuracy_of(report, UNTRAINED, test_set))] * len(GRANULARITY_OBJECTIVES))
+    return md_table(["level", *(f"{o}{rows_name}, % [95% CI]" for o in GRANULARITY_OBJECTIVES)], rows)
 
 
 def teachers_table(report: dict, levels: dict[str, int]) -> str:
@@ -511,16 +507,17 @@ class Study:
             study["objectives"] = r["results"]
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")
-            paired = paired_vs_best(r, self.out / "granularity" / "evaluate")
+            best = best_levels(r)
+            paired = paired_vs_best(r, self.out / "granularity" / "evaluate", best)
             sections.append("## 2. Granularity (SVAMP chatgpt levels)\n\n" + granularity_table(r)
                             + ("\n\nPaired, each level against its objective's best on these test rows (post hoc):"
-                               "\n\n" + paired_table(paired, best_levels(r)) if paired else ""))
+                               "\n\n" + paired_table(paired, best) if paired else ""))
             study["granularity"] = r["results"]
             study["paired_vs_best"] = paired
             if (sel := report("granularity", "select")) is not None:
                 chosen = best_level(sel, test_set=SELECT_SET)
                 sections.append(f"Item 3's level, chosen on the selection rows (not the test rows): {chosen}\n\n"
-                                + selection_table(sel))
+                                + granularity_table(sel, SELECT_SET, " on the selection rows"))
                 study["selection"] = sel["results"]
                 study["best_level"] = chosen
         if (r := report("teachers")) is not None:

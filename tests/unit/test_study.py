@@ -219,7 +219,7 @@ def test_paired_tests_against_each_objectives_best_level(tmp_path: Path) -> None
         rows = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct[r["system"]])]
         path.write_text("".join(json.dumps(row) + "\n" for row in reversed(rows)))  # order must not matter
     assert run.best_levels(report) == {"std_cot": 2, "cascod": 1}
-    tests = run.paired_vs_best(report, tmp_path)
+    tests = run.paired_vs_best(report, tmp_path, run.best_levels(report))
     assert tests == {"std_cot": {1: {"a_only": 7, "b_only": 0, "p": 2 / 2**7}},
                      "cascod": {2: {"a_only": 1, "b_only": 0, "p": 1.0}}}
     table = run.paired_table(tests, run.best_levels(report))
@@ -230,6 +230,6 @@ def test_paired_tests_against_each_objectives_best_level(tmp_path: Path) -> None
 def test_selection_table_shows_both_objectives() -> None:
     report = _report({(f"{o}-L{lv}", run.SELECT_SET): (lv, 57) for o in run.GRANULARITY_OBJECTIVES
                       for lv in run.LEVELS}, {run.SELECT_SET: 57})
-    table = run.selection_table(report)
+    table = run.granularity_table(report, run.SELECT_SET, " on the selection rows")
     assert "| 6 | 10.5" in table and table.count("(6/57)") == 2
     assert run.best_level(report, test_set=run.SELECT_SET) == 6
