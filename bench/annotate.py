@@ -57,8 +57,9 @@ def plain_loop(questions: list[dict[str, str]], level: int, batch_size: int, max
     """(generated tokens, seconds) of the straightforward loop: load, render, tokenize, generate."""
     import torch
 
-    from ray_cotd.student.model import load_model_and_tokenizer
-    from ray_cotd.teacher.prompts import render_messages, render_prompt
+    from ray_cotd.lm.model import load_model_and_tokenizer
+    from ray_cotd.lm.format import render_chat
+    from ray_cotd.teacher.prompts import render_messages
 
     torch.set_num_threads(2)
     start = time.perf_counter()
@@ -68,7 +69,7 @@ def plain_loop(questions: list[dict[str, str]], level: int, batch_size: int, max
     eos = tok.eos_token_id
     tokens = 0
     for i in range(0, len(questions), batch_size):
-        prompts = [render_prompt(tok, render_messages(q["question"], level, "cot", "numeric"))
+        prompts = [render_chat(tok, render_messages(q["question"], level, "cot", "numeric"))
                    for q in questions[i : i + batch_size]]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from ray_cotd.inference import GenerationLimits, Generator
-from ray_cotd.student.model import load_model_and_tokenizer
+from ray_cotd.lm.generate import GenerationLimits, Generator
+from ray_cotd.lm.model import load_model_and_tokenizer
 
 TEMPLATES = [
     "Ann has {a} apples and buys {b} more. How many apples does she have now?",

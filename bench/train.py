@@ -45,7 +45,7 @@ from ray_cotd.config import TrainConfig
 from ray_cotd.data.splits import holdout_split
 from ray_cotd.student.collate import Batch, collate, plan_batches
 from ray_cotd.student.corpus import read_training_rows
-from ray_cotd.student.model import load_tokenizer
+from ray_cotd.lm.model import load_tokenizer
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
 from ray_cotd.student.train import (CPU_MALLOC_TUNABLES, build_student, encode_rows, make_scheduler, train_step,
                                     worker_runtime_env)

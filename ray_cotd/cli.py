@@ -49,7 +49,7 @@ class NotImplementedYet(RuntimeError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input: printed as one clear line, no traceback."""
     from ray_cotd.data.errors import DataError
-    from ray_cotd.student.model import ModelLoadError
+    from ray_cotd.lm.model import ModelLoadError
 
     return (ConfigError, DataError, ModelLoadError, NotImplementedYet, FileNotFoundError)
 

@@ -5,7 +5,7 @@
          gold reads as the set's answer type, apply the fixed hold-out split, resolve every model
          source. Bad input raises here, naming file, row and field.
       2. generate (Ray Data): one row per (system, test set, question); an actor pool whose actors
-         hold Generators (ray_cotd.inference) answers them in batches.
+         hold Generators (ray_cotd.lm.generate) answers them in batches.
       3. faithfulness (Ray Data, two-stage only): each question gets the rationale of the next
          question of its set; the share of answers that change is reported beside accuracy.
       4. score and report (driver, plain functions): parse + normalize answers with the data layer,
@@ -35,7 +35,8 @@ from ray_cotd.data.answers import ANSWER_TYPES, ParsedOutput, infer_answer_type,
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import holdout_split
-from ray_cotd.inference import GenerationLimits, parse_answer
+from ray_cotd.lm.generate import GenerationLimits, Generator, parse_answer
+from ray_cotd.lm.model import check_model, load_model_and_tokenizer, load_prompt_encoder
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 
 SPLITS = ("IND", "OOD")
@@ -107,19 +108,6 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
         raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit})",
                         path=spec.path)
     return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records)
-
-
-def check_model(spec: ModelSpec) -> None:
-    """Fail now, not inside an actor, when a model or adapter path is not a model."""
-    from ray_cotd.student.model import ModelLoadError, resolve_source
-
-    from ray_cotd.student.train import STUDENT_META
-
-    resolve_source(spec)
-    adapter = Path(spec.adapter) if spec.adapter else None
-    if adapter and not ((adapter / "adapter_config.json").is_file() or (adapter / STUDENT_META).is_file()):
-        raise ModelLoadError(f"{spec.adapter} is not an adapter student directory: it has neither "
-                             f"adapter_config.json (LoRA) nor {STUDENT_META} (a P-Tuning-only student)")
 
 
 def _student_name(spec: ModelSpec) -> str:
@@ -235,9 +223,6 @@ class GenerateActor:
         self.generators: dict[tuple[str, str | None], Any] = {}
 
     def generator(self, system: str, answer_type: str) -> Any:
-        from ray_cotd.inference import Generator
-        from ray_cotd.student.model import load_model_and_tokenizer, load_prompt_encoder
-
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None
         key = (system, demo_type)

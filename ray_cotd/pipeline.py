@@ -74,7 +74,7 @@ def _ask_endpoint(cfg: PipelineConfig, student: ModelSpec, out_dir: Path) -> dic
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from ray_cotd.evaluate import run_evaluate
-    from ray_cotd.student.model import spec_for_student_dir
+    from ray_cotd.lm.model import spec_for_student_dir
     from ray_cotd.student.train import run_train
     from ray_cotd.teacher.annotate import run_annotate
 

@@ -9,7 +9,7 @@
 
 Two layers (STYLE 7): `create_api(cfg, backend)` is plain FastAPI - request models, validation,
 auth, limits, error bodies, request logs - testable without Ray; `StudentService` is the replica:
-one `Generator` from `ray_cotd.inference` (so a served answer is the evaluated answer, with stage 2
+one `Generator` from `ray_cotd.lm.generate` (so a served answer is the evaluated answer, with stage 2
 reusing stage 1's KV cache), Serve's dynamic batcher in front of it, and the API built on top.
 `app_from_config` turns a `ServeConfig` into a bound Serve application; `build_app` is the same for
 `serve run` / `serve deploy` YAML (`import_path: ray_cotd.serve:build_app`); `run_serve` is what
@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_cotd.config import ConfigError, ServeConfig
 from ray_cotd.configbase import from_dict, to_dict
-from ray_cotd.inference import STAGE2_PREFIX, GenerationLimits, Generator, TwoStageResult
+from ray_cotd.lm.generate import STAGE2_PREFIX, GenerationLimits, Generator, TwoStageResult
 from ray_cotd.ray_session import connect
 
 HEALTH_PATH = "/healthz"
@@ -339,7 +339,7 @@ def chat_question(req: ChatCompletionRequest) -> str:
 
 def chat_content(result: TwoStageResult) -> str:
     """The message content: the rationale, then the answer segment as the student wrote it in
-    stage 2 ("...\nThe answer is 145.") - the student format of ray_cotd.student.format."""
+    stage 2 ("...\nThe answer is 145.") - the student format of ray_cotd.lm.format."""
     return result.rationale + answer_segment(result)
 
 
@@ -859,7 +859,7 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
     """
     from ray import serve
 
-    from ray_cotd.student.model import resolve_source
+    from ray_cotd.lm.model import resolve_source
 
     # Fail here on a bad path rather than in every replica; also converts a GGUF once, not per replica.
     resolve_source(cfg.student)

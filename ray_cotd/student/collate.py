@@ -1,6 +1,6 @@
 """From (question, rationale, answer) rows to token ids, per-token targets and roles, and batches.
 
-One student example is the segments of `ray_cotd.student.format`, each tokenized on its own and
+One student example is the segments of `ray_cotd.lm.format`, each tokenized on its own and
 concatenated as ids (so any shorter sequence is an exact causal prefix of a longer one):
 
     [virtual tokens] prompt | rationale | marker | value | EOS
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from ray_cotd.data.errors import DataError
-from ray_cotd.student.format import STAGE2_PREFIX, answer_value_text, encode, prompt_text
+from ray_cotd.lm.format import STAGE2_PREFIX, answer_value_text, encode, prompt_text
 
 IGNORE = -100  # target of positions with no loss (torch cross_entropy's ignore_index)
 ROLE_NONE, ROLE_RATIONALE, ROLE_ANSWER = 0, 1, 2

@@ -37,22 +37,20 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.data.errors import DataError
-from ray_cotd.ray_session import connect
-from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
-from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
-from ray_cotd.student.prada import (
-    DOMAIN_HEAD_WEIGHTS,
+from ray_cotd.lm.generate import GenerationLimits, Generator
+from ray_cotd.lm.model import load_model, load_tokenizer, write_student_meta
+from ray_cotd.lm.prompt_encoder import (
     PROMPT_ENCODER_CONFIG,
     PROMPT_ENCODER_WEIGHTS,
-    DomainHead,
     PromptEncoder,
     PromptEncoderConfig,
     embed_inputs,
-    lambda_at,
-    pool_examples,
 )
+from ray_cotd.ray_session import connect
+from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
+from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
+from ray_cotd.student.prada import DOMAIN_HEAD_WEIGHTS, DomainHead, lambda_at, pool_examples
 
-STUDENT_META = "student.json"  # what the directory holds: base model, peft kind, objective
 TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler, step: only in Ray checkpoints
 METRICS_LOG = "metrics.jsonl"
 PTUNING = ("ptuning", "lora+ptuning")
@@ -136,7 +134,6 @@ class Student(nn.Module):
 
 def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> Student:
     """The student of cfg.peft, fresh or restored from a checkpoint directory we wrote."""
-    from ray_cotd.student.model import load_model
 
     resume = Path(resume_dir) if resume_dir is not None else None
     if cfg.peft == "full":
@@ -219,7 +216,7 @@ def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: 
         save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(out / DOMAIN_HEAD_WEIGHTS))
     meta = {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
             "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision}
-    (out / STUDENT_META).write_text(json.dumps(meta, indent=2))
+    write_student_meta(out, meta)
     return out
 
 
@@ -380,7 +377,6 @@ def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str
     """Share of validation questions the student answers right by two-stage generation: the
     inference module evaluation and serving use, so tuning selects on what is deployed."""
     from ray_cotd.data.answers import answers_match, infer_answer_type
-    from ray_cotd.inference import GenerationLimits, Generator
 
     golds = [q["answer"] for q in questions]
     answer_type = infer_answer_type(golds)
@@ -505,7 +501,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    from ray_cotd.student.model import load_tokenizer
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()  # [ray]
@@ -640,8 +635,7 @@ def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, st
     shutil.copy(Path(checkpoint_dir) / METRICS_LOG, out / METRICS_LOG)
     paths = {"student_dir": str(student_dir)}
     if cfg.merge_adapters and cfg.peft in LORA:
-        from ray_cotd.student.model import load_model, load_tokenizer
-
+    
         merged = out / "merged"
         lm = load_model(ModelSpec(**{**asdict(cfg.student), "adapter": str(student_dir)})).merge_and_unload()
         lm.save_pretrained(str(merged))
@@ -682,7 +676,6 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
     from ray.train.torch import TorchTrainer
 
     from ray_cotd.data.readers import BadRow, write_bad_rows
-    from ray_cotd.student.model import load_tokenizer
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

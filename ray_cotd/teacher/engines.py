@@ -32,8 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
 from ray_cotd.config import DEFAULT_MODEL, AnnotateConfig, ModelSpec, OpenAIEngineSpec
-from ray_cotd.teacher.prompts import render_prompt
+from ray_cotd.lm.format import render_chat
+from ray_cotd.lm.generate import eos_token_ids, sample_tokens
+from ray_cotd.lm.model import load_model, load_tokenizer, resolve_source
 
 DEFAULT_TEACHER_NAME = "SmolLM2-135M-Instruct"
 
@@ -93,35 +98,27 @@ def teacher_name(cfg: AnnotateConfig) -> str:
 # --------------------------------------------------------------------------- transformers
 
 
-def _seeded_sampler(temperatures: list[float], top_ps: list[float], seeds: list[int]) -> Any:
+def _seeded_sampler(temperatures: list[float], top_ps: list[float], seeds: list[int]) -> LogitsProcessor:
     """A LogitsProcessor that samples every row from its own torch.Generator.
 
     HF `generate(do_sample=True)` draws from one global RNG, so a row's sample would depend on
     which rows share its batch, and a resumed run (other batches) would not reproduce a clean
-    run. Here each sampled row draws its token with its own seeded generator and returns a
-    one-hot score row, which greedy decoding then picks; greedy rows (temperature 0) pass through.
+    run. Here each sampled row draws its token with its own seeded generator (the project's one
+    sampler, lm.generate.sample_tokens) and returns a one-hot score row, which greedy decoding then
+    picks; greedy rows (temperature 0) pass through.
     """
-    import torch
-    from transformers import LogitsProcessor
 
     class SeededSampler(LogitsProcessor):
         def __init__(self) -> None:
             self.rows = [i for i, t in enumerate(temperatures) if t > 0]
             self.generators = {i: torch.Generator().manual_seed(seeds[i]) for i in self.rows}
 
-        def __call__(self, input_ids: Any, scores: Any) -> Any:  # scores: (B, V)
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # scores: (B, V)
             if not self.rows:
                 return scores
             scores = scores.clone()
             for i in self.rows:
-                probs = torch.softmax(scores[i].float() / temperatures[i], dim=-1).cpu()
-                if top_ps[i] < 1.0:
-                    sorted_probs, order = probs.sort(descending=True)
-                    # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-                    outside = sorted_probs.cumsum(0) - sorted_probs >= top_ps[i]
-                    sorted_probs[outside] = 0.0
-                    probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-                token = torch.multinomial(probs, 1, generator=self.generators[i]).item()
+                token = int(sample_tokens(scores[i : i + 1].cpu(), temperatures[i], top_ps[i], self.generators[i]))
                 scores[i] = float("-inf")
                 scores[i, token] = 0.0
             return scores
@@ -133,10 +130,6 @@ class TransformersTeacher:
     """Batched `generate` with a Hugging Face causal LM (the embedded default: SmolLM2-135M-Instruct)."""
 
     def __init__(self, spec: ModelSpec | None = None, *, num_threads: int | None = None, device: str = "cpu") -> None:
-        import torch
-
-        from ray_cotd.student.model import load_model, load_tokenizer
-
         if num_threads:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch must use all of them explicitly.
             torch.set_num_threads(num_threads)
@@ -145,15 +138,10 @@ class TransformersTeacher:
         self.model = load_model(spec).to(device).eval()
         self.tokenizer = load_tokenizer(spec)
         self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        self.eos_ids = {e for e in eos_ids if e is not None}
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        prompts = [render_prompt(self.tokenizer, r.messages) for r in requests]
+        prompts = [render_chat(self.tokenizer, r.messages) for r in requests]
         # The chat template already holds the special tokens; adding BOS again would change the prompt.
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         limit = max(r.max_new_tokens for r in requests)
@@ -322,8 +310,6 @@ def vllm_processor_config(cfg: AnnotateConfig) -> Any:
     takes tensor_parallel_size * pipeline_parallel_size GPUs, which Ray Data LLM places itself.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
-
-    from ray_cotd.student.model import resolve_source
 
     return vLLMEngineProcessorConfig(
         model_source=resolve_source(cfg.teacher),

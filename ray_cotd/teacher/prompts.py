@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
-
 from ray_cotd.configbase import ConfigError
 from ray_cotd.data.answers import ANSWER_MARKER, join_rationale_answer
 
@@ -198,17 +196,6 @@ def render_messages(question: str, level: int, fmt: str, answer_type: str | None
     return get_template(level, fmt).messages(question, answer_type)
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt text a local engine feeds the model: its chat template, ending at the assistant turn.
-
-    Models without a chat template get a plain layout with the same content.
-    """
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    labels = {"system": "", "user": "Question: ", "assistant": "Answer: "}
-    return "".join(labels[m["role"]] + m["content"] + "\n\n" for m in messages) + "Answer: "
-
-
 __all__ = [
     "ANSWER_SHAPES",
     "EXEMPLARS",
@@ -222,5 +209,4 @@ __all__ = [
     "check_choices",
     "get_template",
     "render_messages",
-    "render_prompt",
 ]

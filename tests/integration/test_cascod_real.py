@@ -10,7 +10,7 @@ from ray_cotd.config import ModelSpec
 from ray_cotd.data.splits import holdout_split
 from ray_cotd.student.collate import IGNORE, ROLE_RATIONALE, collate, segments
 from ray_cotd.student.corpus import read_training_rows
-from ray_cotd.student.model import load_model, load_tokenizer
+from ray_cotd.lm.model import load_model, load_tokenizer
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
 from ray_cotd.student.objectives.cascod import cascod_loss
 from ray_cotd.student.train import Student, compute_loss, encode_rows

@@ -15,7 +15,7 @@ from ray_cotd.data.errors import DataError
 from ray_cotd.data.splits import split_name
 from ray_cotd.evaluate import load_predictions, markdown_table, run_evaluate, run_report
 from ray_cotd.metrics import accuracy, answer_change_rate
-from ray_cotd.student.model import ModelLoadError
+from ray_cotd.lm.model import ModelLoadError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ray_cotd.evaluate import load_few_shot
-from ray_cotd.inference import GenerationLimits, Generator
-from ray_cotd.student.model import load_model_and_tokenizer
+from ray_cotd.lm.generate import GenerationLimits, Generator
+from ray_cotd.lm.model import load_model_and_tokenizer
 
 pytestmark = pytest.mark.real_model
 

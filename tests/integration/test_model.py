@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ray_cotd.config import ModelSpec
-from ray_cotd.student.model import (
+from ray_cotd.lm.model import (
     ModelLoadError,
     default_gguf_path,
     load_model,
@@ -93,7 +93,7 @@ def test_tokenizer_has_a_pad_token():
 def test_student_dir_resolution(tmp_path):
     import json
 
-    from ray_cotd.student.model import spec_for_student_dir
+    from ray_cotd.lm.model import spec_for_student_dir
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -86,7 +86,7 @@ def test_health_models_and_openapi(served):
 @pytest.mark.real_model
 def test_reason_is_the_evaluated_two_stage_answer(served):
     """The served result equals Generator.two_stage on the same question and limits."""
-    from ray_cotd.inference import GenerationLimits, Generator
+    from ray_cotd.lm.generate import GenerationLimits, Generator
 
     url, cfg = served
     r = post(url, "/v1/reason", {"question": QUESTIONS[0], "max_rationale_tokens": 6})

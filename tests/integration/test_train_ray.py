@@ -52,7 +52,7 @@ def test_two_workers_train_checkpoint_and_resume(ray_cluster, shared_data, tmp_p
     assert (Path(cfg.output_dir) / "resolved_config.yaml").is_file()
 
     # peft loads the student directly
-    from ray_cotd.student.model import load_model
+    from ray_cotd.lm.model import load_model
 
     model = load_model(ModelSpec(adapter=str(student)))
     assert type(model).__name__ == "PeftModelForCausalLM"

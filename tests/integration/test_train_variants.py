@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from ray_cotd.config import ModelSpec, TrainConfig
-from ray_cotd.inference import GenerationLimits, Generator
+from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.student.collate import collate, prompt_sequence
-from ray_cotd.student.model import load_model, load_prompt_encoder, load_tokenizer, spec_for_student_dir
+from ray_cotd.lm.model import load_model, load_prompt_encoder, load_tokenizer, spec_for_student_dir
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
 from ray_cotd.student.train import Student, build_student, compute_loss, encode_rows, run_train
 

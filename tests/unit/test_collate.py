@@ -17,7 +17,7 @@ from ray_cotd.student.collate import (
     plan_batches,
     segments,
 )
-from ray_cotd.student.format import STAGE2_PREFIX
+from ray_cotd.lm.format import STAGE2_PREFIX
 from ray_cotd.student.objectives import OBJECTIVES
 from ray_cotd.student.train import encode_rows
 

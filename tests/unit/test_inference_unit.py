@@ -8,7 +8,7 @@ import string
 import pytest
 import torch
 
-from ray_cotd.inference import (
+from ray_cotd.lm.generate import (
     STAGE2_PREFIX,
     GenerationLimits,
     Generator,
@@ -16,7 +16,7 @@ from ray_cotd.inference import (
     answer_end,
     rationale_cut,
 )
-from ray_cotd.student.format import answer_text, encode
+from ray_cotd.lm.format import answer_text, encode
 
 
 def _offsets(pieces: list[str]) -> tuple[str, list[int]]:
@@ -176,7 +176,7 @@ def test_answer_from_given_rationales_runs_stage_two_only(tiny):
 
 @pytest.fixture(scope="module")
 def tiny_ptuning(tiny):
-    from ray_cotd.student.prada import PromptEncoder, PromptEncoderConfig
+    from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig
 
     torch.manual_seed(1)
     encoder = PromptEncoder(PromptEncoderConfig(num_virtual_tokens=3, token_dim=32, encoder_hidden_size=16))
@@ -186,7 +186,7 @@ def tiny_ptuning(tiny):
 def test_ptuning_prefill_matches_the_training_forward(tiny_ptuning):
     """The first generated token's logits equal the train-time Student forward on the same layout."""
     from ray_cotd.student.collate import prompt_sequence
-    from ray_cotd.student.prada import embed_inputs
+    from ray_cotd.lm.prompt_encoder import embed_inputs
 
     gen = tiny_ptuning
     question = QUESTIONS[0]

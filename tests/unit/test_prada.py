@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from ray_cotd.student.prada import (
-    DomainHead,
-    PromptEncoder,
-    PromptEncoderConfig,
-    embed_inputs,
-    grad_reverse,
-    lambda_at,
-    pool_examples,
-)
+from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig, embed_inputs
+from ray_cotd.student.prada import DomainHead, grad_reverse, lambda_at, pool_examples
 
 
 def test_grl_is_identity_forward_and_negates_the_gradient():

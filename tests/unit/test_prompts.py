@@ -6,6 +6,7 @@ import pytest
 
 from ray_cotd.config import AnnotateConfig, ConfigError
 from ray_cotd.data.answers import ParsedOutput, split_output
+from ray_cotd.lm.format import render_chat
 from ray_cotd.teacher import prompts
 from ray_cotd.teacher.prompts import (
     ANSWER_SHAPES,
@@ -17,7 +18,6 @@ from ray_cotd.teacher.prompts import (
     TEMPLATES,
     get_template,
     render_messages,
-    render_prompt,
 )
 
 ALL = [(level, fmt) for level in LEVELS for fmt in FORMATS]
@@ -107,7 +107,7 @@ class _PlainTokenizer:
 
 def test_render_prompt_without_a_chat_template_keeps_every_turn():
     messages = render_messages("How many legs do 3 cats have?", 2, "cot", "numeric")
-    text = render_prompt(_PlainTokenizer(), messages)
+    text = render_chat(_PlainTokenizer(), messages)
     assert text.endswith("Question: How many legs do 3 cats have?\n\nAnswer: ")
     assert "Answer: " + messages[2]["content"] in text
     assert text.startswith(messages[0]["content"])

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from ray_cotd.config import ConfigError, ServeConfig
-from ray_cotd.inference import GenerationLimits, TwoStageResult
+from ray_cotd.lm.generate import GenerationLimits, TwoStageResult
 from ray_cotd.serve import (
     ApiError,
     ChatCompletionRequest,

@@ -10,7 +10,7 @@ import pytest
 from ray_cotd.config import ConfigError, TrainConfig
 from ray_cotd.data.errors import DataError
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE
-from ray_cotd.student.format import STAGE2_PREFIX, answer_value_text
+from ray_cotd.lm.format import STAGE2_PREFIX, answer_value_text
 from ray_cotd.student.train import check_parallel, prepare_data
 
 from char_tokenizer import TOK

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -21,9 +22,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
 from ray_cotd.config import DEFAULT_MODEL, ConfigError, ModelSpec
+from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG, PromptEncoder
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Written by training into every student directory: its base model, peft kind and objective.
+STUDENT_META = "student.json"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's LoRA adapter
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
@@ -80,8 +89,6 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     target = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -130,15 +137,10 @@ def resolve_source(spec: ModelSpec) -> str:
     return spec.source  # a hub id such as org/name: transformers fetches it (fails clearly offline)
 
 
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_tokenizer(spec: ModelSpec) -> Any:
-    from transformers import AutoTokenizer
-
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     source = resolve_source(spec)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
@@ -149,31 +151,52 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     return tok
 
 
-def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> Any:
-    """Load the causal LM of `spec` (and its PEFT adapter when `spec.adapter` is set)."""
-    from transformers import AutoModelForCausalLM
+def check_adapter(spec: ModelSpec) -> None:
+    """Raise ModelLoadError when `spec.adapter` is set but is not a student or adapter directory.
 
+    A LoRA student has peft's adapter_config.json; a P-Tuning-only student has no LoRA weights, only
+    student.json and its prompt encoder.
+    """
+    if not spec.adapter:
+        return
+    adapter = Path(spec.adapter)
+    if not ((adapter / ADAPTER_CONFIG).is_file() or (adapter / STUDENT_META).is_file()):
+        raise ModelLoadError(f"{spec.adapter} is not an adapter student directory: it has neither "
+                             f"{ADAPTER_CONFIG} (LoRA) nor {STUDENT_META} (a P-Tuning-only student)")
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail now, not inside a Ray actor, when a model source or adapter path is not a model (also
+    converts a GGUF once, so workers load the cached copy)."""
+    resolve_source(spec)
+    check_adapter(spec)
+
+
+def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> PreTrainedModel:
+    """Load the causal LM of `spec` (and its PEFT adapter when `spec.adapter` is set)."""
     source = resolve_source(spec)
+    check_adapter(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
+            source, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
         )
     except OSError as err:
         raise ModelLoadError(f"cannot load model from {source}: {err}") from err
-    if spec.adapter:
-        adapter = Path(spec.adapter)
-        if (adapter / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
-        elif not (adapter / STUDENT_META).is_file():  # a P-Tuning-only student has no LoRA weights
-            raise ModelLoadError(
-                f"{adapter} is not an adapter directory: it has neither adapter_config.json nor {STUDENT_META}"
-            )
+    if spec.adapter and (Path(spec.adapter) / ADAPTER_CONFIG).is_file():
+        model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=trainable_adapter)
     return model
 
 
-STUDENT_META = "student.json"  # written by training into every student directory (base model, peft kind)
+def read_student_meta(directory: str | Path) -> dict[str, Any] | None:
+    """student.json of a student directory, or None when it has none."""
+    meta = Path(directory) / STUDENT_META
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def write_student_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
+    path = Path(directory) / STUDENT_META
+    path.write_text(json.dumps(meta, indent=2))
+    return path
 
 
 def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSpec:
@@ -183,44 +206,44 @@ def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSp
     prompt encoder) loads its base from student.json ("default" stays "default" rather than one
     machine's cache path) with the directory as `adapter`.
     """
-    import json
-
     directory = Path(path)
     if (directory / "config.json").is_file():
         return ModelSpec(source=str(directory), dtype=dtype)
-    meta = directory / STUDENT_META
-    if meta.is_file():
-        info = json.loads(meta.read_text())
+    info = read_student_meta(directory)
+    if info is not None:
         return ModelSpec(source=info["base"], gguf_file=info.get("gguf_file"), adapter=str(directory), dtype=dtype)
-    if (directory / "adapter_config.json").is_file():
-        base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if (directory / ADAPTER_CONFIG).is_file():
+        base = json.loads((directory / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
         return ModelSpec(source=base, adapter=str(directory), dtype=dtype)
     raise ModelLoadError(
         f"{directory} is not a student directory: it has no config.json (full weights), "
-        f"{STUDENT_META} or adapter_config.json (an adapter student)"
+        f"{STUDENT_META} or {ADAPTER_CONFIG} (an adapter student)"
     )
 
 
-def load_prompt_encoder(spec: ModelSpec) -> Any:
+def load_prompt_encoder(spec: ModelSpec) -> PromptEncoder | None:
     """The P-Tuning prompt encoder of a student, or None when it has none: in the adapter directory,
     or beside full weights (a lora+ptuning student merged by training keeps its encoder there)."""
-    from ray_cotd.student.prada import PROMPT_ENCODER_CONFIG, PromptEncoder
-
     for directory in (spec.adapter, spec.source):
         if directory and (Path(directory) / PROMPT_ENCODER_CONFIG).is_file():
             return PromptEncoder.load(directory).eval()
     return None
 
 
-def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[Any, Any]:
+def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     spec = spec or ModelSpec()
     return load_model(spec), load_tokenizer(spec)
 
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "ConfigError",
     "DEFAULT_GGUF_NAME",
+    "DTYPES",
     "ModelLoadError",
+    "STUDENT_META",
+    "check_adapter",
+    "check_model",
     "cache_root",
     "default_gguf_path",
     "load_model",
@@ -228,6 +251,8 @@ __all__ = [
     "load_prompt_encoder",
     "load_tokenizer",
     "materialize_gguf",
+    "read_student_meta",
     "resolve_source",
     "spec_for_student_dir",
+    "write_student_meta",
 ]

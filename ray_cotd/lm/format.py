@@ -1,4 +1,5 @@
-"""The student's text format: one definition used by training, evaluation, tuning and serving.
+"""The text formats: chat rendering (teacher and student alike) and the student's example format,
+one definition used by annotation, training, evaluation, tuning and serving.
 
 A student example is three token segments, tokenized separately and concatenated as ids:
 
@@ -27,8 +28,19 @@ STAGE2_PREFIX = "\n" + ANSWER_MARKER
 ANSWER_SUFFIX = "."
 
 
-def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str, str]] | None = None) -> str:
-    """The stage-1 prompt: the question as a user turn, then the assistant turn's start.
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt text a local model is fed for chat `messages`: its chat template, ending at the
+    assistant turn's start. Models without a chat template get one plain layout with the same
+    content: a system turn as its text, user turns as "Question: ...", assistant turns as
+    "Answer: ...", blank lines between, ending in "Answer: "."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    labels = {"system": "", "user": "Question: ", "assistant": "Answer: "}
+    return "".join(labels[m["role"]] + m["content"] + "\n\n" for m in messages) + "Answer: "
+
+
+def question_messages(question: str, *, few_shot: list[tuple[str, str, str]] | None = None) -> list[dict[str, str]]:
+    """The student's chat: the question as a user turn, after optional demonstrations.
 
     few_shot: optional (question, rationale, answer) demonstrations placed as earlier turns, used by
     the few-shot baseline so an untrained student learns the format from the context alone.
@@ -38,13 +50,12 @@ def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str,
         messages.append({"role": "user", "content": q.strip()})
         messages.append({"role": "assistant", "content": r.strip() + answer_text(a)})
     messages.append({"role": "user", "content": question.strip()})
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # Base models without a chat template: a plain Q/A layout.
-    text = ""
-    for m in messages:
-        text += ("Question: " if m["role"] == "user" else "Answer: ") + m["content"] + "\n"
-    return text + "Answer: "
+    return messages
+
+
+def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str, str]] | None = None) -> str:
+    """The stage-1 prompt: the question as a user turn, then the assistant turn's start."""
+    return render_chat(tokenizer, question_messages(question, few_shot=few_shot))
 
 
 def answer_value_text(answer: str) -> str:
@@ -62,4 +73,13 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-__all__ = ["ANSWER_SUFFIX", "STAGE2_PREFIX", "answer_text", "answer_value_text", "encode", "prompt_text"]
+__all__ = [
+    "ANSWER_SUFFIX",
+    "STAGE2_PREFIX",
+    "answer_text",
+    "answer_value_text",
+    "encode",
+    "prompt_text",
+    "question_messages",
+    "render_chat",
+]

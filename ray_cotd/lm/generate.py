@@ -27,13 +27,18 @@ from __future__ import annotations
 import bisect
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ray_cotd.config import ModelSpec
 from ray_cotd.data.answers import ANSWER_MARKER, ParsedOutput, ParseFailure, split_output
-from ray_cotd.student.format import STAGE2_PREFIX, encode, prompt_text
+from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
+from ray_cotd.lm.model import load_model_and_tokenizer, load_prompt_encoder
+from ray_cotd.lm.prompt_encoder import PromptEncoder, embed_inputs
 
 # Stage 1 stops at the marker, with or without the newline the student format puts before it.
 _MARKER_RE = re.compile(r"\n?" + re.escape(ANSWER_MARKER))
@@ -126,20 +131,33 @@ def rationale_cut(text: str, offsets: list[int], length_stop: bool) -> int | Non
     return len(offsets)
 
 
-def _choose(logits: Any, limits: GenerationLimits, rng: Any) -> Any:
-    """Next token ids (B,) from last-position logits (B, V)."""
-    import torch
-
-    if not limits.do_sample:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / limits.temperature, dim=-1)
-    if limits.top_p < 1.0:
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> torch.Tensor:
+    """Next token ids (B,) drawn from last-position logits (B, V): softmax(logits / temperature),
+    restricted to the top_p nucleus (the smallest head whose mass reaches top_p, the token that
+    crosses it included), sampled with `rng`. The one sampler of the project: the student's
+    decoding loop and the transformers teacher (one seeded generator per row) both call it."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest head whose mass reaches top_p (the token that crosses it included)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= limits.top_p
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids that end a generation: the model's generation-config EOS ids and the tokenizer's.
+    The one end-of-sequence rule of the project (student decoding and the transformers teacher)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return frozenset(i for i in ids if i is not None)
+
+
+def _choose(logits: torch.Tensor, limits: GenerationLimits, rng: torch.Generator) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V): greedy, or sample_tokens."""
+    if not limits.do_sample:
+        return logits.argmax(-1)
+    return sample_tokens(logits, limits.temperature, limits.top_p, rng)
 
 
 @dataclass
@@ -154,6 +172,102 @@ class _Row:
     stop: str = ""
 
 
+class StageRules:
+    """When each stage stops and what it keeps: the rules every backend applies, token by token.
+
+    HF decoding calls them after each step; the vLLM backend replays them over the ids vLLM
+    returned (greedy tokens do not depend on where decoding stopped, so both keep the same ids).
+    Each rule sets row.keep (generated tokens kept) and row.stop once the row is done.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int]) -> None:
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self._pieces: dict[int, str] = {}
+
+    def piece(self, token: int) -> str:
+        """Decoded text of one token (cached; stop rules look at ASCII markers only, so a split
+        multi-byte character showing as U+FFFD here does not matter)."""
+        if token not in self._pieces:
+            self._pieces[token] = "" if token in self.eos_ids else self.tokenizer.decode([token])
+        return self._pieces[token]
+
+    def push(self, row: _Row, token: int) -> None:
+        """Append one generated token to a running row."""
+        row.offsets.append(len(row.text))
+        row.generated.append(token)
+        row.text += self.piece(token)
+
+    def stage1(self, row: _Row, token: int, length_stop: bool) -> None:
+        """Rationale: ends at EOS or before the marker; a length stop also cuts a marker's start."""
+        if token in self.eos_ids:
+            row.keep, row.stop = len(row.generated) - 1, "eos"
+        else:
+            cut = rationale_cut(row.text, row.offsets, length_stop)
+            if cut is None:
+                return
+            row.keep, row.stop = cut, "marker" if _MARKER_RE.search(row.text) else "length"
+        # the student format strips the rationale: trailing whitespace tokens never precede the marker
+        while row.keep > 0 and not self.piece(row.generated[row.keep - 1]).strip():
+            row.keep -= 1
+
+    def stage2(self, row: _Row, token: int, length_stop: bool) -> None:
+        """Answer: ends at EOS, or where answer_end says the answer is complete."""
+        if token in self.eos_ids:
+            row.keep, row.stop = len(row.generated) - 1, "eos"
+        elif answer_end(row.text) is not None:
+            row.keep, row.stop = len(row.generated), "end"
+        elif length_stop:
+            row.keep, row.stop = len(row.generated), "length"
+
+    def one_stage(self, row: _Row, token: int, length_stop: bool) -> None:
+        """One pass: ends at EOS or once the answer after the marker is complete."""
+        if token in self.eos_ids:
+            row.keep, row.stop = len(row.generated) - 1, "eos"
+            return
+        match = _MARKER_RE.search(row.text)
+        if match is not None and answer_end(row.text[match.end():]) is not None:
+            row.keep, row.stop = len(row.generated), "end"
+        elif length_stop:
+            row.keep, row.stop = len(row.generated), "length"
+
+    def replay(self, row: _Row, tokens: list[int], max_new: int, rule: Callable[[_Row, int, bool], None]) -> _Row:
+        """Apply `rule` to tokens an engine already generated, as step-wise decoding would have:
+        the row ends at the first token where the rule says so. The engine's last token counts as a
+        length stop (it stopped there, at max_new or at a stop string of its own)."""
+        for i, token in enumerate(tokens):
+            self.push(row, token)
+            rule(row, token, i + 1 >= max_new or i + 1 == len(tokens))
+            if row.keep is not None:
+                break
+        if row.keep is None:  # no tokens at all
+            row.keep, row.stop = 0, "length"
+        return row
+
+    def result(self, question: str, rationale: str, answer_ids: list[int], *, prompt_tokens: int,
+               rationale_tokens: int, answer_tokens: int, stage1_s: float, stage2_s: float,
+               rationale_stop: str) -> TwoStageResult:
+        """The TwoStageResult of a question whose answer ids are known (see make_result)."""
+        return make_result(question, rationale, self.tokenizer.decode(answer_ids, skip_special_tokens=True),
+                           prompt_tokens=prompt_tokens, rationale_tokens=rationale_tokens,
+                           answer_tokens=answer_tokens, stage1_s=stage1_s, stage2_s=stage2_s,
+                           rationale_stop=rationale_stop)
+
+
+def make_result(question: str, rationale: str, answer_text: str, *, prompt_tokens: int, rationale_tokens: int,
+                answer_tokens: int, stage1_s: float, stage2_s: float, rationale_stop: str) -> TwoStageResult:
+    """A TwoStageResult from stage-2 text: cut where the answer ends (answer_end), parsed with the
+    data layer's parser; `answer` is None when nothing readable is there."""
+    end = answer_end(answer_text)
+    answer_text = answer_text[:end] if end is not None else answer_text
+    parsed = parse_answer(answer_text)
+    return TwoStageResult(
+        question=question, rationale=rationale, answer_text=answer_text,
+        answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
+        prompt_tokens=prompt_tokens, rationale_tokens=rationale_tokens, answer_tokens=answer_tokens,
+        stage1_s=stage1_s, stage2_s=stage2_s, rationale_stop=rationale_stop,
+    )
+
+
 class _Decoder:
     """Step-wise batched decoding over left-padded rows with a DynamicCache.
 
@@ -161,11 +275,8 @@ class _Decoder:
     reuse); only the rest is prefilled. `done(row, token, length_stop)` sets row.keep/row.stop.
     """
 
-    def __init__(self, gen: Generator, rows: list[_Row], limits: GenerationLimits, rng: Any, max_new: int, done,
-                 cache: Any = None, cached: int = 0) -> None:
-        import torch
-        from transformers import DynamicCache
-
+    def __init__(self, gen: Generator, rows: list[_Row], limits: GenerationLimits, rng: torch.Generator, max_new: int,
+                 done: Callable[[_Row, int, bool], None], cache: DynamicCache | None = None, cached: int = 0) -> None:
         self.gen, self.rows, self.limits, self.rng, self.max_new, self.done = gen, rows, limits, rng, max_new, done
         width = max(len(r.prefix) for r in rows)
         self.pads = [width - len(r.prefix) for r in rows]
@@ -175,13 +286,11 @@ class _Decoder:
         self.cached = cached
         self.steps = 0
 
-    def positions(self) -> Any:
+    def positions(self) -> torch.Tensor:
         return (self.mask.cumsum(-1) - 1).clamp(min=0)
 
     def advance(self) -> bool:
         """Run one forward step; False once every row is done."""
-        import torch
-
         if self.steps == 0:
             feed = self.input_ids[:, self.cached:]
         else:
@@ -202,9 +311,7 @@ class _Decoder:
         for row, token in zip(self.rows, tokens.tolist()):
             if row.keep is not None:
                 continue
-            row.offsets.append(len(row.text))
-            row.generated.append(token)
-            row.text += self.gen.piece(token)
+            self.gen.rules.push(row, token)
             self.done(row, token, length_stop)
         return any(r.keep is None for r in self.rows)
 
@@ -220,10 +327,8 @@ class Generator:
     baseline); None for trained students.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, few_shot: list[tuple[str, str, str]] | None = None,
-                 prompt_encoder: Any = None) -> None:
-        from peft import PeftModel
-
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 few_shot: list[tuple[str, str, str]] | None = None, prompt_encoder: PromptEncoder | None = None) -> None:
         if isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning:
             # PEFT prepends virtual tokens on every forward call, which breaks step-wise decoding
             # with a cache. ray-cotd's own P-Tuning students (prompt_encoder) are supported: their
@@ -236,113 +341,59 @@ class Generator:
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.few_shot = few_shot
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        self.eos_ids = frozenset(i for i in eos_ids if i is not None)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
-        self._pieces: dict[int, str] = {}
+        self.rules = StageRules(tokenizer, self.eos_ids)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, few_shot: list[tuple[str, str, str]] | None = None) -> Generator:
-        from ray_cotd.student.model import load_model_and_tokenizer
-
-        from ray_cotd.student.model import load_prompt_encoder
-
         model, tokenizer = load_model_and_tokenizer(spec)
         return cls(model, tokenizer, few_shot=few_shot, prompt_encoder=load_prompt_encoder(spec))
-
-    def piece(self, token: int) -> str:
-        """Decoded text of one token (cached; stop rules look at ASCII markers only, so a split
-        multi-byte character showing as U+FFFD here does not matter)."""
-        if token not in self._pieces:
-            self._pieces[token] = "" if token in self.eos_ids else self.tokenizer.decode([token])
-        return self._pieces[token]
 
     def prompt_ids(self, question: str) -> list[int]:
         """Prompt ids, after num_virtual_tokens placeholders for a P-Tuning student (the training layout)."""
         ids = encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
         return [self.pad_id] * self.n_virtual + ids
 
-    def embed_prefill(self, feed: Any, pads: list[int], start: int) -> Any:
+    def embed_prefill(self, feed: torch.Tensor, pads: list[int], start: int) -> torch.Tensor:
         """inputs_embeds for a prefill window whose first column is `start` of the left-padded batch:
         token embeddings, with each row's virtual placeholders (columns pads[i] .. pads[i]+V-1)
-        replaced by the prompt encoder's output, as in training (prada.embed_inputs)."""
-        import torch
-
-        from ray_cotd.student.prada import embed_inputs
-
+        replaced by the prompt encoder's output, as in training (prompt_encoder.embed_inputs)."""
         columns = torch.arange(start, start + feed.shape[1], device=feed.device)
         virtual_index = columns[None, :] - torch.tensor(pads, device=feed.device)[:, None]
         virtual_index = torch.where((virtual_index >= 0) & (virtual_index < self.n_virtual), virtual_index, -1)
         return embed_inputs(self.model.get_input_embeddings(), feed, virtual_index, self.prompt_encoder)
 
-    # -- stage rules -------------------------------------------------------------------------
-
-    def _stage1_done(self, row: _Row, token: int, length_stop: bool) -> None:
-        if token in self.eos_ids:
-            row.keep, row.stop = len(row.generated) - 1, "eos"
-        else:
-            cut = rationale_cut(row.text, row.offsets, length_stop)
-            if cut is None:
-                return
-            row.keep, row.stop = cut, "marker" if _MARKER_RE.search(row.text) else "length"
-        # the student format strips the rationale: trailing whitespace tokens never precede the marker
-        while row.keep > 0 and not self.piece(row.generated[row.keep - 1]).strip():
-            row.keep -= 1
-
-    def _stage2_done(self, row: _Row, token: int, length_stop: bool) -> None:
-        if token in self.eos_ids:
-            row.keep, row.stop = len(row.generated) - 1, "eos"
-        elif answer_end(row.text) is not None:
-            row.keep, row.stop = len(row.generated), "end"
-        elif length_stop:
-            row.keep, row.stop = len(row.generated), "length"
-
     # -- stages ------------------------------------------------------------------------------
 
-    def _stage1(self, questions: list[str], limits: GenerationLimits, rng: Any) -> _Decoder:
+    def _stage1(self, questions: list[str], limits: GenerationLimits, rng: torch.Generator) -> _Decoder:
         rows = [_Row(self.prompt_ids(q)) for q in questions]
-        return _Decoder(self, rows, limits, rng, limits.max_rationale_tokens, self._stage1_done)
+        return _Decoder(self, rows, limits, rng, limits.max_rationale_tokens, self.rules.stage1)
 
-    def _stage2(self, stage1: _Decoder, limits: GenerationLimits, rng: Any, reuse: bool) -> _Decoder:
+    def _stage2(self, stage1: _Decoder, limits: GenerationLimits, rng: torch.Generator, reuse: bool) -> _Decoder:
         kept = [r.prefix + r.generated[: r.keep] for r in stage1.rows]
         rows = [_Row(k + self.stage2_ids) for k in kept]
         if not reuse:
-            return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done)
+            return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2)
         # Cache the first len(kept)-1 tokens of every row: the cache holds every stage-1 column but
         # the last one sampled (never fed back), so a row that ran to the end lacks its last token.
         # Keeping one token per row uncached makes that uniform; it is prefilled with the marker.
         lengths = [len(k) - 1 for k in kept]
         starts = stage1.pads
         cached = _realign_cache(stage1.cache, starts, lengths)
-        return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done,
+        return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2,
                         cache=stage1.cache, cached=cached)
 
     def _results(self, questions: list[str], s1: _Decoder, s2: _Decoder, t1: float, t2: float) -> list[TwoStageResult]:
-        results = []
-        for q, r1, r2 in zip(questions, s1.rows, s2.rows):
-            answer_text = self.tokenizer.decode(r2.generated[: r2.keep], skip_special_tokens=True)
-            end = answer_end(answer_text)
-            answer_text = answer_text[:end] if end is not None else answer_text
-            parsed = parse_answer(answer_text)
-            results.append(TwoStageResult(
-                question=q,
-                rationale=self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
-                answer_text=answer_text,
-                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
-                prompt_tokens=len(r1.prefix),
-                rationale_tokens=r1.keep,
-                answer_tokens=len(r2.generated),
-                stage1_s=t1,
-                stage2_s=t2,
-                rationale_stop=r1.stop,
-            ))
-        return results
+        return [
+            self.rules.result(q, self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
+                              r2.generated[: r2.keep], prompt_tokens=len(r1.prefix), rationale_tokens=r1.keep,
+                              answer_tokens=len(r2.generated), stage1_s=t1, stage2_s=t2, rationale_stop=r1.stop)
+            for q, r1, r2 in zip(questions, s1.rows, s2.rows)
+        ]
 
     def _two_stage(self, questions: list[str], limits: GenerationLimits | None, reuse: bool) -> list[TwoStageResult]:
-        import torch
-
         if not questions:
             return []
         limits = limits or GenerationLimits()
@@ -369,8 +420,6 @@ class Generator:
         self, questions: list[str], rationales: list[str], limits: GenerationLimits | None = None
     ) -> list[TwoStageResult]:
         """Stage 2 only, on given rationale texts (the faithfulness check swaps them)."""
-        import torch
-
         if len(questions) != len(rationales):
             raise ValueError(f"{len(questions)} questions but {len(rationales)} rationales")
         if not questions:
@@ -381,22 +430,15 @@ class Generator:
                 for q, r in zip(questions, rationales)]
         with torch.inference_mode():
             t0 = time.perf_counter()
-            s2 = _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self._stage2_done)
+            s2 = _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2)
             s2.run()
             t2 = time.perf_counter() - t0
-        results = []
-        for q, r, row in zip(questions, rationales, rows):
-            answer_text = self.tokenizer.decode(row.generated[: row.keep], skip_special_tokens=True)
-            end = answer_end(answer_text)
-            answer_text = answer_text[:end] if end is not None else answer_text
-            parsed = parse_answer(answer_text)
-            results.append(TwoStageResult(
-                question=q, rationale=r.strip(), answer_text=answer_text,
-                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
-                prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
-                answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given",
-            ))
-        return results
+        return [
+            self.rules.result(q, r.strip(), row.generated[: row.keep],
+                              prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
+                              answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
+            for q, r, row in zip(questions, rationales, rows)
+        ]
 
     def one_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
         """One pass: the student writes rationale and answer itself; split with split_output.
@@ -404,50 +446,33 @@ class Generator:
         It may run max_rationale_tokens + max_answer_tokens tokens and stops at EOS or at the end of
         the answer after the marker. With no marker, the whole text is the rationale and answer is None.
         """
-        import torch
-
         if not questions:
             return []
         limits = limits or GenerationLimits()
         rng = torch.Generator(device=self.device).manual_seed(limits.seed)
 
-        def done(row: _Row, token: int, length_stop: bool) -> None:
-            if token in self.eos_ids:
-                row.keep, row.stop = len(row.generated) - 1, "eos"
-                return
-            match = _MARKER_RE.search(row.text)
-            if match is not None and answer_end(row.text[match.end():]) is not None:
-                row.keep, row.stop = len(row.generated), "end"
-            elif length_stop:
-                row.keep, row.stop = len(row.generated), "length"
-
         rows = [_Row(self.prompt_ids(q)) for q in questions]
         with torch.inference_mode():
             t0 = time.perf_counter()
-            dec = _Decoder(self, rows, limits, rng, limits.max_rationale_tokens + limits.max_answer_tokens, done)
+            dec = _Decoder(self, rows, limits, rng, limits.max_rationale_tokens + limits.max_answer_tokens,
+                           self.rules.one_stage)
             dec.run()
             t1 = time.perf_counter() - t0
-        results = []
-        for q, row in zip(questions, rows):
-            ids = row.generated[: row.keep]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            match = _MARKER_RE.search(text)
-            if match is None:
-                rationale, answer_text, n_rationale = text.strip(), "", len(ids)
-            else:
-                rationale, answer_text = text[: match.start()].strip(), text[match.end():]
-                end = answer_end(answer_text)
-                answer_text = answer_text[:end] if end is not None else answer_text
-                n_rationale = bisect.bisect_right(row.offsets, match.start()) - 1
-            parsed = parse_answer(answer_text) if match is not None else None
-            results.append(TwoStageResult(
-                question=q, rationale=rationale, answer_text=answer_text,
-                answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
-                prompt_tokens=len(row.prefix), rationale_tokens=n_rationale,
-                answer_tokens=len(ids) - n_rationale, stage1_s=t1, stage2_s=0.0,
-                rationale_stop="marker" if match is not None else row.stop,
-            ))
-        return results
+        return [self._one_stage_result(q, row, t1) for q, row in zip(questions, rows)]
+
+    def _one_stage_result(self, question: str, row: _Row, seconds: float) -> TwoStageResult:
+        """Split one pass's text at the marker; with no marker, all of it is rationale, no answer."""
+        ids = row.generated[: row.keep]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        match = _MARKER_RE.search(text)
+        if match is None:
+            rationale, answer_text, n_rationale = text.strip(), "", len(ids)
+        else:
+            rationale, answer_text = text[: match.start()].strip(), text[match.end():]
+            n_rationale = bisect.bisect_right(row.offsets, match.start()) - 1
+        return make_result(question, rationale, answer_text, prompt_tokens=len(row.prefix),
+                           rationale_tokens=n_rationale, answer_tokens=len(ids) - n_rationale, stage1_s=seconds,
+                           stage2_s=0.0, rationale_stop="marker" if match is not None else row.stop)
 
     def stream_rationale(self, question: str, limits: GenerationLimits | None = None) -> RationaleStream:
         """Stage 1 as text chunks, then the answer: iterate, then call finish().
@@ -468,8 +493,6 @@ class RationaleStream(Iterator[str]):
     Generator.stream_rationale)."""
 
     def __init__(self, gen: Generator, question: str, limits: GenerationLimits) -> None:
-        import torch
-
         self.gen, self.question, self.limits = gen, question, limits
         self.rng = torch.Generator(device=gen.device).manual_seed(limits.seed)
         self.stage1 = gen._stage1([question], limits, self.rng)
@@ -479,8 +502,6 @@ class RationaleStream(Iterator[str]):
         self.result: TwoStageResult | None = None
 
     def __next__(self) -> str:
-        import torch
-
         row = self.stage1.rows[0]
         while True:
             if row.keep is None:
@@ -505,8 +526,6 @@ class RationaleStream(Iterator[str]):
         return text.lstrip().rstrip("\ufffd").rstrip()
 
     def finish(self) -> TwoStageResult:
-        import torch
-
         if self.result is None:
             for _ in self:
                 pass
@@ -519,7 +538,7 @@ class RationaleStream(Iterator[str]):
         return self.result
 
 
-def _realign_cache(cache: Any, starts: list[int], lengths: list[int]) -> int:
+def _realign_cache(cache: DynamicCache, starts: list[int], lengths: list[int]) -> int:
     """Gather each row's cached prefix so that all rows end at the same column; returns its width.
 
     Row i's tokens sit at stage-1 columns [starts[i], starts[i] + lengths[i]); afterwards at
@@ -527,8 +546,6 @@ def _realign_cache(cache: Any, starts: list[int], lengths: list[int]) -> int:
     rows. The pad columns hold copies of real entries (finite values) and are masked out.
     Keys/values are (B, H, T, D) per layer.
     """
-    import torch
-
     width = max(lengths)
     index = torch.tensor([
         [max(start + length - width + j, start) for j in range(width)] for start, length in zip(starts, lengths)
@@ -548,8 +565,12 @@ __all__ = [
     "GenerationLimits",
     "Generator",
     "RationaleStream",
+    "StageRules",
     "TwoStageResult",
     "answer_end",
+    "eos_token_ids",
+    "make_result",
     "parse_answer",
     "rationale_cut",
+    "sample_tokens",
 ]
