@@ -367,7 +367,7 @@ def test_openapi_schema_publishes_every_route():
 
 
 def test_a_batch_with_mixed_limits_runs_one_two_stage_call_per_limits_and_keeps_order():
-    from ray_cotd.serve import StudentService
+    from ray_cotd.serve import HFBackend
 
     class RecordingGenerator:
         def __init__(self) -> None:
@@ -379,7 +379,7 @@ def test_a_batch_with_mixed_limits_runs_one_two_stage_call_per_limits_and_keeps_
                 raise RuntimeError("out of memory")
             return [result(q) for q in questions]
 
-    service = StudentService.__new__(StudentService)  # no model, no Ray: only the batch function
+    service = HFBackend.__new__(HFBackend)  # no model, no Ray: only the batch function
     service.generator = RecordingGenerator()
     short, long_, failing = (GenerationLimits(max_rationale_tokens=n, max_answer_tokens=a) for n, a in
                              [(4, 2), (8, 2), (4, 3)])
