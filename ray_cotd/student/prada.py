@@ -6,21 +6,22 @@ needs too, is ray_cotd/lm/prompt_encoder.py.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import FunctionCtx
 
 DOMAIN_HEAD_WEIGHTS = "domain_head.safetensors"
 
 
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, q: torch.Tensor) -> torch.Tensor:
         return q.view_as(q)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         return -grad
 
 
@@ -29,17 +30,22 @@ def grad_reverse(q: torch.Tensor) -> torch.Tensor:
     return _ReverseGrad.apply(q)
 
 
-def lambda_at(lambda_: float, schedule: Literal["constant", "dann"], progress: float) -> float:
-    """λ for training progress p in [0, 1]: constant, or λ·(2/(1+exp(−10p)) − 1), the DANN ramp
-    that starts at 0 so the classifier learns before its reversed gradient reaches the features."""
+# TrainConfig.lambda_schedule -> the factor on λ at training progress p in [0, 1]. DANN's ramp
+# 2/(1+exp(−10p)) − 1 starts at 0, so the classifier learns before its reversed gradient reaches
+# the features.
+LAMBDA_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda p: 1.0,
+    "dann": lambda p: 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0,
+}
+
+
+def lambda_at(lambda_: float, schedule: str, progress: float) -> float:
+    """λ at training progress `progress` (clamped to [0, 1]) under a LAMBDA_SCHEDULES schedule."""
     if lambda_ < 0:
         raise ValueError(f"lambda_: {lambda_} must be >= 0")
-    if schedule == "constant":
-        return lambda_
-    if schedule == "dann":
-        p = min(max(progress, 0.0), 1.0)
-        return lambda_ * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
-    raise ValueError(f"unknown lambda schedule {schedule!r}; valid: constant, dann")
+    if schedule not in LAMBDA_SCHEDULES:
+        raise ValueError(f"unknown lambda schedule {schedule!r}; valid: {', '.join(LAMBDA_SCHEDULES)}")
+    return lambda_ * LAMBDA_SCHEDULES[schedule](min(max(progress, 0.0), 1.0))
 
 
 def pool_examples(hidden: torch.Tensor, example_index: torch.Tensor, mask: torch.Tensor, n_examples: int) -> torch.Tensor:
@@ -74,6 +80,7 @@ class DomainHead(nn.Module):
 __all__ = [
     "DOMAIN_HEAD_WEIGHTS",
     "DomainHead",
+    "LAMBDA_SCHEDULES",
     "grad_reverse",
     "lambda_at",
     "pool_examples",

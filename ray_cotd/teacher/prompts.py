@@ -26,12 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+
+from ray_cotd import names
 from ray_cotd.configbase import ConfigError
-from ray_cotd.data.answers import ANSWER_MARKER, join_rationale_answer
+from ray_cotd.data.answers import ANSWER_MARKER, ANSWER_TYPES, join_rationale_answer
+from ray_cotd.names import check_choices
 
 TEMPLATE_SERIES = "v1"
 
-# Level instructions: 1 = tersest, 6 = most detailed (the paper's granularity axis).
+# Level instructions, keyed by names.LEVELS: 1 = tersest, 6 = most detailed (the paper's granularity axis).
 LEVELS: dict[int, str] = {
     1: "Give only the key idea of the solution in one short sentence, without intermediate numbers.",
     2: "Give the solution in one sentence that names the operations and the numbers they use.",
@@ -43,7 +46,8 @@ LEVELS: dict[int, str] = {
     "the purpose of every step, show every calculation, and finish with a step that checks the result.",
 }
 
-# Format instructions: how the reasoning is presented, independent of how much of it there is.
+# Format instructions, keyed by names.FORMATS: how the reasoning is presented, independent of how
+# much of it there is.
 FORMATS: dict[str, str] = {
     "cot": "Write the reasoning as plain sentences.",
     "least_to_most": "Break the problem into simpler sub-questions and answer them in order, from the "
@@ -54,7 +58,7 @@ FORMATS: dict[str, str] = {
     "relations as equations, and solve them.",
 }
 
-# The answer line rule, by the data layer's answer types (None: unknown type).
+# The answer line rule, keyed by the data layer's answer types (None: unknown type).
 ANSWER_SHAPES: dict[str | None, str] = {
     "numeric": "a number",
     "boolean": "True or False",
@@ -138,6 +142,12 @@ EXEMPLARS: dict[tuple[str, int], str] = {
 }
 
 
+names.require_keys("teacher/prompts.py LEVELS", LEVELS, names.LEVELS)
+names.require_keys("teacher/prompts.py FORMATS", FORMATS, names.FORMATS)
+names.require_keys("teacher/prompts.py ANSWER_SHAPES", ANSWER_SHAPES, (*ANSWER_TYPES, None))
+names.require_keys("teacher/prompts.py EXEMPLARS", EXEMPLARS, [(f, lv) for f in names.FORMATS for lv in names.LEVELS])
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """One (level, format) template. `version` goes into every row annotated with it."""
@@ -172,19 +182,9 @@ def _version(level: int, fmt: str) -> str:
 
 TEMPLATES: dict[tuple[int, str], PromptTemplate] = {
     (level, fmt): PromptTemplate(level, fmt, _version(level, fmt), EXEMPLARS[(fmt, level)])
-    for level in LEVELS
-    for fmt in FORMATS
+    for level in names.LEVELS
+    for fmt in names.FORMATS
 }
-
-
-def check_choices(levels: list[int], formats: list[str]) -> None:
-    """Raise ConfigError listing the valid choices when a level or format has no template."""
-    bad_levels = [lv for lv in levels if lv not in LEVELS]
-    if bad_levels:
-        raise ConfigError(f"levels: {bad_levels} not valid; choose from {list(LEVELS)}")
-    bad_formats = [f for f in formats if f not in FORMATS]
-    if bad_formats:
-        raise ConfigError(f"formats: {bad_formats} not valid; choose from {list(FORMATS)}")
 
 
 def get_template(level: int, fmt: str) -> PromptTemplate:

@@ -1,18 +1,28 @@
 """The training objectives, chosen by name from one table (docs/objectives.md maps each to its
-paper equation). Each lives in its own file as a pure loss function plus its sequence layout."""
+paper equation). Each lives in its own file as a pure loss function plus its sequence layout; its
+metadata (paper symbols, needs rationales, domain-adversarial) is its ray_cotd.names.OBJECTIVES
+entry, which configs, tune and the study read without importing torch."""
 
 from __future__ import annotations
 
+from ray_cotd import names
 from ray_cotd.student.objectives import answer_only, cascod, cascod_prada, prada, std_cot, step_by_step
 from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Objective, Row, masked_mean
 
+# name -> the module defining its `layout` and `loss`
+_MODULES = {
+    "answer_only": answer_only,
+    "std_cot": std_cot,
+    "step_by_step": step_by_step,
+    "cascod": cascod,
+    "prada": prada,
+    "cascod+prada": cascod_prada,
+}
+names.require_keys("student/objectives OBJECTIVES", _MODULES, names.OBJECTIVES)
+
 OBJECTIVES: dict[str, Objective] = {
-    "answer_only": answer_only.OBJECTIVE,
-    "std_cot": std_cot.OBJECTIVE,
-    "step_by_step": step_by_step.OBJECTIVE,
-    "cascod": cascod.OBJECTIVE,
-    "prada": prada.OBJECTIVE,
-    "cascod+prada": cascod_prada.OBJECTIVE,
+    name: Objective(layout=module.layout, loss=module.loss, info=names.OBJECTIVES[name])
+    for name, module in _MODULES.items()
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ray_cotd.student.collate import ROLE_ANSWER, build_sequence, segments
-from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Objective, Row, masked_mean
+from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
 
 def answer_only_loss(token_logp: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
@@ -32,5 +32,3 @@ def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str
     value = answer_only_loss(inputs.token_logp, inputs.answer_mask)
     return value, {"answer_loss": value.detach()}
 
-
-OBJECTIVE = Objective(layout=layout, loss=loss, needs_rationale=False, equation="answer_only")

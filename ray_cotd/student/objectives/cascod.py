@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_NONE, ROLE_RATIONALE, build_sequence, fit_rationale, segments
-from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Objective, Row, masked_mean
+from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
 
 def cascod_loss(token_logp: torch.Tensor, rationale_mask: torch.Tensor, answer_mask: torch.Tensor, *,
@@ -53,5 +53,3 @@ def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str
         "answer_loss": -masked_mean(inputs.token_logp, inputs.answer_mask).detach(),
     }
 
-
-OBJECTIVE = Objective(layout=layout, loss=loss, needs_rationale=True, equation="cascod")

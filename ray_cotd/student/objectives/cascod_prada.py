@@ -7,8 +7,7 @@ is CasCoD's (one forward pass per labeled row), plus PRADA's target-domain quest
 from __future__ import annotations
 
 from ray_cotd.student.objectives import cascod
-from ray_cotd.student.objectives.common import Objective
 from ray_cotd.student.objectives.prada import adversarial
 
-OBJECTIVE = Objective(layout=cascod.layout, loss=adversarial(cascod.loss), needs_rationale=True,
-                      domain_adversarial=True, equation="cascod+prada")
+layout = cascod.layout
+loss = adversarial(cascod.loss)

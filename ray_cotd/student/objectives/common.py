@@ -2,7 +2,11 @@
 
 An objective is two pure pieces: a `layout` that turns one row into training sequences (which
 tokens are targets, with which role) and a `loss` that turns per-token log-probs into a scalar. It
-never sees the model, the config object or the rank (DESIGN "Seams that matter").
+never sees the model, the config object or the rank, so each piece is testable on hand-made
+tensors, and the train loop, validation and the benchmarks call the same two functions. What the
+rest of the project needs to know about an objective (its paper symbols, whether it needs
+rationales or target-domain questions) is its `ray_cotd.names.OBJECTIVES` entry, importable
+without torch.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ray_cotd.names import ObjectiveInfo
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE, Sequence
 
 
@@ -57,6 +62,10 @@ class LossParams:
     lambda_: float = 0.0
 
 
+# loss(inputs, params) -> (scalar loss to minimize, {metric name: scalar tensor})
+LossFn = Callable[[LossInputs, LossParams], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
 @dataclass
 class Laid:
     """A layout's result: the sequences of one row and how many rationale tokens were cut."""
@@ -71,16 +80,23 @@ class Objective:
 
     layout(tokenizer, row, budget, n_virtual) -> Laid | None (None: prompt + answer exceed budget).
     loss(inputs, params) -> (scalar loss to minimize, {metric name: scalar tensor}).
-    needs_rationale: rows without a rationale are an error under this objective.
-    domain_adversarial: the step mixes in unlabeled target-domain questions (PRADA).
-    equation: where docs/objectives.md explains it.
+    info: the objective's ray_cotd.names.OBJECTIVES entry (paper symbols, needs_rationale,
+        domain_adversarial); docs/objectives.md explains each under its name.
     """
 
     layout: Callable[[Any, Row, int, int], Laid | None]
-    loss: Callable[[LossInputs, LossParams], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    needs_rationale: bool
-    domain_adversarial: bool = False
-    equation: str = ""
+    loss: LossFn
+    info: ObjectiveInfo
+
+    @property
+    def needs_rationale(self) -> bool:
+        """Rows without a rationale are an error under this objective."""
+        return self.info.needs_rationale
+
+    @property
+    def domain_adversarial(self) -> bool:
+        """Each step mixes in unlabeled target-domain questions and trains a domain classifier (PRADA)."""
+        return self.info.domain_adversarial
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_cotd.student.objectives import std_cot
-from ray_cotd.student.objectives.common import LossInputs, LossParams, Objective, masked_mean
+from ray_cotd.student.objectives.common import LossFn, LossInputs, LossParams, masked_mean
 
 SOURCE, TARGET = 0, 1
 
@@ -51,7 +51,7 @@ def prada_loss(task_loss: torch.Tensor, domain_logits: torch.Tensor, domain: tor
     }
 
 
-def adversarial(task_loss_fn):
+def adversarial(task_loss_fn: LossFn) -> LossFn:
     """The PRADA loss over any task loss from the table (std_cot here, cascod in cascod+prada)."""
 
     def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -64,5 +64,5 @@ def adversarial(task_loss_fn):
     return loss
 
 
-OBJECTIVE = Objective(layout=std_cot.layout, loss=adversarial(std_cot.loss), needs_rationale=True,
-                      domain_adversarial=True, equation="prada")
+layout = std_cot.layout
+loss = adversarial(std_cot.loss)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE, build_sequence, fit_rationale, segments
-from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Objective, Row, masked_mean
+from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
 
 def std_cot_loss(token_logp: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -36,5 +36,3 @@ def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str
         "answer_loss": -masked_mean(inputs.token_logp, inputs.answer_mask).detach(),
     }
 
-
-OBJECTIVE = Objective(layout=layout, loss=loss, needs_rationale=True, equation="std_cot")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE, build_sequence, fit_rationale, segments
-from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Objective, Row, masked_mean
+from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
 LABEL_PREFIX = "[label] "
 RATIONALE_PREFIX = "[rationale] "
@@ -49,5 +49,3 @@ def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str
         "answer_loss": -masked_mean(inputs.token_logp, inputs.answer_mask).detach(),
     }
 
-
-OBJECTIVE = Objective(layout=layout, loss=loss, needs_rationale=True, equation="step_by_step")
