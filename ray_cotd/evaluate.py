@@ -8,9 +8,10 @@
          hold Generators (ray_cotd.lm.generate) answers them in batches.
       3. faithfulness (Ray Data, two-stage only): each question gets the rationale of the next
          question of its set; the share of answers that change is reported beside accuracy.
-      4. score and report (driver, plain functions): parse + normalize answers with the data layer,
-         accuracy with Wilson 95% CIs, predictions/<system>/<set>.jsonl, report.json, report.md,
-         accuracy.png (and faithfulness.png).
+      4. score and report (driver, plain functions): every answer scored by ray_cotd.scoring.score
+         (the data layer's parser, as tune validation scores), one ray_cotd.scoring.Prediction per
+         question, accuracy with Wilson 95% CIs, predictions/<system>/<set>.jsonl, report.json,
+         report.md, accuracy.png (and faithfulness.png).
 
 A "system" is a student, or a baseline on `baseline_model`: "untrained" (zero-shot, same prompt
 as the students) or "few_shot" (demonstrations from assets/few_shot.json matching the set's answer
@@ -24,24 +25,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, save_resolved
-from ray_cotd.data.answers import ANSWER_TYPES, ParsedOutput, infer_answer_type, normalize_answer
+from ray_cotd.data.answers import ANSWER_TYPES, infer_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import holdout_split
-from ray_cotd.lm.generate import GenerationLimits, Generator, parse_answer
+from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import check_model, load_model_and_tokenizer, load_prompt_encoder
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
+from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
+from ray_cotd.scoring import Prediction, read_predictions, score, write_predictions
 
 SPLITS = ("IND", "OOD")
-# baseline name -> whether its prompt carries few-shot demonstrations
-BASELINES: dict[str, bool] = {"untrained": False, "few_shot": True}
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,6 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
     for record in records:
         if record["gold"] is None:
             raise DataError("no gold answer (empty)", path=spec.path, row=record["row"], field=gold_field)
-    if spec.answer_type is not None and spec.answer_type not in ANSWER_TYPES:
-        raise DataError(f"unknown answer type {spec.answer_type!r}", path=spec.path, field="answer_type",
-                        choices=ANSWER_TYPES)
     answer_type = spec.answer_type or infer_answer_type(r["gold"] for r in records)
     for record in records:
         if normalize_answer(record["gold"], answer_type) is None:
@@ -147,54 +145,43 @@ def load_few_shot(path: str | None = None) -> dict[str, list[tuple[str, str, str
     return demos
 
 
-# -- scoring: plain functions -------------------------------------------------------------------
+# -- scoring (ray_cotd.scoring.score) and summaries: plain functions -----------------------------
 
 
-def score(answer_text: str, gold: str, answer_type: str) -> dict[str, Any]:
-    """Parse stage-2 text as `answer_type`; predicted is the normalized answer or None."""
-    parsed = parse_answer(answer_text, answer_type)
-    if not isinstance(parsed, ParsedOutput):
-        return {"predicted": None, "correct": False, "parse_error": parsed.reason}
-    predicted = normalize_answer(parsed.answer, answer_type)
-    if predicted is None:
-        return {"predicted": None, "correct": False, "parse_error": "unreadable_answer"}
-    return {"predicted": predicted, "correct": predicted == normalize_answer(gold, answer_type), "parse_error": None}
-
-
-def summarize(predictions: list[dict[str, Any]], systems: list[str], sets: list[EvalSet]) -> list[dict[str, Any]]:
+def summarize(predictions: list[Prediction], systems: list[str], sets: list[EvalSet]) -> list[dict[str, Any]]:
     """One result per (system, test set): accuracy with CI, unparseable count, faithfulness."""
     results = []
     for system in systems:
         for ts in sets:
-            rows = [p for p in predictions if p["system"] == system and p["test_set"] == ts.name]
+            rows = [p for p in predictions if p.system == system and p.test_set == ts.name]
             if not rows:
                 continue
-            swapped = [p for p in rows if p.get("answer_changed") is not None]
+            swapped = [p for p in rows if p.answer_changed is not None]
             results.append({
                 "system": system,
                 "test_set": ts.name,
                 "split": ts.split,
                 "answer_type": ts.answer_type,
-                "accuracy": accuracy([p["correct"] for p in rows]).to_dict(),
-                "unparseable": sum(1 for p in rows if p["parse_error"] is not None),
+                "accuracy": accuracy([p.correct for p in rows]).to_dict(),
+                "unparseable": sum(1 for p in rows if p.parse_error is not None),
                 "faithfulness": (
-                    answer_change_rate([p["predicted"] for p in swapped], [p["swapped_predicted"] for p in swapped]).to_dict()
+                    answer_change_rate([p.predicted for p in swapped], [p.swapped_predicted for p in swapped]).to_dict()
                     if len(swapped) >= 2 else None
                 ),
-                "mean_rationale_tokens": sum(p["rationale_tokens"] for p in rows) / len(rows),
-                "mean_answer_tokens": sum(p["answer_tokens"] for p in rows) / len(rows),
+                "mean_rationale_tokens": sum(p.rationale_tokens for p in rows) / len(rows),
+                "mean_answer_tokens": sum(p.answer_tokens for p in rows) / len(rows),
                 "predictions": f"predictions/{system}/{ts.name}.jsonl",
             })
     return results
 
 
-def split_summary(predictions: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, Any]]:
+def split_summary(predictions: list[Prediction], systems: list[str]) -> dict[str, dict[str, Any]]:
     """system -> split -> accuracy pooled over every row of that split's test sets."""
     out: dict[str, dict[str, Any]] = {}
     for system in systems:
         out[system] = {}
         for split in SPLITS:
-            flags = [p["correct"] for p in predictions if p["system"] == system and p["split"] == split]
+            flags = [p.correct for p in predictions if p.system == system and p.split == split]
             if flags:
                 out[system][split] = accuracy(flags).to_dict()
     return out
@@ -207,7 +194,9 @@ class GenerateActor:
     """Ray Data actor: holds one loaded model per distinct ModelSpec and a Generator per
     (system, few-shot answer type); answers a pandas batch of rows of any systems and sets.
 
-    Rows with a "swapped_rationale" column run stage 2 only on that rationale (faithfulness).
+    Each row carries an "index" that comes back with its result (Ray Data returns rows in no
+    particular order). Rows with a "swapped_rationale" column run stage 2 only on that rationale
+    (faithfulness).
     """
 
     def __init__(self, systems: list[dict], mode: str, limits: dict, demos: dict, threads: int, use_gpu: bool) -> None:
@@ -253,13 +242,13 @@ class GenerateActor:
                 results = gen.two_stage(questions, self.limits)
             else:
                 results = gen.one_stage(questions, self.limits)
-            for key, result in zip(group["key"], results):
-                out.append({"key": key, **asdict(result)})
+            for index, result in zip(group["index"], results):
+                out.append({"index": index, **asdict(result)})
         return pd.DataFrame(out)
 
 
 def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict) -> list[dict]:
-    """One Ray Data pass of GenerateActor over `rows`; results in no particular order."""
+    """One Ray Data pass of GenerateActor over `rows` (row i has "index": i); the results in row order."""
     import ray.data
 
     limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
@@ -280,7 +269,11 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
         num_cpus=cfg.cpus_per_worker,
         num_gpus=cfg.gpus_per_worker,
     )
-    return ds.take_all()
+    by_index = {int(result["index"]): result for result in ds.take_all()}
+    missing = [row for row in rows if row["index"] not in by_index]
+    if missing:
+        raise RuntimeError(f"{len(missing)} rows came back without a generation (first: {missing[0]})")
+    return [by_index[row["index"]] for row in rows]
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -289,9 +282,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ConfigError("test_sets: give at least one test set")
     # 1. prepare: all bad input fails here, before any model generates
     sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed) for ts in cfg.test_sets]
-    names = [ts.name for ts in sets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"test_sets: duplicate names {names}; set test_sets[].name")
+    set_names = [ts.name for ts in sets]
+    if len(set(set_names)) != len(set_names):
+        raise ConfigError(f"test_sets: duplicate names {set_names}; set test_sets[].name")
     systems = build_systems(cfg)
     for system in systems:
         check_model(system.model)
@@ -303,71 +296,57 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     save_resolved(cfg, out_dir)
 
-    # 2. generate
-    rows, meta = [], {}
-    for system in systems:
-        for ts in sets:
-            for position, record in enumerate(ts.records):
-                key = f"{system.name}\x1f{ts.name}\x1f{position}"
-                rows.append({"key": key, "system": system.name, "answer_type": ts.answer_type,
-                             "question": record["question"]})
-                meta[key] = (system.name, ts, position, record)
+    # 2. generate: one row per (system, test set, question), in this order
+    questions = [(system, ts, position, record) for system in systems for ts in sets
+                 for position, record in enumerate(ts.records)]
+    rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"]}
+            for i, (system, ts, _, record) in enumerate(questions)]
     started = time.perf_counter()
-    generated = {r["key"]: r for r in _run_actor_pool(rows, cfg, systems, demos)}
+    generated = _run_actor_pool(rows, cfg, systems, demos)
     generate_s = time.perf_counter() - started
-    missing = [k for k in meta if k not in generated]
-    if missing:
-        raise RuntimeError(f"{len(missing)} rows came back without a generation (first: {missing[0]!r})")
-
-    predictions = []
-    for key, (system, ts, position, record) in meta.items():
-        g = generated[key]
-        predictions.append({
-            "system": system, "test_set": ts.name, "split": ts.split, "position": position,
-            "row": record["row"], "id": record["id"], "question": record["question"], "gold": record["gold"],
-            "rationale": g["rationale"], "answer_text": g["answer_text"],
-            **score(g["answer_text"], record["gold"], ts.answer_type),
-            "rationale_stop": g["rationale_stop"], "prompt_tokens": int(g["prompt_tokens"]),
-            "rationale_tokens": int(g["rationale_tokens"]), "answer_tokens": int(g["answer_tokens"]),
-            "stage1_s": float(g["stage1_s"]), "stage2_s": float(g["stage2_s"]),
-            "swapped_from": None, "swapped_predicted": None, "answer_changed": None,
-        })
+    predictions = [
+        Prediction(
+            system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"],
+            id=record["id"], question=record["question"], gold=record["gold"], rationale=g["rationale"],
+            answer_text=g["answer_text"], **score(g["answer_text"], record["gold"], ts.answer_type),
+            rationale_stop=g["rationale_stop"], prompt_tokens=int(g["prompt_tokens"]),
+            rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
+            stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
+        )
+        for (system, ts, position, record), g in zip(questions, generated)
+    ]
 
     # 3. faithfulness: question i answered from the rationale of question i+1 of the same set
     faithfulness_s = 0.0
     if cfg.faithfulness and cfg.mode == "two_stage":
-        by_group: dict[tuple[str, str], list[dict]] = {}
-        for p in predictions:
-            by_group.setdefault((p["system"], p["test_set"]), []).append(p)
-        swap_rows, swap_meta = [], {}
-        for (system, set_name), group in by_group.items():
-            if len(group) < 2:
-                continue
-            ts = sets[names.index(set_name)]
-            for i, p in enumerate(group):
-                donor = group[(i + 1) % len(group)]
-                key = f"{system}\x1f{set_name}\x1f{p['position']}"
-                swap_rows.append({"key": key, "system": system, "answer_type": ts.answer_type,
-                                  "question": p["question"], "swapped_rationale": donor["rationale"]})
-                swap_meta[key] = (p, donor, ts)
-        if swap_rows:
+        groups: dict[tuple[str, str], list[int]] = {}  # (system, test set) -> indices into predictions
+        for i, p in enumerate(predictions):
+            groups.setdefault((p.system, p.test_set), []).append(i)
+        swaps = [(i, group[(k + 1) % len(group)]) for group in groups.values() if len(group) >= 2
+                 for k, i in enumerate(group)]  # (prediction, the one whose rationale it gets)
+        answer_types = {ts.name: ts.answer_type for ts in sets}
+        if swaps:
+            swap_rows = [{"index": n, "system": predictions[i].system,
+                          "answer_type": answer_types[predictions[i].test_set], "question": predictions[i].question,
+                          "swapped_rationale": predictions[donor].rationale} for n, (i, donor) in enumerate(swaps)]
             started = time.perf_counter()
-            swapped = {r["key"]: r for r in _run_actor_pool(swap_rows, cfg, systems, demos)}
+            swapped = _run_actor_pool(swap_rows, cfg, systems, demos)
             faithfulness_s = time.perf_counter() - started
-            for key, (p, donor, ts) in swap_meta.items():
-                s = score(swapped[key]["answer_text"], p["gold"], ts.answer_type)
-                p["swapped_from"] = donor["position"]
-                p["swapped_predicted"] = s["predicted"]
-                p["answer_changed"] = s["predicted"] != p["predicted"]
+            for (i, donor), g in zip(swaps, swapped):
+                p = predictions[i]
+                again = score(g["answer_text"], p.gold, answer_types[p.test_set])
+                predictions[i] = replace(p, swapped_from=predictions[donor].position,
+                                         swapped_predicted=again["predicted"],
+                                         answer_changed=again["predicted"] != p.predicted)
 
     # 4. score and report
     system_names = [s.name for s in systems]
     for system in system_names:
         for ts in sets:
-            write_jsonl(out_dir / "predictions" / system / f"{ts.name}.jsonl",
-                        [p for p in predictions if p["system"] == system and p["test_set"] == ts.name])
+            write_predictions(out_dir / "predictions" / system / f"{ts.name}.jsonl",
+                              [p for p in predictions if p.system == system and p.test_set == ts.name])
     # unparseable outputs are wrong answers, kept in the predictions; this file gathers them for reading
-    write_jsonl(out_dir / "unparseable.jsonl", [p for p in predictions if p["parse_error"] is not None])
+    write_predictions(out_dir / "unparseable.jsonl", [p for p in predictions if p.parse_error is not None])
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dirs": [str(out_dir)],
@@ -387,13 +366,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 # -- the report ---------------------------------------------------------------------------------
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _pct(r: dict | None) -> str:
@@ -520,17 +492,15 @@ def run_report(run_dirs: list[str | Path], output_dir: str | Path) -> dict[str, 
     return merged
 
 
-def load_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
+def load_predictions(run_dir: str | Path) -> list[Prediction]:
     """Every saved prediction of a run (all systems and sets)."""
-    rows = []
-    for path in sorted(Path(run_dir).glob("predictions/*/*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return rows
+    return [p for path in sorted(Path(run_dir).glob("predictions/*/*.jsonl")) for p in read_predictions(path)]
 
 
 __all__ = [
     "BASELINES",
     "GenerateActor",
+    "Prediction",
     "System",
     "EvalSet",
     "build_systems",

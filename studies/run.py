@@ -37,19 +37,21 @@ from typing import Any, Callable
 
 import yaml
 
+from ray_cotd import names
 from ray_cotd.metrics import accuracy, error_bars, mcnemar_exact
 from ray_cotd.ray_session import start_local_cluster
+from ray_cotd.scoring import Prediction, read_predictions
 
 STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
 EXPERIMENTS = ("objectives", "granularity", "teachers", "tune")
-OBJECTIVES = ("answer_only", "std_cot", "step_by_step", "cascod", "prada", "cascod+prada")
+OBJECTIVES = tuple(names.OBJECTIVES)  # item 1 trains one student per objective
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
-LEVELS = (1, 2, 3, 4, 5, 6)
+LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
 TEACHER_LEVELS = {"chatgpt": LEVELS, "gemini": LEVELS, "llama": (1, 2, 3, 4)}
-UNTRAINED = "untrained"
+UNTRAINED = "untrained"  # the baseline (ray_cotd.names.BASELINES) every experiment reports beside its students
 SELECT_SET = "svamp_select"  # item 2's selection rows (granularity/select.yaml), never a reported test row
 
 
@@ -95,6 +97,10 @@ def load_scale(name: str, path: Path = STUDY_DIR / "scales.yaml") -> dict[str, A
     for key in ("train", "tune", "test_limits"):
         if key not in scale:
             raise StudyError(f"{path}: scale {name!r} lacks {key!r}")
+    for key, valid in (("objectives", OBJECTIVES), ("levels", LEVELS)):
+        unknown = [v for v in scale.get(key, []) if v not in valid]
+        if unknown:
+            raise StudyError(f"{path}: scale {name!r}: {key} {unknown} not valid; choose from {list(valid)}")
     return scale
 
 
@@ -137,13 +143,13 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def predictions(report: dict, test_set: str, run_dir: Path, system: str | None = None) -> list[dict] | None:
-    """The prediction records of `system` (None: the first system that has them) on `test_set`,
-    from the evaluate run's `run_dir`; None where there is no predictions file."""
+def predictions(report: dict, test_set: str, run_dir: Path, system: str | None = None) -> list[Prediction] | None:
+    """The predictions of `system` (None: the first system that has them) on `test_set`, from the
+    evaluate run's `run_dir`; None where there is no predictions file."""
     for r in report["results"]:
         path = run_dir / str(r.get("predictions") or "")
         if r["test_set"] == test_set and r.get("predictions") and system in (None, r["system"]) and path.is_file():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return read_predictions(path)
     return None
 
 
@@ -153,7 +159,7 @@ def constant_answer(report: dict, test_set: str, run_dir: Path) -> tuple[str, di
     student must clear (~50% on StrategyQA's yes/no questions). None without predictions."""
     from collections import Counter
 
-    golds = [p["gold"] for p in predictions(report, test_set, run_dir) or []]
+    golds = [p.gold for p in predictions(report, test_set, run_dir) or []]
     if not golds:
         return None
     top = Counter(golds).most_common(1)[0][0]
@@ -175,12 +181,12 @@ def paired_vs_best(report: dict, run_dir: Path, best_by_objective: dict[str, int
         top = predictions(report, "svamp", run_dir, f"{objective}-L{best}")
         if top is None:
             continue
-        top_by_id = {p["id"]: p["correct"] for p in top}
+        top_by_id = {p.id: p.correct for p in top}
         for level in LEVELS:
             other = predictions(report, "svamp", run_dir, f"{objective}-L{level}")
             if level == best or other is None:
                 continue
-            by_id = {p["id"]: p["correct"] for p in other}
+            by_id = {p.id: p.correct for p in other}
             ids = [i for i in top_by_id if i in by_id]
             tests.setdefault(objective, {})[level] = mcnemar_exact([top_by_id[i] for i in ids],
                                                                   [by_id[i] for i in ids])
@@ -318,7 +324,7 @@ def plot_granularity(report: dict, path: Path) -> None:
     if base is not None:
         ax.axhline(base["rate"], color="grey", linestyle="--", label=f"untrained ({base['rate']:.0%})")
     ax.set_xticks(LEVELS)
-    ax.set_xlim(0.6, 6.4)
+    ax.set_xlim(LEVELS[0] - 0.4, LEVELS[-1] + 0.4)
     ax.set_xlabel("granularity level of the chatgpt rationales (1 = tersest)")
     ax.set_ylabel("accuracy (95% Wilson CI)")
     ax.set_ylim(0, 1)
@@ -589,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data).resolve()
     if not (data / "strategyqa" / "test.json").is_file() or not (data / "svamp").is_dir():
         print(f"studies/run.py: the study needs the third-party reasoning data (SVAMP, StrategyQA, CommonsenseQA "
-              f"with teacher rationales; see ../shared/data/README.md), which this repository does not ship: "
+              f"with teacher rationales), which this repository does not ship: "
               f"not found at {data}. Point --data at it.", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()

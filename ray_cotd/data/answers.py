@@ -195,6 +195,12 @@ def split_output(
     return _with_rationale_check(parsed, require_rationale)
 
 
+def parse_answer(answer_text: str, answer_type: AnswerType | None = None) -> ParsedOutput | ParseFailure:
+    """Parse a student's stage-2 text (what it wrote after the marker, e.g. " 145.") with the one
+    parser, as if the marker preceded it."""
+    return split_output(ANSWER_MARKER + " " + answer_text.strip(), answer_type=answer_type)
+
+
 def normalize_answer(raw: str | None, answer_type: AnswerType) -> str | None:
     """Canonical form of an answer, or None when it cannot be read as `answer_type`.
 

@@ -19,6 +19,7 @@ resolved_config.yaml, summary.json.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -31,11 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp.wrap import CustomPolicy
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
+from ray_cotd.data.answers import infer_answer_type
 from ray_cotd.data.errors import DataError
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import load_model, load_tokenizer, write_student_meta
@@ -47,6 +61,7 @@ from ray_cotd.lm.prompt_encoder import (
     embed_inputs,
 )
 from ray_cotd.ray_session import connect
+from ray_cotd.scoring import score
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
 from ray_cotd.student.prada import DOMAIN_HEAD_WEIGHTS, DomainHead, lambda_at, pool_examples
@@ -144,8 +159,6 @@ def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> 
         for p in lm.parameters():
             p.requires_grad_(False)
         if cfg.peft in LORA:
-            from peft import LoraConfig, PeftModel, get_peft_model
-
             if resume:
                 lm = PeftModel.from_pretrained(lm, str(resume), is_trainable=True)
             else:
@@ -159,8 +172,6 @@ def build_student(cfg: TrainConfig, *, resume_dir: str | Path | None = None) -> 
     if get_objective(cfg.objective).domain_adversarial:
         head = DomainHead(lm.get_input_embeddings().embedding_dim, cfg.domain_head_width)
         if resume:
-            from safetensors.torch import load_file
-
             head.load_state_dict(load_file(str(resume / DOMAIN_HEAD_WEIGHTS)))
     return Student(lm, encoder, head)
 
@@ -169,7 +180,7 @@ def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _save_gathered_adapter(lm: Any, state: dict[str, torch.Tensor], out: Path) -> None:
+def _save_gathered_adapter(lm: PeftModel, state: dict[str, torch.Tensor], out: Path) -> None:
     """The peft adapter files from LoRA tensors gathered off FSDP shards.
 
     PeftModel.save_pretrained cannot pick them out of a state dict here: it finds its tensors by
@@ -178,11 +189,6 @@ def _save_gathered_adapter(lm: Any, state: dict[str, torch.Tensor], out: Path) -
     adapter_config.json in inference mode, and the LoRA tensors keyed without the adapter name
     ("...q_proj.lora_A.weight"), which PeftModel.from_pretrained loads (tests/integration/test_train_variants.py).
     """
-    import copy
-
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
     name = lm.active_adapter
     config = copy.deepcopy(lm.peft_config[name])
     config.inference_mode = True
@@ -199,8 +205,6 @@ def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: 
     state: the student's state dict gathered from FSDP shards (keys "lm.", "prompt_encoder.",
     "domain_head."; for adapters only the trainable tensors); None = read the module itself.
     """
-    from safetensors.torch import save_file
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if state is not None and cfg.peft in LORA:
@@ -249,7 +253,7 @@ def compute_loss(model: nn.Module, batch: Batch, objective: Objective, params: L
     return objective.loss(inputs, params)
 
 
-def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimizer, scheduler: Any,
+def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
                micro_batches: list[Batch], objective: Objective, params: LossParams, *,
                precision: str = "float32", max_grad_norm: float = 1.0) -> dict[str, float]:
     """One optimizer step over `micro_batches` (gradient accumulation; DDP/FSDP sync on the last only)."""
@@ -284,7 +288,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     return [{"params": rest, "lr": cfg.lr}] + ([{"params": head, "lr": cfg.domain_head_lr}] if head else [])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LambdaLR:
     """Linear warmup, then constant / linear decay to 0 / cosine to 0 at max_steps."""
 
     def factor(step: int) -> float:
@@ -297,7 +301,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, factor)
 
 
 class BatchStream:
@@ -338,8 +342,6 @@ def _rows(shard: Any) -> list[list[Sequence]]:
 def _all_reduce_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
     if world == 1:
         return values
-    import torch.distributed as dist
-
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)  # NCCL needs device tensors
     dist.all_reduce(t)
@@ -365,8 +367,6 @@ def _validate(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, obj
             count += 1
     model.train()
     if world > 1:
-        import torch.distributed as dist
-
         t = torch.tensor([total, count], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         total, count = float(t[0]), float(t[1])
@@ -374,10 +374,9 @@ def _validate(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, obj
 
 
 def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str]], cfg: TrainConfig) -> float:
-    """Share of validation questions the student answers right by two-stage generation: the
-    inference module evaluation and serving use, so tuning selects on what is deployed."""
-    from ray_cotd.data.answers import answers_match, infer_answer_type
-
+    """Share of validation questions the student answers right by two-stage generation, scored by
+    ray_cotd.scoring.score on the stage-2 text: the generation and the scoring evaluation uses, so
+    a sweep selects on the accuracy the evaluation report shows."""
     golds = [q["answer"] for q in questions]
     answer_type = infer_answer_type(golds)
     generator = Generator(student.lm, tokenizer, prompt_encoder=student.prompt_encoder)
@@ -386,12 +385,12 @@ def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str
         results = generator.two_stage([q["question"] for q in questions],
                                       GenerationLimits(max_rationale_tokens=cfg.val_max_rationale_tokens))
     student.train()
-    return sum(answers_match(r.answer, gold, answer_type) for r, gold in zip(results, golds)) / len(golds)
+    return sum(score(r.answer_text, gold, answer_type)["correct"] for r, gold in zip(results, golds)) / len(golds)
 
 
-def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokenizer: Any, optimizer: Any,
-                    scheduler: Any, step: int, history: list[dict[str, Any]], metrics: dict[str, Any],
-                    rank: int) -> None:
+def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokenizer: Any,
+                    optimizer: torch.optim.Optimizer, scheduler: LRScheduler, step: int,
+                    history: list[dict[str, Any]], metrics: dict[str, Any], rank: int) -> None:
     """Rank 0 writes the student (HF format) + trainer state + metrics log; every rank reports.
 
     The one place with rank logic: every worker must call report (it is a barrier), and under FSDP
@@ -400,8 +399,6 @@ def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokeni
     parameter name (torch.distributed.checkpoint.state_dict), the same layout for DDP and FSDP.
     """
     import ray.train
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
-        get_optimizer_state_dict
 
     # cpu_offload also keeps the gathered tensors on rank 0 only; torch 2.13 segfaults doing it for
     # tensors already on the CPU, where every rank then holds the gathered copy until it returns.
@@ -424,16 +421,13 @@ def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokeni
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
 
 
-def fsdp_wrap_policy(student: Student, cfg: TrainConfig) -> Any:
+def fsdp_wrap_policy(student: Student, cfg: TrainConfig) -> CustomPolicy:
     """FSDP's units: each decoder layer (transformers' `_no_split_modules`), the prompt encoder,
     the domain head and, when only adapters train, each LM module with trainable weights of its own
     (the LoRA matrices). So no unit mixes frozen and trainable weights: FSDP reduces gradients per
     unit, and a decoder layer with LoRA inside would reduce-scatter a layer-sized gradient that is
     zero but for the LoRA part. The prompt encoder is one unit, not its leaves: its forward reads
     its embedding's weight directly, which FSDP gathers only for the unit being run."""
-    from peft import PeftModel
-    from torch.distributed.fsdp.wrap import CustomPolicy
-
     base = student.lm.get_base_model() if isinstance(student.lm, PeftModel) else student.lm
     layer_names = set(base._no_split_modules or [])
     lm_modules = {id(m) for m in student.lm.modules()}
@@ -528,8 +522,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, cfg)
     if state is not None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])

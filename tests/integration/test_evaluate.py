@@ -102,19 +102,19 @@ def test_evaluate_end_to_end_on_shared_data(shared_data, ray_cluster, tmp_path):
 
     predictions = load_predictions(run)
     assert len(predictions) == 2 * (3 + 2)  # 2 systems x (3 + 2) rows, none dropped
-    svamp = [p for p in predictions if p["test_set"] == "svamp"]
-    assert all(split_name(p["question"], 0, 0.2) == "test" for p in svamp)  # the fixed hold-out side
+    svamp = [p for p in predictions if p.test_set == "svamp"]
+    assert all(split_name(p.question, 0, 0.2) == "test" for p in svamp)  # the fixed hold-out side
 
     # the report agrees with the saved predictions
     assert len(report["results"]) == 4
     for result in report["results"]:
-        rows = [p for p in predictions if (p["system"], p["test_set"]) == (result["system"], result["test_set"])]
-        assert result["accuracy"] == accuracy([p["correct"] for p in rows]).to_dict()
-        assert result["unparseable"] == sum(p["parse_error"] is not None for p in rows)
-        assert all(p["correct"] is False for p in rows if p["parse_error"] is not None)
+        rows = [p for p in predictions if (p.system, p.test_set) == (result["system"], result["test_set"])]
+        assert result["accuracy"] == accuracy([p.correct for p in rows]).to_dict()
+        assert result["unparseable"] == sum(p.parse_error is not None for p in rows)
+        assert all(p.correct is False for p in rows if p.parse_error is not None)
         assert result["faithfulness"] == answer_change_rate(
-            [p["predicted"] for p in rows], [p["swapped_predicted"] for p in rows]).to_dict()
-        assert all(p["swapped_from"] is not None for p in rows)
+            [p.predicted for p in rows], [p.swapped_predicted for p in rows]).to_dict()
+        assert all(p.swapped_from is not None for p in rows)
     unparseable = [json.loads(line) for line in (run / "unparseable.jsonl").read_text().splitlines()]
     assert len(unparseable) == sum(r["unparseable"] for r in report["results"])
     table = (run / "report.md").read_text()
@@ -135,15 +135,18 @@ def test_evaluate_end_to_end_on_shared_data(shared_data, ray_cluster, tmp_path):
 
 def test_report_files_from_saved_results_without_generating(tmp_path):
     """write_report + run_report on a hand-built report: table cells, PNGs, prefixed names."""
-    from ray_cotd.evaluate import EvalSet, score, split_summary, summarize, write_report
+    from ray_cotd.evaluate import EvalSet, split_summary, summarize, write_report
+    from ray_cotd.scoring import Prediction, score
 
     sets = [EvalSet("math", "IND", "m.json", "numeric", "all", []), EvalSet("yesno", "OOD", "y.json", "boolean", "all", [])]
     preds = []
     for system, texts in {"a": [" 4.", " 5.", " True."], "b": [" 4.", " 4.", " no."]}.items():
         for (set_name, split, kind, gold), text in zip(
                 [("math", "IND", "numeric", "4"), ("math", "IND", "numeric", "4"), ("yesno", "OOD", "boolean", "True")], texts):
-            preds.append({"system": system, "test_set": set_name, "split": split, **score(text, gold, kind),
-                          "rationale_tokens": 3, "answer_tokens": 2, "answer_changed": None})
+            preds.append(Prediction(system=system, test_set=set_name, split=split, position=0, row=0, id="q",
+                                    question="Q?", gold=gold, rationale="", answer_text=text, **score(text, gold, kind),
+                                    rationale_stop="eos", prompt_tokens=5, rationale_tokens=3, answer_tokens=2,
+                                    stage1_s=0.0, stage2_s=0.0))
     report = {"mode": "two_stage", "systems": [{"name": "a"}, {"name": "b"}],
               "test_sets": [{"name": s.name, "split": s.split, "answer_type": s.answer_type, "n": 2 if s.name == "math" else 1}
                             for s in sets],

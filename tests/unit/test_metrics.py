@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from ray_cotd.evaluate import EvalSet, score, split_summary, summarize
+from ray_cotd.evaluate import EvalSet, split_summary, summarize
 from ray_cotd.metrics import accuracy, answer_change_rate, wilson_interval
+from ray_cotd.scoring import Prediction, score
 
 
 def test_wilson_8_of_10_by_hand():
@@ -72,8 +73,9 @@ def test_score_hand_checked(text, gold, kind, predicted, correct, error):
 
 
 def _pred(system, test_set, split, text, gold, kind):
-    return {"system": system, "test_set": test_set, "split": split, **score(text, gold, kind),
-            "rationale_tokens": 10, "answer_tokens": 2, "answer_changed": None}
+    return Prediction(system=system, test_set=test_set, split=split, position=0, row=0, id="q", question="Q?",
+                      gold=gold, rationale="", answer_text=text, **score(text, gold, kind), rationale_stop="eos",
+                      prompt_tokens=5, rationale_tokens=10, answer_tokens=2, stage1_s=0.0, stage2_s=0.0)
 
 
 def test_summarize_accuracy_and_ci_from_hand_checked_predictions():

@@ -39,6 +39,16 @@ def _report(cells: dict[tuple[str, str], tuple[int, int]], sets: dict[str, int])
     }
 
 
+def _prediction_row(**fields) -> str:
+    """One predictions-file line: a ray_cotd.scoring.Prediction with `fields` over filler values."""
+    from ray_cotd.scoring import Prediction
+
+    base = dict(system="s", test_set="t", split="IND", position=0, row=0, id="q", question="Q?", gold="1",
+                rationale="", answer_text=" 1.", predicted="1", correct=True, parse_error=None, rationale_stop="eos",
+                prompt_tokens=5, rationale_tokens=0, answer_tokens=2, stage1_s=0.0, stage2_s=0.0)
+    return json.dumps(Prediction(**{**base, **fields}).to_dict()) + "\n"
+
+
 @pytest.mark.parametrize("scale", ["cpu", "paper", "smoke"])
 def test_every_experiment_config_loads(scale: str, tmp_path: Path) -> None:
     from ray_cotd.config import load_stage_config
@@ -189,7 +199,7 @@ def test_constant_answer_reference_row(tmp_path: Path) -> None:
     for name, values in golds.items():
         path = tmp_path / "predictions" / "cascod" / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"gold": g, "predicted": "x"}) + "\n" for g in values))
+        path.write_text("".join(_prediction_row(gold=g, predicted="x") for g in values))
     assert run.constant_answer(report, "strategyqa", tmp_path)[0] == "True"
     assert run.constant_answer(report, "strategyqa", tmp_path)[1]["k"] == 6
     assert run.constant_answer(report, "commonsenseqa", tmp_path)[:1] == ("E",)
@@ -216,8 +226,8 @@ def test_paired_tests_against_each_objectives_best_level(tmp_path: Path) -> None
         r["predictions"] = f"predictions/{r['system']}/svamp.jsonl"
         path = tmp_path / r["predictions"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"id": f"q{i}", "correct": c} for i, c in enumerate(correct[r["system"]])]
-        path.write_text("".join(json.dumps(row) + "\n" for row in reversed(rows)))  # order must not matter
+        rows = [_prediction_row(id=f"q{i}", correct=c) for i, c in enumerate(correct[r["system"]])]
+        path.write_text("".join(reversed(rows)))  # order must not matter
     assert run.best_levels(report) == {"std_cot": 2, "cascod": 1}
     tests = run.paired_vs_best(report, tmp_path, run.best_levels(report))
     assert tests == {"std_cot": {1: {"a_only": 7, "b_only": 0, "p": 2 / 2**7}},
