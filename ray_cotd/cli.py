@@ -10,40 +10,90 @@
     ray-cotd report   RUN_DIR ...                compare earlier evaluation runs
 
 `--print-config` shows the resolved config without running; `--help-config` lists every key.
+Each stage's module is imported only when its command runs, so `--help` and `inspect` start
+without torch or Ray.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ray_cotd.configbase import ConfigError
+import yaml
 
-# stage -> (module, function). The function takes the stage's typed config and returns a summary.
-STAGE_RUNNERS: dict[str, tuple[str, str]] = {
-    "annotate": ("ray_cotd.teacher.annotate", "run_annotate"),
-    "train": ("ray_cotd.student.train", "run_train"),
-    "evaluate": ("ray_cotd.evaluate", "run_evaluate"),
-    "tune": ("ray_cotd.tune", "run_tune"),
-    "serve": ("ray_cotd.serve", "run_serve"),
-    "pipeline": ("ray_cotd.pipeline", "run_pipeline"),
+from ray_cotd import names
+from ray_cotd.config import (
+    AnnotateConfig,
+    EvaluateConfig,
+    MappingSpec,
+    PipelineConfig,
+    ServeConfig,
+    TrainConfig,
+    TuneConfig,
+    describe_stage,
+    load_stage_config,
+)
+from ray_cotd.configbase import ConfigError, to_dict
+from ray_cotd.data.answers import ANSWER_TYPES
+from ray_cotd.data.readers import MAPPING_PRESETS
+
+
+# -- one runner per stage: takes the stage's typed config, returns its summary -----------------
+
+
+def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
+    from ray_cotd.teacher.annotate import run_annotate
+
+    return run_annotate(cfg)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    from ray_cotd.student.train import run_train
+
+    return run_train(cfg)
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    from ray_cotd.evaluate import run_evaluate
+
+    return run_evaluate(cfg)
+
+
+def tune(cfg: TuneConfig) -> dict[str, Any]:
+    from ray_cotd.tune import run_tune
+
+    return run_tune(cfg)
+
+
+def serve(cfg: ServeConfig) -> str:
+    from ray_cotd.serve import run_serve
+
+    return run_serve(cfg)
+
+
+def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    from ray_cotd.pipeline import run_pipeline
+
+    return run_pipeline(cfg)
+
+
+STAGE_RUNNERS: dict[str, Callable[[Any], Any]] = {
+    "annotate": annotate,
+    "train": train,
+    "evaluate": evaluate,
+    "tune": tune,
+    "serve": serve,
+    "pipeline": pipeline,
 }
-
-STAGE_HELP = {
-    "annotate": "annotate questions with teacher rationales (Ray Data)",
-    "train": "fine-tune a student with a distillation objective (Ray Train)",
-    "evaluate": "score students on IND/OOD test sets and write a report",
-    "tune": "search alpha, lambda and granularity level (Ray Tune + Optuna + ASHA)",
-    "serve": "serve a student's two-stage answers over HTTP (Ray Serve)",
-    "pipeline": "annotate -> train -> evaluate (-> tune, serve) under one run directory",
-}
+names.require_keys("cli.STAGE_RUNNERS", STAGE_RUNNERS, names.STAGES)
 
 
-class NotImplementedYet(RuntimeError):
-    """A stage whose implementation is not in this version of ray-cotd."""
+def resolve_runner(stage: str) -> Callable[[Any], Any]:
+    """The runner of `stage` (studies/run.py calls the stages through this, like the CLI)."""
+    return STAGE_RUNNERS[stage]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -51,23 +101,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ray_cotd.data.errors import DataError
     from ray_cotd.lm.model import ModelLoadError
 
-    return (ConfigError, DataError, ModelLoadError, NotImplementedYet, FileNotFoundError)
-
-
-def resolve_runner(stage: str) -> Callable[[Any], Any]:
-    module_name, func_name = STAGE_RUNNERS[stage]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            raise NotImplementedYet(f"`ray-cotd {stage}` is not implemented yet in this version") from None
-        raise
-    return getattr(module, func_name)
+    return (ConfigError, DataError, ModelLoadError, FileNotFoundError)
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    from ray_cotd.config import describe_stage, load_stage_config
-
     if args.help_config:
         print(f"keys of the {args.command} config (YAML or key=value):\n{describe_stage(args.command)}")
         return 0
@@ -75,14 +112,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         raise ConfigError(f"`ray-cotd {args.command}` needs a CONFIG file (see --help-config for its keys)")
     cfg = load_stage_config(args.command, args.config, args.overrides)
     if args.print_config:
-        import yaml
-
-        from ray_cotd.configbase import to_dict
-
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    runner = resolve_runner(args.command)
-    summary = runner(cfg)
+    summary = resolve_runner(args.command)(cfg)
     if summary is not None:
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -90,7 +122,6 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from ray_cotd.data.inspect import format_inspect, inspect_path
-    from ray_cotd.config import MappingSpec
 
     columns = {k: getattr(args, k) for k in ("question", "output", "answer", "gold", "domain")}
     mapping = MappingSpec(preset=args.preset, **columns).field_mapping()
@@ -102,8 +133,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    module = importlib.import_module("ray_cotd.evaluate")
-    summary = module.run_report(args.run_dirs, args.output_dir)
+    from ray_cotd.evaluate import run_report
+
+    summary = run_report(args.run_dirs, args.output_dir)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -114,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"ray-cotd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage, help_text in STAGE_HELP.items():
+    for stage, help_text in names.STAGES.items():
         p = sub.add_parser(stage, help=help_text, description=help_text)
         p.add_argument("config", nargs="?", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
@@ -124,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="rows, parse failures, marker coverage and gold agreement of a data file")
     p.add_argument("path", help="JSON/JSONL/Parquet/CSV file, HF datasets dir or hub id")
-    p.add_argument("--preset", choices=["alpaca", "testset", "arc", "plain"], help="field-mapping preset (default: detect)")
+    p.add_argument("--preset", choices=list(MAPPING_PRESETS), help="field-mapping preset (default: detect)")
     for col in ("question", "output", "answer", "gold", "domain"):
         p.add_argument(f"--{col}", metavar="COLUMN", help=f"column holding the {col}")
-    p.add_argument("--answer-type", choices=["numeric", "boolean", "multiple_choice", "text"], help="default: infer")
+    p.add_argument("--answer-type", choices=list(ANSWER_TYPES), help="default: infer")
     p.add_argument("--lenient", action="store_true", help="also read answers from outputs without the marker")
     p.add_argument("--gold-file", metavar="PATH", help="gold answers aligned by question (e.g. train_answer_only.json)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

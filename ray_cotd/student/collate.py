@@ -189,7 +189,7 @@ class Batch:
     def real_tokens(self) -> int:
         return int((self.example_index >= 0).sum())
 
-    def to(self, device: Any) -> Batch:
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 

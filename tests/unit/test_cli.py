@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from ray_cotd import cli
+from ray_cotd.data.answers import ANSWER_TYPES
+from ray_cotd.data.readers import MAPPING_PRESETS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,16 +57,39 @@ def test_missing_config_file_argument(capsys):
     assert "needs a CONFIG file" in capsys.readouterr().err
 
 
-def test_a_stage_module_that_does_not_exist_says_not_implemented(monkeypatch, capsys, empty_yaml):
-    monkeypatch.setitem(cli.STAGE_RUNNERS, "tune", ("ray_cotd.no_such_stage", "run"))
-    assert cli.main(["tune", empty_yaml]) == 2
-    assert "`ray-cotd tune` is not implemented yet" in capsys.readouterr().err
+def test_every_stage_has_a_runner_and_a_config():
+    from ray_cotd.config import STAGE_CONFIGS
+    from ray_cotd.names import STAGES
+
+    assert list(cli.STAGE_RUNNERS) == list(STAGES) == list(STAGE_CONFIGS)
+    assert cli.resolve_runner("tune") is cli.tune
 
 
 def test_broken_import_inside_a_stage_is_not_hidden(monkeypatch, empty_yaml):
-    monkeypatch.setitem(cli.STAGE_RUNNERS, "tune", ("ray_cotd.config", "no_such_function"))
-    with pytest.raises(AttributeError):
+    def broken(cfg):
+        import ray_cotd.no_such_module  # noqa: F401
+
+    monkeypatch.setitem(cli.STAGE_RUNNERS, "tune", broken)
+    with pytest.raises(ModuleNotFoundError):
         cli.main(["tune", empty_yaml])
+
+
+def test_help_and_inspect_start_without_torch_or_ray():
+    code = ("import sys; from ray_cotd import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("preset", list(MAPPING_PRESETS))
+def test_inspect_accepts_every_preset_the_readers_define(preset):
+    assert cli.build_parser().parse_args(["inspect", "x.json", "--preset", preset]).preset == preset
+
+
+@pytest.mark.parametrize("answer_type", list(ANSWER_TYPES))
+def test_inspect_accepts_every_answer_type(answer_type):
+    args = cli.build_parser().parse_args(["inspect", "x.json", "--answer-type", answer_type])
+    assert args.answer_type == answer_type
 
 
 def test_inspect_on_every_shared_file_reports_rows(shared_data, capsys):
