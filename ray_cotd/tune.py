@@ -3,9 +3,10 @@
 The key-factors paper's lesson as a tool: the best granularity depends on the student, so search it.
 Each level is a pointer to an already annotated corpus (`level_corpora`): a trial never re-runs the
 teacher. One trial = one real Ray Train run (the `ray-cotd train` code path) whose validation
-reports carry `val_accuracy`, measured by two-stage generation with the inference module (the
-evaluate code path) on validation questions carved from the training side of the fixed hold-out
-split, so no test question is ever trained on or selected on.
+reports carry `val_accuracy`: two-stage generation (ray_cotd.lm.generate) scored by
+ray_cotd.scoring.score, the generation and scoring evaluation uses, on validation questions carved
+from the training side of the fixed hold-out split, so no test question is ever trained on or
+selected on, and the accuracy a sweep selects on is the one the evaluation report shows.
 
 Search: Optuna TPE through Ray Tune's OptunaSearch, ASHA early stopping on the same metric, with
 the optimizer step as ASHA's time axis. Results: trials.csv / trials.md (params, metric, steps
