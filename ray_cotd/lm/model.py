@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ray_cotd.config import DEFAULT_MODEL, ConfigError, ModelSpec
 from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG, PromptEncoder
@@ -230,6 +230,19 @@ def load_prompt_encoder(spec: ModelSpec) -> PromptEncoder | None:
     return None
 
 
+def context_length(spec: ModelSpec, max_model_len: int | None = None) -> int | None:
+    """How many tokens prompt + generation may hold for this model: `max_model_len` when an engine
+    sets one, else the model's max_position_embeddings (None when its config names none).
+
+    The one limit annotation and evaluation check prompts against, in tokens, before any engine
+    sees them (a 1 MB question must be one rejected row, not a 32 GB allocation).
+    """
+    if max_model_len is not None:
+        return max_model_len
+    config = AutoConfig.from_pretrained(resolve_source(spec), trust_remote_code=spec.trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_model_and_tokenizer(spec: ModelSpec | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     spec = spec or ModelSpec()
     return load_model(spec), load_tokenizer(spec)
@@ -244,6 +257,7 @@ __all__ = [
     "STUDENT_META",
     "check_adapter",
     "check_model",
+    "context_length",
     "cache_root",
     "default_gguf_path",
     "load_model",

@@ -37,12 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ray_cotd.config import AnnotateConfig, load_stage_config, save_resolved
+from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save_resolved
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
+from ray_cotd.lm.format import encode, render_chat
+from ray_cotd.lm.model import context_length, load_tokenizer, resolve_source
 from ray_cotd.ray_session import connect
-from ray_cotd.teacher.engines import OUTPUT_COLUMNS, REQUEST_COLUMNS, generate_stage, teacher_name
+from ray_cotd.teacher.engines import (
+    OUTPUT_COLUMNS,
+    REQUEST_COLUMNS,
+    generate_stage,
+    teacher_name,
+    vllm_stage_resources,
+)
 from ray_cotd.teacher.prompts import check_choices, get_template
 
 # Why a row is not in the corpus. Parse failures use the data layer's reasons unchanged; unreadable
@@ -59,6 +67,7 @@ REJECT_REASONS: dict[str, str] = {
     "empty": "the reply is whitespace only",
     "duplicate_rationale": "the same rationale as a lower sample index of this question",
     "wrong_answer": "the parsed answer disagrees with the gold answer",
+    "prompt_too_long": "the rendered prompt plus max_new_tokens does not fit the engine's context (in tokens)",
     "timeout": "the HTTP engine did not answer within timeout_s, after every retry",
     "engine_error": "the engine failed (HTTP 429/5xx or connection errors after every retry)",
 }
@@ -336,6 +345,48 @@ def summarize(store: ShardStore, *, questions_in: int, bad_questions: list[dict[
     }
 
 
+def fit_prompts(work: list[dict[str, Any]], cfg: AnnotateConfig) -> list[dict[str, Any]]:
+    """Count every row's prompt in tokens (the teacher's chat rendering) and set `prompt_ids`;
+    return the rows whose prompt + max_new_tokens exceeds the engine's context, which are rejected
+    as "prompt_too_long" without reaching the engine. The HTTP engine's context is the server's
+    business: nothing is counted or dropped here for it.
+    """
+    if cfg.engine == "openai":
+        return []
+    limit = context_length(cfg.teacher, cfg.vllm.max_model_len if cfg.engine == "vllm" else None)
+    tokenizer = load_tokenizer(cfg.teacher)
+    ids: dict[str, list[int]] = {}
+    too_long = []
+    for row in work:
+        if row["messages"] not in ids:  # the samples of a question share one prompt
+            ids[row["messages"]] = encode(tokenizer, render_chat(tokenizer, json.loads(row["messages"])))
+        row["prompt_ids"] = ids[row["messages"]]
+        if limit is not None and len(row["prompt_ids"]) + cfg.max_new_tokens > limit:
+            too_long.append(row)
+    return too_long
+
+
+def check_placement(cfg: AnnotateConfig, available: dict[str, float]) -> None:
+    """The engine stage fits the Ray cluster it runs on, or a ConfigError before any work starts.
+
+    Ray would otherwise wait forever for actors that cannot be placed.
+    """
+    if cfg.engine == "vllm":
+        need = vllm_stage_resources(cfg)
+        need["CPU"] += 0.2  # the pre/post-processing map tasks around the engine (0.1 CPU each)
+        layout = (f"{cfg.num_workers} replica(s) x {cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size}"
+                  " bundle(s)")
+    else:
+        need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers * cfg.gpus_per_worker}
+        layout = f"{cfg.num_workers} actor(s)"
+    for resource, amount in need.items():
+        if amount > available.get(resource, 0.0) + 1e-9:
+            raise ConfigError(
+                f"num_workers / cpus_per_worker / gpus_per_worker: the {cfg.engine} engine needs {amount:g} {resource} "
+                f"({layout}), but the Ray cluster has {available.get(resource, 0.0):g}; lower num_workers or the "
+                "per-worker resources, or use a larger cluster")
+
+
 def _progress(total: int) -> Any:
     from tqdm.auto import tqdm
 
@@ -356,9 +407,22 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     bad_questions += repeated
     answer_type = cfg.answer_type or infer_answer_type(r["gold"] for r in records)
     work = plan_work(records, cfg, teacher_name(cfg), answer_type)
+    too_long = fit_prompts(work, cfg)
+    if cfg.engine == "vllm":  # a vLLM engine that cannot start fails here, naming the setting
+        from ray_cotd.lm.vllm import check_engine
+
+        check_engine(resolve_source(cfg.teacher), cfg.vllm, dtype=cfg.teacher.dtype,
+                     trust_remote_code=cfg.teacher.trust_remote_code)
 
     store = ShardStore(out)
     done = store.done
+    too_long = [{**r, "prompt_tokens": len(r["prompt_ids"]), "completion_tokens": None, "generated_text": None}
+                for r in too_long if r["id"] not in done]
+    if too_long:  # rejected without reaching the engine, committed like any judged row
+        store.commit(too_long, [Verdict("rejected", "prompt_too_long",
+                                        f"prompt {r['prompt_tokens']} tokens + max_new_tokens {cfg.max_new_tokens}")
+                                for r in too_long])
+        done = store.done
     todo = [row for row in work if row["id"] not in done]
     generated = gen_tokens = kept = 0
     gen_started = time.perf_counter()
@@ -367,6 +431,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         import ray.data
 
         connect()  # [ray] RAY_ADDRESS (ray job submit, a cluster) or a local cluster
+        check_placement(cfg, ray.cluster_resources())  # [ray]
         context = ray.data.DataContext.get_current()
         previous_order = context.execution_options.preserve_order
         # Plan order on the driver is what makes dedup and resume deterministic (module doc).
@@ -377,7 +442,8 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
             # Only the request columns travel through Ray (an all-None column such as `domain`
             # would come back as float NaN from numpy batches); the driver joins the rest by id.
             by_id = {row["id"]: row for row in todo}
-            requests = [{k: row[k] for k in REQUEST_COLUMNS} for row in todo]
+            columns = REQUEST_COLUMNS + (("prompt_ids",) if cfg.engine == "vllm" else ())
+            requests = [{k: row[k] for k in columns} for row in todo]
             ds = generate_stage(ray.data.from_items(requests), cfg)
             for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"):
                 rows = [{**by_id[result["id"]], **_outputs(result)} for result in batch.to_pylist()]
@@ -396,7 +462,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     store.write_rejected(out / "rejected.jsonl", bad_questions)
     stats = summarize(
         store, questions_in=len(read.records) + len(read.bad), bad_questions=bad_questions, planned=len(work),
-        skipped=len(work) - len(todo), generated=generated, gen_tokens=gen_tokens, gen_seconds=gen_seconds,
+        skipped=len(work) - len(todo) - len(too_long), generated=generated, gen_tokens=gen_tokens, gen_seconds=gen_seconds,
         wall=time.perf_counter() - started, answer_type=answer_type, orphans=store.recovered_orphans,
     )
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
@@ -420,6 +486,8 @@ __all__ = [
     "TRANSIENT_REASONS",
     "Verdict",
     "arrow_schema",
+    "check_placement",
+    "fit_prompts",
     "judge",
     "plan_work",
     "run_annotate",

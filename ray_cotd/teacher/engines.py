@@ -138,7 +138,7 @@ class TransformersTeacher:
         self.model = load_model(spec).to(device).eval()
         self.tokenizer = load_tokenizer(spec)
         self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
         prompts = [render_chat(self.tokenizer, r.messages) for r in requests]
@@ -289,69 +289,101 @@ _VLLM_COLUMNS = frozenset({
 })
 
 
-def vllm_engine_kwargs(cfg: AnnotateConfig) -> dict[str, Any]:
-    v = cfg.vllm
-    kwargs: dict[str, Any] = {
-        "tensor_parallel_size": v.tensor_parallel_size,
-        "pipeline_parallel_size": v.pipeline_parallel_size,
-        "gpu_memory_utilization": v.gpu_memory_utilization,
-        "enable_prefix_caching": v.enable_prefix_caching,
-        "trust_remote_code": cfg.teacher.trust_remote_code,
-    }
-    if v.max_model_len is not None:
-        kwargs["max_model_len"] = v.max_model_len
-    return {**kwargs, **v.engine_kwargs}
+def vllm_on_gpu(cfg: AnnotateConfig) -> bool:
+    return cfg.gpus_per_worker > 0
+
+
+def vllm_stage_resources(cfg: AnnotateConfig) -> dict[str, float]:
+    """Ray resources the vLLM engine stage holds in all: every replica takes one bundle per
+    tensor x pipeline rank, of cpus_per_worker CPUs (CPU cluster) or 1 GPU + 1 CPU (GPU cluster,
+    Ray Data LLM's default bundle)."""
+    ranks = cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size
+    if vllm_on_gpu(cfg):
+        return {"CPU": float(cfg.num_workers * ranks), "GPU": float(cfg.num_workers * ranks)}
+    return {"CPU": float(cfg.num_workers * ranks * cfg.cpus_per_worker)}
 
 
 def vllm_processor_config(cfg: AnnotateConfig) -> Any:
-    """The `ray.data.llm.vLLMEngineProcessorConfig` for an annotate config (builds on CPU too).
+    """The `ray.data.llm.vLLMEngineProcessorConfig` of an annotate config, CPU or GPU from one config.
 
-    Replicas are fixed at num_workers (an int alone would mean autoscaling 1..n); each replica
-    takes tensor_parallel_size * pipeline_parallel_size GPUs, which Ray Data LLM places itself.
+    Prompts arrive as token ids rendered on the driver (the same chat rendering the transformers
+    engine uses, and what the prompt-length check counted), so the chat-template, tokenize and
+    detokenize stages are off: each would hold an actor of its own (on a 2-CPU cluster the four
+    stages' actors wait forever for 4 CPUs). Replicas are fixed at num_workers (an int alone would
+    mean autoscaling 1..n). CPU cluster: each replica is a placement group of tp*pp bundles of
+    cpus_per_worker CPUs. GPU cluster: Ray Data LLM's GPU bundles, tp*pp per replica, sharded by
+    vLLM's Ray executor when tp*pp > 1. A row vLLM fails on comes back with `__inference_error__`
+    and the job goes on (should_continue_on_error).
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    from ray_cotd.lm.vllm import engine_env, engine_kwargs
+
+    source = resolve_source(cfg.teacher)
+    ranks = cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size
+    kwargs = engine_kwargs(source, cfg.vllm, dtype=cfg.teacher.dtype, seed=cfg.seed,
+                           trust_remote_code=cfg.teacher.trust_remote_code)
+    placement = None if vllm_on_gpu(cfg) else {"bundles": [{"CPU": cfg.cpus_per_worker} for _ in range(ranks)],
+                                               "strategy": "PACK"}
     return vLLMEngineProcessorConfig(
-        model_source=resolve_source(cfg.teacher),
-        engine_kwargs=vllm_engine_kwargs(cfg),
+        model_source=source,
+        engine_kwargs=kwargs,
         batch_size=cfg.batch_size,
         concurrency=(cfg.num_workers, cfg.num_workers),
         max_concurrent_batches=cfg.vllm.max_concurrent_batches,
         accelerator_type=cfg.vllm.accelerator_type,
-        chat_template_stage=True,
-        tokenize_stage=True,
-        detokenize_stage=True,
+        placement_group_config=placement,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        should_continue_on_error=True,
+        log_engine_metrics=False,
+        runtime_env={"env_vars": engine_env(cfg.vllm),
+                     "worker_process_setup_hook": "ray_cotd.lm.vllm.quiet_resource_tracker"},
     )
 
 
-def vllm_request(row: dict[str, Any]) -> dict[str, Any]:
-    """Preprocess: a work row -> the vLLM processor's input (messages + per-row sampling_params)."""
+def vllm_request(row: dict[str, Any], eos_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Preprocess: a work row -> the vLLM stage's input (prompt token ids + per-row sampling_params).
+
+    One sample per row with the row's own seed (vLLM's seeded n > 1 kills the CPU engine, and Ray
+    Data LLM keeps only the first of n outputs anyway). stop_token_ids holds the same EOS ids the
+    transformers engine stops at.
+    """
     return {
         **row,
-        "messages": json.loads(row["messages"]),
+        "tokenized_prompt": list(row["prompt_ids"]),
         "sampling_params": {
             "temperature": float(row["temperature"]),
             "top_p": float(row["top_p"]),
             "seed": int(row["seed"]),
             "max_tokens": int(row["max_new_tokens"]),
+            "stop_token_ids": sorted(eos_ids),
             "n": 1,
         },
     }
 
 
-def vllm_result(row: dict[str, Any]) -> dict[str, Any]:
+def vllm_result(row: dict[str, Any], eos_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Postprocess: vLLM output -> the work row plus OUTPUT_COLUMNS.
 
-    Ray Data LLM reports no finish reason, so hitting max_tokens exactly counts as cut off.
+    Ray Data LLM reports no finish reason: the reply stopped ("stop") when its last token is an EOS
+    id or it is shorter than max_tokens, else it hit max_tokens ("length": cut off). A row vLLM
+    failed on is an "error" completion with vLLM's message.
     """
-    generated = int(row["num_generated_tokens"])
-    out = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS}
-    out["messages"] = json.dumps(list(row["messages"]) if row["messages"] is not None else [], default=dict)
+    out = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS and k != "prompt_ids"}
+    error = row.get("__inference_error__") or ""
+    if error:
+        out.update(generated_text="", finish_reason="error", prompt_tokens=len(row["prompt_ids"]),
+                   completion_tokens=0, error=f"vLLM: {error}"[:500])
+        return out
+    tokens = [int(t) for t in (row.get("generated_tokens") if row.get("generated_tokens") is not None else [])]
+    stopped = bool(tokens) and tokens[-1] in eos_ids or len(tokens) < int(row["max_new_tokens"])
     out.update(
         generated_text=row["generated_text"] or "",
-        finish_reason="length" if generated >= int(row["max_new_tokens"]) else "stop",
+        finish_reason="stop" if stopped else "length",
         prompt_tokens=int(row["num_input_tokens"]),
-        completion_tokens=generated,
+        completion_tokens=len(tokens),
         error="",
     )
     return out
@@ -422,9 +454,21 @@ def _openai_stage(ds: Any, cfg: AnnotateConfig) -> Any:
 
 
 def _vllm_stage(ds: Any, cfg: AnnotateConfig) -> Any:
+    from functools import partial
+
     from ray.data.llm import build_processor
 
-    processor = build_processor(vllm_processor_config(cfg), preprocess=vllm_request, postprocess=vllm_result)
+    from ray_cotd.lm.vllm import generation_eos
+
+    eos_ids = generation_eos(resolve_source(cfg.teacher), load_tokenizer(cfg.teacher))
+    processor = build_processor(
+        vllm_processor_config(cfg),
+        preprocess=partial(vllm_request, eos_ids=eos_ids),
+        postprocess=partial(vllm_result, eos_ids=eos_ids),
+        # plain map tasks around the engine actor: a sliver of CPU each, so they never wait on it
+        preprocess_map_kwargs={"num_cpus": 0.1},
+        postprocess_map_kwargs={"num_cpus": 0.1},
+    )
     return processor(ds)
 
 
@@ -457,8 +501,8 @@ __all__ = [
     "generate_stage",
     "parse_chat_response",
     "teacher_name",
-    "vllm_engine_kwargs",
     "vllm_processor_config",
+    "vllm_stage_resources",
     "vllm_request",
     "vllm_result",
 ]

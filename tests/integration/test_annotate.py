@@ -402,25 +402,3 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(ray_cluster, tm
     assert {k: e["reason"] for k, e in killed_ledger.items()} == {k: e["reason"] for k, e in clean_ledger.items()}
     for key in ("kept", "written_aside", "dropped_by_reason", "rows_done"):
         assert resumed[key] == clean[key]
-
-
-# --------------------------------------------------------------------------- vLLM: configuration only here
-
-
-@pytest.mark.ray
-def test_the_vllm_processor_builds_on_cpu(ray_cluster):
-    """Building works without vLLM (notes/ray-2.60.md §1); running it needs GPUs and vLLM."""
-    from ray.data.llm import build_processor
-
-    from ray_cotd.teacher import engines
-
-    cfg = AnnotateConfig(engine="vllm", num_workers=2, batch_size=32,
-                         vllm={"tensor_parallel_size": 2, "max_model_len": 2048, "engine_kwargs": {"dtype": "bfloat16"}})
-    proc_cfg = engines.vllm_processor_config(cfg)
-    assert proc_cfg.concurrency == (2, 2) and proc_cfg.batch_size == 32
-    assert proc_cfg.engine_kwargs["tensor_parallel_size"] == 2 and proc_cfg.engine_kwargs["dtype"] == "bfloat16"
-    assert proc_cfg.engine_kwargs["max_model_len"] == 2048 and proc_cfg.engine_kwargs["enable_prefix_caching"]
-    processor = build_processor(proc_cfg, preprocess=engines.vllm_request, postprocess=engines.vllm_result)
-    names = processor.list_stage_names()
-    assert names[-1].startswith("Detokenize") and any(n.startswith("vLLMEngine") for n in names)
-    assert names[0].startswith("ChatTemplate")

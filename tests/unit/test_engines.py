@@ -234,15 +234,21 @@ def test_teacher_name_defaults():
 
 def test_vllm_request_and_result_round_trip_a_row():
     row = {"id": "r1", "messages": json.dumps(MESSAGES), "temperature": 0.8, "top_p": 0.95, "seed": 3,
-           "max_new_tokens": 32}
-    req = vllm_request(row)
-    assert req["messages"] == MESSAGES
-    assert req["sampling_params"] == {"temperature": 0.8, "top_p": 0.95, "seed": 3, "max_tokens": 32, "n": 1}
+           "max_new_tokens": 32, "prompt_ids": [5, 6, 7]}
+    req = vllm_request(row, eos_ids=frozenset({2, 0}))
+    assert req["tokenized_prompt"] == [5, 6, 7]  # the driver's rendering, counted by the length check
+    assert req["sampling_params"] == {"temperature": 0.8, "top_p": 0.95, "seed": 3, "max_tokens": 32,
+                                      "stop_token_ids": [0, 2], "n": 1}
     engine_row = {**req, "generated_text": "5.\nThe answer is 5.", "num_generated_tokens": 9,
-                  "num_input_tokens": 21, "generated_tokens": [1] * 9, "prompt": "...", "batch_uuid": "u",
-                  "time_taken_llm": 0.1}
-    out = vllm_result(engine_row)
+                  "num_input_tokens": 21, "generated_tokens": [1] * 8 + [2], "prompt": "...", "batch_uuid": "u",
+                  "time_taken_llm": 0.1, "__inference_error__": ""}
+    out = vllm_result(engine_row, eos_ids=frozenset({2}))
     assert set(out) == {"id", "messages", "temperature", "top_p", "seed", "max_new_tokens", *engines.OUTPUT_COLUMNS}
     assert json.loads(out["messages"]) == MESSAGES
     assert (out["finish_reason"], out["prompt_tokens"], out["completion_tokens"]) == ("stop", 21, 9)
-    assert vllm_result({**engine_row, "num_generated_tokens": 32})["finish_reason"] == "length"
+    # max_tokens reached without EOS: cut off; the same length ending in EOS: stopped
+    full = {**engine_row, "generated_tokens": [1] * 32}
+    assert vllm_result(full, eos_ids=frozenset({2}))["finish_reason"] == "length"
+    assert vllm_result({**full, "generated_tokens": [1] * 31 + [2]}, eos_ids=frozenset({2}))["finish_reason"] == "stop"
+    failed = vllm_result({**engine_row, "__inference_error__": "ValueError: too long"}, eos_ids=frozenset({2}))
+    assert failed["finish_reason"] == "error" and "too long" in failed["error"] and failed["generated_text"] == ""

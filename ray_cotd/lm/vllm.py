@@ -1,0 +1,382 @@
+"""Student generation on vLLM: lm.generate's two-stage contract on vLLM's engine.
+
+    stage 1: prompt ids (the same ids the HF backend feeds)   -> rationale ids
+    stage 2: prompt + kept rationale ids + ids of STAGE2_PREFIX -> answer ids
+
+Both stages send token ids (vLLM's TokensPrompt), never text, so stage 2 sees exactly the marker
+ids training saw; with prefix caching on (the default) stage 2 reuses stage 1's computed KV blocks
+instead of prefilling prompt + rationale again (RequestOutput.num_cached_tokens says how many).
+What each stage keeps is decided by lm.generate.StageRules replayed over the ids vLLM returned:
+the same rules, on the same tokenizer's pieces, as the HF decoding loop. vLLM's own stop (the
+marker string, "\\n" after the answer, EOS) only ends a request early; greedy tokens before the cut
+do not depend on it.
+
+Which students run here (`student_plan`): the base model or full weights as the engine's model,
+a LoRA student as a LoRARequest on its base (vLLM applies the adapter per request, so one engine
+serves the untrained baseline and every LoRA student of that base). A P-Tuning student (a prompt
+encoder in its directory) is refused with the reason: its virtual-token embeddings are not fed
+here, and answering without them would be a different model; the HF backend runs it.
+
+vLLM runs its engine core in a child process; a script that builds an engine in `__main__` needs
+the `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
+
+from ray_cotd.config import ConfigError, ModelSpec, VLLMEngineSpec
+from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
+from ray_cotd.lm.generate import GenerationLimits, StageRules, TwoStageResult, _Row, eos_token_ids, split_one_stage
+from ray_cotd.lm.model import ADAPTER_CONFIG, ModelLoadError, check_adapter, load_tokenizer, resolve_source
+from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG
+
+# vLLM accepts these LoRA ranks only (vllm.config.lora.MaxLoRARanks); an adapter's r is rounded up.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Stage 1 may stop as soon as the marker is written; the replayed rule then cuts before it.
+STAGE1_STOP = ("The answer is",)
+# Stage 2: the answer ends at a newline at the latest (answer_end also ends it after a period).
+STAGE2_STOP = ("\n",)
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+class UnsupportedStudent(ModelLoadError):
+    """A student the vLLM backend cannot run as trained; the message says why and what can."""
+
+
+class EngineStartError(ConfigError):
+    """A vLLM engine that cannot start; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """How a student runs on vLLM: the engine's model, and a LoRA adapter applied per request."""
+
+    source: str  # what the engine loads (a local directory or hub id)
+    dtype: str
+    lora_dir: str | None = None
+    lora_rank: int | None = None
+
+
+def student_plan(spec: ModelSpec) -> StudentPlan:
+    """The engine model and LoRA adapter of `spec`, or UnsupportedStudent for a P-Tuning student."""
+    check_adapter(spec)
+    for directory in (spec.adapter, spec.source):
+        if directory and (Path(directory) / PROMPT_ENCODER_CONFIG).is_file():
+            raise UnsupportedStudent(
+                f"{directory} is a P-Tuning student ({PROMPT_ENCODER_CONFIG}): the vLLM backend does not feed its "
+                "virtual-token embeddings, so it would answer as another model; use backend: hf for it")
+    base = ModelSpec(source=spec.source, gguf_file=spec.gguf_file, dtype=spec.dtype,
+                     trust_remote_code=spec.trust_remote_code)
+    source = resolve_source(base)
+    if not spec.adapter:
+        return StudentPlan(source, spec.dtype)
+    adapter_config = Path(spec.adapter) / ADAPTER_CONFIG
+    if not adapter_config.is_file():  # a student.json without LoRA weights and without a prompt encoder
+        raise UnsupportedStudent(f"{spec.adapter} has no LoRA adapter ({ADAPTER_CONFIG}) for vLLM to apply")
+    rank = int(json.loads(adapter_config.read_text()).get("r", 16))
+    return StudentPlan(source, spec.dtype, str(Path(spec.adapter).resolve()), rank)
+
+
+def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: int | None = None,
+                  max_loras: int = 1, seed: int = 0, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Keyword arguments of vllm.LLM / AsyncEngineArgs for one engine."""
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {
+        "model": source,
+        "dtype": vspec.dtype or dtype,
+        "enable_prefix_caching": vspec.enable_prefix_caching,
+        "enforce_eager": vspec.enforce_eager if vspec.enforce_eager is not None else not on_gpu,
+        "seed": seed,
+        "trust_remote_code": trust_remote_code,
+        "tensor_parallel_size": vspec.tensor_parallel_size,
+        "pipeline_parallel_size": vspec.pipeline_parallel_size,
+    }
+    if vspec.max_model_len is not None:
+        kwargs["max_model_len"] = vspec.max_model_len
+    if vspec.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = vspec.max_num_seqs
+    if on_gpu:
+        kwargs["gpu_memory_utilization"] = vspec.gpu_memory_utilization
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_loras=max_loras,
+                      max_lora_rank=next((r for r in LORA_RANKS if r >= lora_rank), LORA_RANKS[-1]))
+    return {**kwargs, **vspec.engine_kwargs}
+
+
+def engine_env(vspec: VLLMEngineSpec) -> dict[str, str]:
+    """Environment the engine process reads at start (it is spawned, so it inherits ours)."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(vspec.kv_cache_gib)}
+    env.setdefault("VLLM_LOGGING_LEVEL", os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"))
+    return env
+
+
+def quiet_resource_tracker() -> None:
+    """Ray worker setup hook (`runtime_env["worker_process_setup_hook"]`) for actors that run a
+    vLLM engine: a clean end of a successful run.
+
+    When a Ray worker exits, Ray kills its child processes, Python's multiprocessing resource
+    tracker among them, while the worker may still be finalizing vLLM's shared memory. Its
+    unregister calls then start a fresh tracker, which prints a KeyError traceback for every name
+    it never saw. Here an unregister is dropped once the tracker is dead: the segment itself is
+    already unlinked by its owner, and a dead tracker has nothing left to clean.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker  # private, on purpose: the module offers no switch
+    send = tracker._send
+
+    def _send(cmd: str, name: str, rtype: str) -> None:
+        if cmd == "UNREGISTER" and tracker._fd is not None and not tracker._check_alive():
+            return
+        send(cmd, name, rtype)
+
+    tracker._send = _send
+
+
+def check_engine(source: str, vspec: VLLMEngineSpec, *, dtype: str, trust_remote_code: bool = False) -> int:
+    """What makes a vLLM engine fail to start, checked before it starts; returns the context length.
+
+    max_model_len beyond the model's positions, and (CPU) a KV cache too small for one sequence of
+    max_model_len, each raise EngineStartError naming the setting. A missing model path was already
+    a ModelLoadError in resolve_source.
+    """
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    positions = getattr(config, "max_position_embeddings", None)
+    length = vspec.max_model_len or positions
+    if positions is not None and vspec.max_model_len is not None and vspec.max_model_len > positions:
+        raise EngineStartError(f"vllm.max_model_len: {vspec.max_model_len} is beyond the model's {positions} "
+                               f"positions (max_position_embeddings of {source})")
+    if length is not None and not torch.cuda.is_available():
+        layers = getattr(config, "num_hidden_layers", 0)
+        heads = getattr(config, "num_attention_heads", 1)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES[vspec.dtype or dtype]
+        if per_token * length > vspec.kv_cache_gib * (1 << 30):
+            raise EngineStartError(
+                f"vllm.kv_cache_gib: {vspec.kv_cache_gib} GiB cannot hold one sequence of {length} tokens "
+                f"({per_token * length / (1 << 30):.2f} GiB); raise kv_cache_gib or lower vllm.max_model_len")
+    return int(length) if length is not None else 0
+
+
+def start_engine(kwargs: dict[str, Any], vspec: VLLMEngineSpec) -> Any:
+    """A vllm.LLM, or EngineStartError with vLLM's reason and the model it tried."""
+    from vllm import LLM
+
+    os.environ.update(engine_env(vspec))
+    try:
+        return LLM(**kwargs)
+    except Exception as err:  # vLLM raises many types at start; all mean the engine cannot run
+        raise EngineStartError(f"the vLLM engine for {kwargs['model']} failed to start "
+                               f"({type(err).__name__}: {err}); check the vllm settings") from err
+
+
+def generation_eos(source: str, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """lm.generate's end-of-sequence rule, from the model's generation_config.json when it has one."""
+    try:
+        config = GenerationConfig.from_pretrained(source)
+    except OSError:
+        config = None
+    return eos_token_ids(config, tokenizer)
+
+
+def stage_params(limits: GenerationLimits, *, max_tokens: int, stop: Sequence[str], eos_ids: frozenset[int],
+                 seed: int) -> Any:
+    """vllm.SamplingParams of one request: greedy, or temperature/top_p sampling seeded per request.
+
+    stop_token_ids holds the EOS ids of lm.generate's rule, so vLLM ends where HF decoding does;
+    the EOS and stop-string tokens stay in the returned ids, where the replayed rules see them.
+    """
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=limits.temperature if limits.do_sample else 0.0,
+        top_p=limits.top_p if limits.do_sample else 1.0,
+        seed=seed if limits.do_sample else None,
+        stop=list(stop),
+        stop_token_ids=sorted(eos_ids),
+        include_stop_str_in_output=True,
+        skip_special_tokens=True,
+    )
+
+
+@dataclass
+class StageStats:
+    """What the last call did, for benchmarks: prompt tokens sent and those found in the prefix cache."""
+
+    stage2_prompt_tokens: int = 0
+    stage2_cached_tokens: int = 0
+
+
+class VLLMGenerator:
+    """Two-stage answers from a student on a vLLM engine; the API of lm.generate.Generator.
+
+    engine: a vllm.LLM (one engine may serve several VLLMGenerators: the baseline and the LoRA
+    students of one base). lora: a vllm LoRARequest applied to every request, or None.
+    """
+
+    def __init__(self, engine: Any, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int], *,
+                 lora: Any = None, few_shot: list[tuple[str, str, str]] | None = None) -> None:
+        self.engine, self.tokenizer, self.eos_ids, self.lora, self.few_shot = engine, tokenizer, eos_ids, lora, few_shot
+        self.rules = StageRules(tokenizer, eos_ids)
+        self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
+        self.stats = StageStats()
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, vspec: VLLMEngineSpec | None = None,
+                  few_shot: list[tuple[str, str, str]] | None = None) -> VLLMGenerator:
+        """One engine for one student (evaluation shares engines through VLLMEngines instead)."""
+        engines = VLLMEngines(vspec or VLLMEngineSpec(), [spec])
+        return engines.generator(spec, few_shot=few_shot)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+
+    def _run(self, prompts: list[list[int]], params: list[Any]) -> list[list[int]]:
+        """Generated ids of each prompt, in order."""
+        outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False,
+                                       lora_request=self.lora)
+        self._last_outputs = outputs
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def _params(self, limits: GenerationLimits, n: int, max_tokens: int, stop: Sequence[str]) -> list[Any]:
+        # Sampled rows draw with seed + row index: rows of one call must not repeat each other.
+        return [stage_params(limits, max_tokens=max_tokens, stop=stop, eos_ids=self.eos_ids, seed=limits.seed + i)
+                for i in range(n)]
+
+    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """Rationale, then answer from question + rationale ids (see the module doc)."""
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        prompts = [self.prompt_ids(q) for q in questions]
+        t0 = time.perf_counter()
+        generated = self._run(prompts, self._params(limits, len(prompts), limits.max_rationale_tokens, STAGE1_STOP))
+        rows1 = [self.rules.replay(_Row(p), ids, limits.max_rationale_tokens, self.rules.stage1)
+                 for p, ids in zip(prompts, generated)]
+        t1 = time.perf_counter()
+        rows2 = self._stage2([r.prefix + r.generated[: r.keep] for r in rows1], limits)
+        t2 = time.perf_counter()
+        return [
+            self.rules.result(q, self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
+                              r2.generated[: r2.keep], prompt_tokens=len(r1.prefix), rationale_tokens=r1.keep,
+                              answer_tokens=len(r2.generated), stage1_s=t1 - t0, stage2_s=t2 - t1,
+                              rationale_stop=r1.stop)
+            for q, r1, r2 in zip(questions, rows1, rows2)
+        ]
+
+    def _stage2(self, kept: list[list[int]], limits: GenerationLimits) -> list[_Row]:
+        prompts = [k + self.stage2_ids for k in kept]
+        generated = self._run(prompts, self._params(limits, len(prompts), limits.max_answer_tokens, STAGE2_STOP))
+        self.stats = StageStats(sum(len(p) for p in prompts),
+                                sum(o.num_cached_tokens or 0 for o in self._last_outputs))
+        return [self.rules.replay(_Row(p), ids, limits.max_answer_tokens, self.rules.stage2)
+                for p, ids in zip(prompts, generated)]
+
+    def answer_from_rationales(self, questions: list[str], rationales: list[str],
+                               limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """Stage 2 only, on given rationale texts (the faithfulness check swaps them)."""
+        if len(questions) != len(rationales):
+            raise ValueError(f"{len(questions)} questions but {len(rationales)} rationales")
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        t0 = time.perf_counter()
+        rows = self._stage2([self.prompt_ids(q) + encode(self.tokenizer, r.strip())
+                             for q, r in zip(questions, rationales)], limits)
+        t2 = time.perf_counter() - t0
+        return [
+            self.rules.result(q, r.strip(), row.generated[: row.keep],
+                              prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
+                              answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
+            for q, r, row in zip(questions, rationales, rows)
+        ]
+
+    def one_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+        """One pass: the student writes rationale and answer itself (see Generator.one_stage)."""
+        if not questions:
+            return []
+        limits = limits or GenerationLimits()
+        budget = limits.max_rationale_tokens + limits.max_answer_tokens
+        prompts = [self.prompt_ids(q) for q in questions]
+        t0 = time.perf_counter()
+        generated = self._run(prompts, self._params(limits, len(prompts), budget, ()))
+        rows = [self.rules.replay(_Row(p), ids, budget, self.rules.one_stage) for p, ids in zip(prompts, generated)]
+        seconds = time.perf_counter() - t0
+        return [split_one_stage(self.tokenizer, q, row, seconds) for q, row in zip(questions, rows)]
+
+
+class VLLMEngines:
+    """The vLLM engines one process needs for a set of students: one per distinct engine model,
+    LoRA enabled where a LoRA student uses that base (each adapter gets its own LoRARequest id)."""
+
+    def __init__(self, vspec: VLLMEngineSpec, specs: list[ModelSpec]) -> None:
+        self.vspec = vspec
+        self.plans = {self._key(s): student_plan(s) for s in specs}
+        self.engines: dict[tuple[str, str], Any] = {}
+        self.tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self.loras: dict[str, Any] = {}
+        self.specs = {self._key(s): s for s in specs}
+
+    @staticmethod
+    def _key(spec: ModelSpec) -> str:
+        return json.dumps([spec.source, spec.gguf_file, spec.adapter, spec.dtype], sort_keys=True)
+
+    def _engine(self, plan: StudentPlan, spec: ModelSpec) -> Any:
+        key = (plan.source, self.vspec.dtype or plan.dtype)
+        if key not in self.engines:
+            siblings = [p for p in self.plans.values() if (p.source, self.vspec.dtype or p.dtype) == key]
+            ranks = [p.lora_rank for p in siblings if p.lora_rank is not None]
+            check_engine(plan.source, self.vspec, dtype=plan.dtype, trust_remote_code=spec.trust_remote_code)
+            kwargs = engine_kwargs(plan.source, self.vspec, dtype=plan.dtype, lora_rank=max(ranks) if ranks else None,
+                                   max_loras=max(1, len(ranks)), trust_remote_code=spec.trust_remote_code)
+            self.engines[key] = start_engine(kwargs, self.vspec)
+        return self.engines[key]
+
+    def generator(self, spec: ModelSpec, *, few_shot: list[tuple[str, str, str]] | None = None) -> VLLMGenerator:
+        key = self._key(spec)
+        if key not in self.plans:
+            self.plans[key] = student_plan(spec)
+            self.specs[key] = spec
+        plan = self.plans[key]
+        engine = self._engine(plan, spec)
+        if plan.source not in self.tokenizers:
+            self.tokenizers[plan.source] = load_tokenizer(ModelSpec(source=plan.source, dtype=plan.dtype,
+                                                                    trust_remote_code=spec.trust_remote_code))
+        tokenizer = self.tokenizers[plan.source]
+        lora = None
+        if plan.lora_dir is not None:
+            if plan.lora_dir not in self.loras:
+                from vllm.lora.request import LoRARequest
+
+                self.loras[plan.lora_dir] = LoRARequest(Path(plan.lora_dir).name, len(self.loras) + 1, plan.lora_dir)
+            lora = self.loras[plan.lora_dir]
+        return VLLMGenerator(engine, tokenizer, generation_eos(plan.source, tokenizer), lora=lora, few_shot=few_shot)
+
+
+__all__ = [
+    "EngineStartError",
+    "StudentPlan",
+    "UnsupportedStudent",
+    "VLLMEngines",
+    "VLLMGenerator",
+    "check_engine",
+    "engine_env",
+    "engine_kwargs",
+    "generation_eos",
+    "quiet_resource_tracker",
+    "stage_params",
+    "start_engine",
+    "student_plan",
+]
