@@ -2,6 +2,8 @@
 
     python bench/serve.py --quick          # < 5 minutes on a 2-core CPU box
     python bench/serve.py                  # longer rationales, more requests per level
+    python bench/serve.py --load           # 16 clients for 3 minutes: 60% reason, 30% chat, 10% stream
+    python bench/serve.py --load --duration 10 --clients 4     # a smoke run of the load mode
 
 Starts a local Ray cluster, serves the real default student with `run_serve`, and drives
 POST /v1/reason from 1, 4 and 16 closed-loop clients (each sends its next request when the last one
@@ -10,12 +12,23 @@ and driven by 16 clients again. Every request in both modes is the same question
 
 Last line: `batched_over_sequential=<ratio> p99_ms_16=<ms>`: requests/s at 16 clients with dynamic
 batching over requests/s at 16 clients one at a time, and the batched p99 latency at 16 clients.
+
+`--load` (issue 23) deploys one batched replica and measures two things:
+1. The short request under streams: 7 long streams (sampled at temperature 2, so each runs to the
+   rationale bound) start, and once they decode, one 8-token /v1/reason is timed; the streams are
+   then closed (their clients leave).
+2. Mixed load: `--clients` closed-loop clients for `--duration` seconds, each request drawn at
+   random (seeded) as 60% /v1/reason, 30% chat and 10% streamed chat. An error is any status but
+   200, or a stream without `[DONE]` or with an error event.
+Last line: `requests=N errors=E p50_ms=.. p99_ms=.. reason_p50_ms=.. ... stream_p99_ms=..
+short_under_7_streams_ms=.. streams_running_at_short=..` (latency of a stream: until `[DONE]`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import threading
@@ -88,6 +101,157 @@ def drive(url: str, clients: int, per_client: int, limits: dict) -> dict:
     }
 
 
+# --load: the request mix (issue 23) and the short request timed under streams.
+MIX = {"reason": 0.6, "chat": 0.3, "stream": 0.1}
+SHORT_UNDER_STREAMS = 7
+SHORT_TOKENS = 8
+
+
+def chat_body(cfg: ServeConfig, question: str, stream: bool, **extra) -> dict:
+    return {"model": cfg.model_name, "stream": stream, "messages": [{"role": "user", "content": question}], **extra}
+
+
+def read_stream(response: requests.Response, first_content: threading.Event | None = None,
+                leave: threading.Event | None = None) -> bool:
+    """Read an SSE chat stream; True when it ended with [DONE] and no error event. `first_content`
+    is set at the first rationale piece; a set `leave` closes the stream (the client leaves)."""
+    ok = True
+    for line in response.iter_lines():
+        if leave is not None and leave.is_set():
+            return False
+        if line == b"data: [DONE]":
+            return ok
+        if line.startswith(b'data: {"error"'):
+            ok = False
+        elif first_content is not None and b'"content": "' in line and b'"content": ""' not in line:
+            first_content.set()
+    return False
+
+
+def short_under_streams(url: str, cfg: ServeConfig) -> dict:
+    """Latency of an 8-token /v1/reason while 7 long streams decode (issue 23: 43.7 s before)."""
+    started = [threading.Event() for _ in range(SHORT_UNDER_STREAMS)]
+    finished = [threading.Event() for _ in range(SHORT_UNDER_STREAMS)]
+    leave = threading.Event()
+
+    def stream(i: int) -> None:
+        body = chat_body(cfg, QUESTIONS[i % len(QUESTIONS)], True, max_tokens=cfg.max_rationale_tokens,
+                         temperature=2.0, seed=i)
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=600) as r:
+            if read_stream(r, started[i], leave):
+                finished[i].set()
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(SHORT_UNDER_STREAMS)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 300
+    while sum(e.is_set() for e in started) < min(SHORT_UNDER_STREAMS, cfg.max_concurrent_streams):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the streams did not start decoding within 300 s")
+        time.sleep(0.05)
+    start = time.perf_counter()
+    r = requests.post(f"{url}/v1/reason", json={"question": QUESTIONS[3], "max_rationale_tokens": SHORT_TOKENS,
+                                                "max_answer_tokens": 4}, timeout=600)
+    elapsed = time.perf_counter() - start
+    running = sum(not e.is_set() for e in finished)
+    leave.set()
+    for t in threads:
+        t.join()
+    r.raise_for_status()
+    return {"short_ms": elapsed * 1000, "streams_running": running,
+            "streams_decoding": sum(e.is_set() for e in started)}
+
+
+def mixed_load(url: str, cfg: ServeConfig, clients: int, duration_s: float, limits: dict) -> dict:
+    """`clients` closed-loop clients for `duration_s`, each request drawn from MIX (seeded per client)."""
+    latencies: dict[str, list[float]] = {kind: [] for kind in MIX}
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration_s
+    kinds, weights = list(MIX), list(MIX.values())
+
+    def client(k: int) -> None:
+        rng = random.Random(k)
+        with requests.Session() as session:
+            i = 0
+            while time.monotonic() < stop_at:
+                kind = rng.choices(kinds, weights)[0]
+                question = QUESTIONS[(k + i) % len(QUESTIONS)]
+                i += 1
+                start = time.perf_counter()
+                try:
+                    if kind == "reason":
+                        r = session.post(f"{url}/v1/reason", json={"question": question, **limits}, timeout=600)
+                        ok, status = r.status_code == 200, str(r.status_code)
+                    else:
+                        body = chat_body(cfg, question, kind == "stream", max_tokens=limits["max_rationale_tokens"])
+                        with session.post(f"{url}/v1/chat/completions", json=body, stream=kind == "stream",
+                                          timeout=600) as r:
+                            ok = r.status_code == 200 and (kind == "chat" or read_stream(r))
+                            status = str(r.status_code) if r.status_code != 200 else "stream_error"
+                except requests.RequestException as err:
+                    ok, status = False, type(err).__name__
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if ok:
+                        latencies[kind].append(elapsed)
+                    else:
+                        errors[f"{kind}:{status}"] = errors.get(f"{kind}:{status}", 0) + 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    every = [x for values in latencies.values() for x in values]
+    out: dict = {"clients": clients, "wall_s": round(wall, 1), "requests": len(every) + sum(errors.values()),
+                 "errors": sum(errors.values()), "error_kinds": errors, "rps": len(every) / wall}
+    for name, values in [("all", every), *latencies.items()]:
+        out[name] = {"n": len(values), "p50_ms": percentile(values, 50) * 1000 if values else float("nan"),
+                     "p99_ms": percentile(values, 99) * 1000 if values else float("nan")}
+    return out
+
+
+def run_load(args: argparse.Namespace, rationale_tokens: int, answer_tokens: int) -> None:
+    """--load: the short request under streams, then the mixed load (see the module doc)."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=max(2, int(args.num_cpus)), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    # The bound is the streams' length; reason and chat ask for `rationale_tokens` below it.
+    cfg = ServeConfig(port=free_port(), num_cpus=args.num_cpus, max_batch_size=args.batch_size,
+                      max_ongoing_requests=max(32, args.batch_size, args.clients), batch_wait_timeout_s=0.05,
+                      max_rationale_tokens=max(4 * rationale_tokens, 96), max_answer_tokens=answer_tokens,
+                      request_timeout_s=600.0)
+    limits = {"max_rationale_tokens": rationale_tokens, "max_answer_tokens": answer_tokens}
+    try:
+        url = deploy(cfg)
+        probe = short_under_streams(url, cfg)
+        print(f"[load] short request under streams: {json.dumps(probe)}", file=sys.stderr, flush=True)
+        load = mixed_load(url, cfg, args.clients, args.duration, limits)
+        print(f"[load] mixed: {json.dumps(load)}", file=sys.stderr, flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    print(f"limits: reason/chat rationale<={rationale_tokens} answer<={answer_tokens} tokens, streams "
+          f"rationale<={cfg.max_rationale_tokens}; replica num_cpus={args.num_cpus}, max_batch_size={args.batch_size}, "
+          f"max_concurrent_streams={cfg.max_concurrent_streams}; {args.clients} clients for {args.duration:.0f} s")
+    print(f"{'kind':<8}{'ok':>6}{'p50 ms':>9}{'p99 ms':>9}")
+    for kind in ("all", *MIX):
+        print(f"{kind:<8}{load[kind]['n']:>6}{load[kind]['p50_ms']:>9.0f}{load[kind]['p99_ms']:>9.0f}")
+    print(f"errors: {load['errors']} {load['error_kinds']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"limits": limits, "config": {"max_batch_size": args.batch_size, "num_cpus": args.num_cpus,
+                                                    "max_concurrent_streams": cfg.max_concurrent_streams},
+                       "short_under_streams": probe, "load": load}, f, indent=1)
+    per_kind = " ".join(f"{kind}_{q}_ms={load[kind][f'{q}_ms']:.0f}" for kind in MIX for q in ("p50", "p99"))
+    print(f"requests={load['requests']} errors={load['errors']} p50_ms={load['all']['p50_ms']:.0f} "
+          f"p99_ms={load['all']['p99_ms']:.0f} {per_kind} short_under_7_streams_ms={probe['short_ms']:.0f} "
+          f"streams_running_at_short={probe['streams_running']}")
+
+
 def deploy(cfg: ServeConfig) -> str:
     from ray_cotd.serve import run_serve
 
@@ -106,11 +270,17 @@ def main() -> None:
     # slower than 1 (OpenMP threads spin-wait for a core); raise it on a dedicated machine.
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs (torch threads) of the one replica")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--load", action="store_true", help="mixed load and the short request under streams")
+    parser.add_argument("--clients", type=int, default=16, help="--load: closed-loop clients")
+    parser.add_argument("--duration", type=float, default=180.0, help="--load: seconds of mixed load")
     args = parser.parse_args()
 
     # Short rationales make prefill (which batching does not speed up) a large share of the cost, so
     # --quick keeps 24 tokens rather than fewer; served students write ~64-192.
     rationale_tokens, answer_tokens = (24, 4) if args.quick else (64, 8)
+    if args.load:
+        run_load(args, rationale_tokens, answer_tokens)
+        return
     # requests per client at 1, 4 and 16 clients (batched), and at 16 clients one at a time: its queue
     # stays full until the last request, so one request per client already measures its throughput.
     plan = {1: 2, 4: 2, 16: 2} if args.quick else {1: 12, 4: 8, 16: 8}

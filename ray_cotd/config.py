@@ -335,6 +335,9 @@ class ServeConfig(StageConfig):
     max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size")
     max_batch_size: int = doc(8, "dynamic batch size (1 = one request at a time)")
     batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill")
+    max_concurrent_streams: int = doc(
+        4, "streamed requests decoding at once per replica, each in its own thread (more wait for one); "
+           "batches have their own thread, so a short request is never queued behind streams")
     max_body_bytes: int = doc(65536, "larger request bodies get 413")
     max_question_chars: int = doc(4000, "longer questions get 413")
     max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens")
@@ -347,7 +350,7 @@ class ServeConfig(StageConfig):
     def validate(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("max_ongoing_requests: must be >= max_batch_size, or Serve caps every batch")
-        for key in ("num_replicas", "max_batch_size", "max_body_bytes", "max_question_chars",
+        for key in ("num_replicas", "max_batch_size", "max_concurrent_streams", "max_body_bytes", "max_question_chars",
                     "max_rationale_tokens", "max_answer_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1")

@@ -12,7 +12,8 @@ Split by concern (STYLE 7: the HTTP layers are plain FastAPI, testable without R
     schema.py      request and response bodies, the OpenAI-shaped error body (pydantic)
     guard.py       errors and their mapping, the auth + body-size guard, the request log
     api.py         create_api(cfg, backend): routes, limits, the chat question, SSE; the Backend protocol
-    hf.py          HFBackend: the replica's Generator behind Serve's batcher, streams in a thread
+    hf.py          HFBackend: the replica's Generator behind Serve's batcher and stream threads; a
+                   failed request fails alone, abandoned generation stops within one step
     deployment.py  StudentService (the replica), app_from_config, build_app, run_serve
 
 `build_app` is the builder for `serve run` / `serve deploy` YAML (`import_path:

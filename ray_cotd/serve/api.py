@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_cotd.config import ServeConfig
 from ray_cotd.lm.generate import STAGE2_PREFIX, GenerationLimits, TwoStageResult
 from ray_cotd.serve.guard import (
+    CLIENT_CLOSED,
     ERROR_TYPES,
     HEALTH_PATH,
     ApiError,
@@ -67,7 +68,13 @@ SAMPLING_FLOOR = 1e-4  # temperature or top_p below this decodes greedily (see _
 
 
 class Backend(Protocol):
-    """What the API needs from a model host (the Serve replica's backend, or a test double)."""
+    """What the API needs from a model host (the Serve replica's backend, or a test double).
+
+    Abandoned work must stop: the API cancels `reason` when its client disconnects or the request
+    times out, and closes the `stream` iterator when its client leaves; the backend then stops that
+    request's generation within one decoding step. A failure raised for one request must not fail
+    the other requests it was batched with.
+    """
 
     async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult: ...
 
@@ -196,6 +203,7 @@ def create_api(cfg: ServeConfig, backend: Backend, *, token_sha256: str | None =
         return result
 
     errors = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503)}
+    model_errors = {**errors, 404: {"model": ErrorBody, "description": "`model` is not the served model"}}
 
     @app.get(HEALTH_PATH, response_model=Health, tags=["operations"])
     async def healthz() -> Health:
@@ -232,7 +240,7 @@ def create_api(cfg: ServeConfig, backend: Backend, *, token_sha256: str | None =
         return ModelCard(id=cfg.model_name, created=started)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-              responses={**errors, 200: {"content": {"text/event-stream": {}}}}, tags=["openai"])
+              responses={**model_errors, 200: {"content": {"text/event-stream": {}}}}, tags=["openai"])
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         """OpenAI chat completion: content = rationale + "\\nThe answer is X."; `stream` sends SSE."""
         _check_model(body.model, cfg)
@@ -282,23 +290,27 @@ def _publish_config(app: FastAPI, cfg: ServeConfig, auth: bool) -> None:
     """Make the OpenAPI schema state this server's bounds and auth, not just the static models.
 
     The request models carry only config-independent constraints; the config's bounds (question
-    length, token limits) are checked per request and written into the schema here, so clients and
-    fuzzers see what the server accepts. The bearer scheme is declared when auth is on (the Guard
-    middleware enforces it).
+    length, token limits) and the served model name are checked per request and written into the
+    schema here, so clients and fuzzers see what the server accepts. The bearer scheme is declared
+    when auth is on (the Guard middleware enforces it).
     """
     build = app.openapi
-    bounds = {"question": {"maxLength": cfg.max_question_chars},
-              "max_rationale_tokens": {"maximum": cfg.max_rationale_tokens},
-              "max_answer_tokens": {"maximum": cfg.max_answer_tokens}}
+    bounds = {"ReasonRequest": {"question": {"maxLength": cfg.max_question_chars},
+                                "max_rationale_tokens": {"maximum": cfg.max_rationale_tokens},
+                                "max_answer_tokens": {"maximum": cfg.max_answer_tokens}},
+              "ChatCompletionRequest": {"model": {"enum": [cfg.model_name]}}}
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            props = schema["components"]["schemas"]["ReasonRequest"]["properties"]
-            for name, bound in bounds.items():
-                for branch in props[name].get("anyOf", [props[name]]):  # Optional[...] = anyOf [T, null]
-                    if branch.get("type") != "null":
-                        branch.update(bound)
+            for model, fields in bounds.items():
+                props = schema["components"]["schemas"][model]["properties"]
+                for name, bound in fields.items():
+                    for branch in props[name].get("anyOf", [props[name]]):  # Optional[...] = anyOf [T, null]
+                        if branch.get("type") != "null":
+                            branch.update(bound)
+            model_id = schema["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]
+            model_id["schema"]["enum"] = [cfg.model_name]  # any other is a 404, as for the chat `model`
             if auth:
                 schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
                 for path, ops in schema["paths"].items():
@@ -319,7 +331,8 @@ async def _sse_chat(backend: Backend, question: str, limits: GenerationLimits, c
     """OpenAI chunk events: role, rationale pieces, the answer segment, finish, [usage], [DONE].
 
     The status line (200) is already sent when generation starts, so a failure mid-stream is an
-    `error` event (which OpenAI clients raise) followed by [DONE].
+    `error` event (which OpenAI clients raise) followed by [DONE]. A client that leaves cancels
+    this generator; closing `stream` stops the backend's generation, and the log says so.
     """
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -346,6 +359,10 @@ async def _sse_chat(backend: Backend, question: str, limits: GenerationLimits, c
                 result = item
         if result is None:
             raise RuntimeError("the stream ended without a result")
+    except asyncio.CancelledError:
+        # Starlette cancels the response's task on a disconnect and returns normally: say so here.
+        log_fields["error"] = CLIENT_CLOSED
+        raise
     except Exception as err:  # the client already has a 200: report in-band
         api_err = model_failure(err)
         log_fields["error"] = api_err.code

@@ -12,14 +12,17 @@ Two hand-written ASGI middlewares are kept, because neither FastAPI, Starlette n
   Serve's proxy have no request-body limit at all. A chunked body carries no length, so the guard
   reads up to the limit and replays what it read to the app (ASGI lets one reader consume it).
 - `RequestLog` writes one JSON line per request with the fields the handlers add (tokens, stage
-  times) and the outcome. Serve's access log has status and latency but not those fields, and only
-  inside a replica; Starlette's `BaseHTTPMiddleware` would run the app in another task, which
-  changes how streaming responses and cancellation reach it. The request id is ours for the same
-  reason (the API runs without Ray in tests); it is returned in `x-ray-cotd-request-id`.
+  times) and the real outcome: a request whose client went away (Serve cancels it) is status 499
+  `client_closed` (nginx's code), not a 500. Serve's access log has status and latency but not
+  those fields, and only inside a replica; Starlette's `BaseHTTPMiddleware` would run the app in
+  another task, which changes how streaming responses and cancellation reach it. The request id is
+  ours for the same reason (the API runs without Ray in tests); it is returned in
+  `x-ray-cotd-request-id`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -34,6 +37,8 @@ from fastapi.responses import JSONResponse
 from ray_cotd.serve.schema import ErrorBody, ErrorDetail
 
 HEALTH_PATH = "/healthz"
+# Logged, never sent: the client left before its response was complete (nginx's "client closed request").
+CLIENT_CLOSED_STATUS, CLIENT_CLOSED = 499, "client_closed"
 
 log = logging.getLogger("ray_cotd.serve.requests")
 
@@ -134,7 +139,9 @@ class RequestLog:
     """Outermost ASGI middleware: one JSON line per request with status and latency.
 
     Handlers add fields (tokens, question length) to `request.state.log`; rejected requests
-    (auth, size) are logged too because this wraps the guard.
+    (auth, size) are logged too because this wraps the guard. A request cancelled under it (Serve
+    cancels a request whose client disconnected), or a stream that says its client left, is
+    logged as 499 client_closed, whatever status line was already sent.
     """
 
     def __init__(self, app: Any, sink: Callable[[dict], None]) -> None:
@@ -160,7 +167,12 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_logged)
+        except asyncio.CancelledError:
+            fields["error"] = CLIENT_CLOSED
+            raise
         finally:
+            if fields.get("error") == CLIENT_CLOSED:
+                status = CLIENT_CLOSED_STATUS
             self.sink({
                 "ts": time.time(),
                 "request_id": request_id,
@@ -244,6 +256,8 @@ def _auth_problem(header: str | None, token_sha256: str) -> str | None:
 
 
 __all__ = [
+    "CLIENT_CLOSED",
+    "CLIENT_CLOSED_STATUS",
     "ERROR_TYPES",
     "HEALTH_PATH",
     "ApiError",

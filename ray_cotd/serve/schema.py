@@ -1,9 +1,10 @@
 """What goes over the wire: request and response bodies, and the OpenAI-shaped error body.
 
 Plain pydantic models; FastAPI validates requests with them and publishes them as the OpenAPI
-schema. They carry only the constraints that do not depend on the config (types, ranges, `n == 1`);
-the config's bounds (question length, token limits) are checked per request in `api.py` and
-written into the published schema there.
+schema. They carry only the constraints that do not depend on the config (types, ranges, `n == 1`,
+text a tokenizer can encode, a user turn in a chat); the config's bounds (question length, token
+limits, the served model name) are checked per request in `api.py` and written into the published
+schema there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # The schema's own ceilings; the config's bounds (checked per request) are usually far lower.
 SCHEMA_MAX_TOKENS = 1 << 16
 SCHEMA_MAX_SEED = (1 << 32) - 1
+
+# The chat question is the text of the last user message (api.chat_question): the schema states that
+# a user message with some text exists ("last" is said in the description; JSON Schema cannot).
+_SOME_TEXT = {"type": "string", "pattern": "\\S"}
+_TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": _SOME_TEXT},
+              "required": ["type", "text"]}
+USER_TURN = {
+    "type": "object",
+    "properties": {"role": {"const": "user"},
+                   "content": {"anyOf": [_SOME_TEXT, {"type": "array", "contains": _TEXT_PART}]}},
+    "required": ["role", "content"],
+}
+
+
+def whole_number(value: object) -> object:
+    """3.0 -> 3; anything else unchanged. JSON Schema's "integer" is any number without a fraction,
+    3.0 included (clients and fuzzers send it), which strict validation would refuse; "3", 3.5 and
+    true are still refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def encodable(text: str) -> str:
+    """`text` unchanged, or ValueError when it holds a lone surrogate ("\\udc80" is a valid JSON
+    escape, but no text a tokenizer can encode: the model would fail on it with a 503)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"not valid Unicode text: a lone surrogate at character {err.start}") from None
+    return text
 
 
 # ----------------------------------------------------------------------------- request models
@@ -32,6 +62,8 @@ class GenerationParams(BaseModel):
     top_p: Optional[float] = Field(None, ge=0.0, le=1.0, description="nucleus sampling p (with temperature > 0)")
     seed: Optional[int] = Field(None, ge=0, le=SCHEMA_MAX_SEED, description="sampling seed")
 
+    _whole = field_validator("max_rationale_tokens", "max_answer_tokens", "seed", mode="before")(whole_number)
+
 
 class ReasonRequest(GenerationParams):
     question: str = Field(min_length=1, description="the question, as a user would ask it")
@@ -41,7 +73,7 @@ class ReasonRequest(GenerationParams):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("question is empty (whitespace only)")
-        return value
+        return encodable(value)
 
 
 class ContentPart(BaseModel):
@@ -58,6 +90,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[ContentPart], None] = None
 
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, content: Union[str, list[ContentPart], None]) -> Union[str, list[ContentPart], None]:
+        # Every message, not only the question: one error naming the message, as /v1/reason names
+        # its question (a validator on the str branch would name the union member instead).
+        parts = [content] if isinstance(content, str) else [p.text for p in content or [] if p.text is not None]
+        for text in parts:
+            encodable(text)
+        return content
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
@@ -70,8 +112,11 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(description="the served model's name (GET /v1/models); any other is a 404")
+    messages: list[ChatMessage] = Field(
+        min_length=1, json_schema_extra={"contains": USER_TURN},
+        description="the conversation; it must hold a user message, and the last user message (its text "
+                    "non-empty) is the question the student answers (422 otherwise)")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(None, ge=1, description="caps the rationale (clamped to the server bound)")
@@ -80,6 +125,8 @@ class ChatCompletionRequest(BaseModel):
     top_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     seed: Optional[int] = Field(None, ge=0, le=SCHEMA_MAX_SEED)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
+
+    _whole = field_validator("max_tokens", "max_completion_tokens", "seed", "n", mode="before")(whole_number)
 
 
 # ---------------------------------------------------------------------------- response models
@@ -175,6 +222,7 @@ class ErrorBody(BaseModel):
 __all__ = [
     "SCHEMA_MAX_SEED",
     "SCHEMA_MAX_TOKENS",
+    "USER_TURN",
     "ChatChoice",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
@@ -194,4 +242,6 @@ __all__ = [
     "ReasonUsage",
     "ReasoningParts",
     "StreamOptions",
+    "encodable",
+    "whole_number",
 ]

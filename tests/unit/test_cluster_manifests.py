@@ -310,6 +310,20 @@ def test_rayservice_cluster_fits_the_app_and_has_its_token(manifests, serve_conf
             assert "secretKeyRef" in env["valueFrom"] and not env["valueFrom"]["secretKeyRef"].get("optional")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def test_serve_configs_listen_beyond_loopback_only_with_a_token(serve_config_v2):
+    """Issue 23: cluster/serve_config.yaml bound 0.0.0.0 with no token. A Serve config that
+    listens on other interfaces names the env var of a bearer token, which build_app requires."""
+    configs = {"serve_config.yaml": _load(CLUSTER / "serve_config.yaml"), "rayservice.yaml": serve_config_v2}
+    for name, config in configs.items():
+        host = config.get("http_options", {}).get("host", "127.0.0.1")  # Serve's default host
+        for app in config["applications"]:
+            token_env = from_dict(ServeConfig, app["args"], where="args").auth_token_env
+            assert host in LOOPBACK or token_env, f"{name}: listens on {host} without auth_token_env"
+
+
 # ---- cluster launcher ----
 
 def test_launcher_validates_against_rays_schema(launcher):

@@ -123,6 +123,18 @@ def test_resolve_limits_defaults_and_bounds_come_from_the_config():
     assert (err.value.status, err.value.param) == (422, "max_rationale_tokens") and "64" in err.value.message
 
 
+def test_a_whole_number_sent_as_a_float_is_an_integer_as_json_schema_says():
+    # The schema fuzz sends 3.0 for an "integer" field: valid JSON Schema, so it must be accepted.
+    req = ReasonRequest.model_validate({"question": "q", "max_rationale_tokens": 3.0, "seed": 7.0})
+    assert (req.max_rationale_tokens, req.seed) == (3, 7) and isinstance(req.max_rationale_tokens, int)
+    chat = ChatCompletionRequest.model_validate({"model": MODEL, "messages": [{"role": "user", "content": "q"}],
+                                                 "max_tokens": 4.0, "n": 1.0})
+    assert (chat.max_tokens, chat.n) == (4, 1)
+    for bad in ("3", 3.5, True):
+        with pytest.raises(ValidationError):
+            ReasonRequest.model_validate({"question": "q", "max_rationale_tokens": bad})
+
+
 @pytest.mark.parametrize("temperature, top_p", [(None, 0.5), (0.0, 0.5), (1e-300, None), (0.7, 0.0), (0.7, 3e-196)])
 def test_zero_temperature_or_top_p_is_greedy_like_evaluation(temperature, top_p):
     # 3e-196 is 0 in float32: sampling with it would drop every token (found by the schema fuzz).
@@ -198,6 +210,8 @@ def test_serve_config_rejects_a_batch_larger_than_ongoing_requests():
         ServeConfig(max_batch_size=16, max_ongoing_requests=8)
     with pytest.raises(ConfigError, match="max_replicas"):
         ServeConfig(num_replicas=3, max_replicas=2)
+    with pytest.raises(ConfigError, match="max_concurrent_streams"):
+        ServeConfig(max_concurrent_streams=0)
 
 
 def test_build_app_rejects_unknown_args_listing_valid_keys():
@@ -366,25 +380,112 @@ def test_openapi_schema_publishes_every_route():
     assert {"200", "400", "401", "413", "422", "503"} <= set(reason["responses"])
 
 
-def test_a_batch_with_mixed_limits_runs_one_two_stage_call_per_limits_and_keeps_order():
-    from ray_cotd.serve import HFBackend
+# ------------------------------------------------------------- issue 23: bad input, outcomes
 
-    class RecordingGenerator:
-        def __init__(self) -> None:
-            self.calls: list[tuple[list[str], GenerationLimits]] = []
 
-        def two_stage(self, questions, limits):
-            self.calls.append((questions, limits))
-            if limits.max_answer_tokens == 3:
-                raise RuntimeError("out of memory")
-            return [result(q) for q in questions]
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("content", ["a\udc80b", [{"type": "text", "text": "a\udc80b"}]], ids=["string", "parts"])
+def test_chat_text_with_a_lone_surrogate_is_422_naming_the_field_as_reason_does(content, stream):
+    # A lone surrogate is a valid JSON escape but no text a tokenizer can encode: it was a 503
+    # model_error on the chat route (a 200 with an error event when streamed) and failed its batch.
+    backend = ScriptedBackend()
+    c = client(backend=backend)
+    headers = {"content-type": "application/json"}
+    body = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": content}]}
+    r = c.post("/v1/chat/completions", content=json.dumps(body).encode(), headers=headers)
+    assert r.status_code == 422, r.text
+    assert error_of(r)["param"] == "messages[0].content" and "surrogate" in error_of(r)["message"]
+    r = c.post("/v1/reason", content=json.dumps({"question": "a\udc80b"}).encode(), headers=headers)
+    assert r.status_code == 422 and error_of(r)["param"] == "question"
+    assert backend.calls == []
 
-    service = HFBackend.__new__(HFBackend)  # no model, no Ray: only the batch function
-    service.generator = RecordingGenerator()
-    short, long_, failing = (GenerationLimits(max_rationale_tokens=n, max_answer_tokens=a) for n, a in
-                             [(4, 2), (8, 2), (4, 3)])
-    items = [("q0", short), ("q1", long_), ("q2", short), ("q3", failing)]
-    out = asyncio.run(service._generate_batch(items))
-    assert [len(c[0]) for c in service.generator.calls] == [2, 1, 1]
-    assert [o.question for o in out[:3]] == ["q0", "q1", "q2"]
-    assert isinstance(out[3], RuntimeError)  # only the failing group's request fails
+
+class HangingBackend:
+    """A model that never finishes: `reason` waits forever, `stream` sends one piece, then waits."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult:
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def stream(self, question: str, limits: GenerationLimits):
+        yield "Tom "
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def call_then_leave(app, path: str, body: dict, started: asyncio.Event) -> None:
+    """Drive the ASGI app as a server would, then cancel the request the way Serve does when
+    its client disconnects."""
+    payload = json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]}
+    messages = [{"type": "http.request", "body": payload, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client never sends more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        pass
+
+    task = asyncio.create_task(app(scope, receive, send))
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/reason", {"question": "q"}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "q"}]}),
+    ("/v1/chat/completions", {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "q"}]}),
+], ids=["reason", "chat", "chat-stream"])
+def test_a_request_whose_client_left_is_logged_as_499_client_closed(path, body):
+    # Was logged as status 500: the cancellation passed through the request log as an unknown failure.
+    records: list[dict] = []
+    backend = HangingBackend()
+    app = create_api(ServeConfig(), backend, sink=records.append)
+    asyncio.run(call_then_leave(app, path, body, backend.started))
+    assert [(r["path"], r["status"], r["error"]) for r in records] == [(path, 499, "client_closed")]
+
+
+def test_a_timed_out_request_is_logged_as_503_timeout():
+    records: list[dict] = []
+    c = client(ServeConfig(request_timeout_s=0.05), ScriptedBackend(delay_s=1.0), records=records)
+    assert c.post("/v1/reason", json={"question": "q"}).status_code == 503
+    assert (records[-1]["status"], records[-1]["error"]) == (503, "timeout")
+
+
+def test_openapi_schema_pins_what_the_server_enforces():
+    schema = client().get("/openapi.json").json()
+    chat = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert chat["model"]["enum"] == [MODEL]  # any other model is a 404
+    messages = chat["messages"]
+    assert messages["contains"]["properties"]["role"] == {"const": "user"}
+    assert "user" in messages["description"]
+    for path in ("/v1/reason", "/v1/chat/completions"):
+        assert {"200", "400", "401", "413", "415", "422", "503"} <= set(schema["paths"][path]["post"]["responses"])
+    assert "404" in schema["paths"]["/v1/chat/completions"]["post"]["responses"]
+
+
+def test_schema_and_server_agree_on_the_user_turn():
+    import jsonschema
+
+    schema = client().get("/openapi.json").json()
+    messages = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]["messages"]
+    item = {"$ref": "#/components/schemas/ChatMessage"}
+    check = {**messages, "items": item, "components": schema["components"]}
+    no_user = [{"role": "system", "content": "Be brief."}]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(no_user, check)
+    jsonschema.validate(no_user + [{"role": "user", "content": "How many?"}], check)
+    r = client().post("/v1/chat/completions", json={"model": MODEL, "messages": no_user})
+    assert r.status_code == 422 and error_of(r)["param"] == "messages"
