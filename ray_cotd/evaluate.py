@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, save_resolved
+from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
 from ray_cotd.data.answers import ANSWER_TYPES, infer_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
@@ -199,10 +199,18 @@ class GenerateActor:
     (faithfulness).
     """
 
-    def __init__(self, systems: list[dict], mode: str, limits: dict, demos: dict, threads: int, use_gpu: bool) -> None:
+    def __init__(self, systems: list[dict], mode: str, limits: dict, demos: dict, threads: int, use_gpu: bool,
+                 backend: str = "hf", vllm: dict | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
+        self.backend = backend
+        self.vllm_engines: Any = None
+        if backend == "vllm":  # one engine per base model, shared by the baseline and its LoRA students
+            from ray_cotd.lm.vllm import VLLMEngines
+
+            self.vllm_engines = VLLMEngines(VLLMEngineSpec(**(vllm or {})),
+                                            [ModelSpec(**s["model"]) for s in systems])
         self.device = "cuda" if use_gpu else "cpu"
         self.systems = {s["name"]: s for s in systems}
         self.mode = mode
@@ -215,6 +223,9 @@ class GenerateActor:
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None
         key = (system, demo_type)
+        if key not in self.generators and self.vllm_engines is not None:
+            demos = [tuple(d) for d in self.demos.get(demo_type, [])] if demo_type else None
+            self.generators[key] = self.vllm_engines.generator(ModelSpec(**info["model"]), few_shot=demos or None)
         if key not in self.generators:
             model_key = json.dumps(info["model"], sort_keys=True)
             if model_key not in self.models:
@@ -262,12 +273,16 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
             "demos": {k: [list(d) for d in v] for k, v in demos.items()},
             "threads": int(cfg.cpus_per_worker),
             "use_gpu": cfg.gpus_per_worker > 0,
+            "backend": cfg.backend,
+            "vllm": asdict(cfg.vllm),
         },
         batch_size=cfg.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=cfg.cpus_per_worker,
         num_gpus=cfg.gpus_per_worker,
+        **({"runtime_env": {"worker_process_setup_hook": "ray_cotd.lm.vllm.quiet_resource_tracker"}}
+           if cfg.backend == "vllm" else {}),
     )
     by_index = {int(result["index"]): result for result in ds.take_all()}
     missing = [row for row in rows if row["index"] not in by_index]
@@ -288,6 +303,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     systems = build_systems(cfg)
     for system in systems:
         check_model(system.model)
+    if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
+        from ray_cotd.lm.vllm import check_engine, student_plan
+
+        for system in systems:
+            plan = student_plan(system.model)
+            check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=system.model.trust_remote_code)
     demos = load_few_shot(cfg.few_shot_file)
     for ts in sets:
         if any(s.few_shot for s in systems) and not demos.get(ts.answer_type):

@@ -88,6 +88,14 @@ FORMATS: tuple[str, ...] = ("cot", "least_to_most", "rar", "symbolic")
 # few-shot demonstrations (untrained: zero-shot with the students' prompt).
 BASELINES: dict[str, bool] = {"untrained": False, "few_shot": True}
 
+# Student generation backends, one `backend` key in the evaluate, train (validation) and serve
+# configs: name -> what runs the two stages. Both keep lm/generate.py's contract and stop rules.
+GENERATION_BACKENDS: dict[str, str] = {
+    "hf": "transformers forward passes in ray-cotd's own decoding loop (lm/generate.py); every student",
+    "vllm": "vLLM's engine (lm/vllm.py): base, full-weight and LoRA students; not P-Tuning",
+}
+GenerationBackend = Literal["hf", "vllm"]
+
 # The stages of `ray-cotd STAGE CONFIG`, each with one typed config (config.STAGE_CONFIGS) and one
 # runner (cli.STAGE_RUNNERS): stage -> its line in `ray-cotd --help`.
 STAGES: dict[str, str] = {
@@ -119,14 +127,17 @@ def check_choices(levels: Iterable[int], formats: Iterable[str]) -> None:
 
 
 require_keys("ObjectiveName", get_args(ObjectiveName), OBJECTIVES)
+require_keys("GenerationBackend", get_args(GenerationBackend), GENERATION_BACKENDS)
 
 __all__ = [
     "BASELINES",
     "FORMATS",
+    "GENERATION_BACKENDS",
     "LEVELS",
     "OBJECTIVES",
     "PAPER_SYMBOLS",
     "STAGES",
+    "GenerationBackend",
     "ObjectiveInfo",
     "ObjectiveName",
     "check_choices",

@@ -231,6 +231,16 @@ class StageRules:
         elif length_stop:
             row.keep, row.stop = len(row.generated), "length"
 
+    def ready_rationale(self, row: _Row) -> str:
+        """Stage-1 text that can no longer change, for streaming: the tokens before any tail that may
+        still become the marker, without trailing whitespace (stripped at the end) or a half-decoded
+        character; once the row is done, the final rationale."""
+        if row.keep is not None:
+            return self.tokenizer.decode(row.generated[: row.keep], skip_special_tokens=True).strip()
+        ready = rationale_cut(row.text, row.offsets, length_stop=True)
+        text = self.tokenizer.decode(row.generated[:ready], skip_special_tokens=True)
+        return text.lstrip().rstrip("\ufffd").rstrip()
+
     def replay(self, row: _Row, tokens: list[int], max_new: int, rule: Callable[[_Row, int, bool], None]) -> _Row:
         """Apply `rule` to tokens an engine already generated, as step-wise decoding would have:
         the row ends at the first token where the rule says so. The engine's last token counts as a
@@ -511,21 +521,12 @@ class RationaleStream(Iterator[str]):
                     self.stage1.advance()
                 if row.keep is not None:
                     self.stage1_s = time.perf_counter() - self.started
-            chunk = self._ready_text(row)[self.sent:]
+            chunk = self.gen.rules.ready_rationale(row)[self.sent:]
             if chunk:
                 self.sent += len(chunk)
                 return chunk
             if row.keep is not None:
                 raise StopIteration
-
-    def _ready_text(self, row: _Row) -> str:
-        """Rationale text that can no longer change: tokens before any tail that may still become
-        the marker, without trailing whitespace (stripped at the end) or a half-decoded character."""
-        if row.keep is not None:
-            return self.gen.tokenizer.decode(row.generated[: row.keep], skip_special_tokens=True).strip()
-        ready = rationale_cut(row.text, row.offsets, length_stop=True)
-        text = self.gen.tokenizer.decode(row.generated[:ready], skip_special_tokens=True)
-        return text.lstrip().rstrip("\ufffd").rstrip()
 
     def finish(self) -> TwoStageResult:
         if self.result is None:

@@ -107,6 +107,11 @@ def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: 
         kwargs["max_num_seqs"] = vspec.max_num_seqs
     if on_gpu:
         kwargs["gpu_memory_utilization"] = vspec.gpu_memory_utilization
+    else:
+        # vLLM 0.32's CPU sampler cannot rewind a seeded request's generator when that request's
+        # prefill is split into chunks ("CPU Generator does not use offset" kills the engine, every
+        # request with it): on CPU, prefills stay whole.
+        kwargs["enable_chunked_prefill"] = False
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_loras=max_loras,
                       max_lora_rank=next((r for r in LORA_RANKS if r >= lora_rank), LORA_RANKS[-1]))
@@ -219,6 +224,48 @@ class StageStats:
     stage2_cached_tokens: int = 0
 
 
+class TwoStages:
+    """The two stages as requests and replayed rules, engine-free: VLLMGenerator runs them in
+    batches on vllm.LLM, the serve backend one request at a time on vLLM's AsyncLLM."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int],
+                 few_shot: list[tuple[str, str, str]] | None = None) -> None:
+        self.tokenizer, self.eos_ids, self.few_shot = tokenizer, eos_ids, few_shot
+        self.rules = StageRules(tokenizer, eos_ids)
+        self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The stage-1 prompt ids: exactly what the HF backend feeds (lm.format.prompt_text)."""
+        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+
+    def params(self, limits: GenerationLimits, stage: int, seed_offset: int = 0) -> Any:
+        """SamplingParams of stage 1 (rationale) or 2 (answer); sampled rows of one call draw with
+        seed + their row index, so they do not repeat each other."""
+        if stage == 1:
+            return stage_params(limits, max_tokens=limits.max_rationale_tokens, stop=STAGE1_STOP,
+                                eos_ids=self.eos_ids, seed=limits.seed + seed_offset)
+        return stage_params(limits, max_tokens=limits.max_answer_tokens, stop=STAGE2_STOP, eos_ids=self.eos_ids,
+                            seed=limits.seed + seed_offset)
+
+    def rationale(self, prompt: list[int], generated: list[int], limits: GenerationLimits) -> _Row:
+        """Stage 1's rule replayed over vLLM's ids: what the rationale keeps, and why it stopped."""
+        return self.rules.replay(_Row(prompt), generated, limits.max_rationale_tokens, self.rules.stage1)
+
+    def stage2_prompt(self, rationale: _Row) -> list[int]:
+        """Prompt + the kept rationale ids + the marker ids training saw: token ids, never text."""
+        return rationale.prefix + rationale.generated[: rationale.keep] + self.stage2_ids
+
+    def answer(self, prompt: list[int], generated: list[int], limits: GenerationLimits) -> _Row:
+        return self.rules.replay(_Row(prompt), generated, limits.max_answer_tokens, self.rules.stage2)
+
+    def result(self, question: str, rationale: _Row, answer: _Row, stage1_s: float, stage2_s: float) -> TwoStageResult:
+        return self.rules.result(
+            question, self.tokenizer.decode(rationale.generated[: rationale.keep], skip_special_tokens=True).strip(),
+            answer.generated[: answer.keep], prompt_tokens=len(rationale.prefix), rationale_tokens=rationale.keep,
+            answer_tokens=len(answer.generated), stage1_s=stage1_s, stage2_s=stage2_s,
+            rationale_stop=rationale.stop)
+
+
 class VLLMGenerator:
     """Two-stage answers from a student on a vLLM engine; the API of lm.generate.Generator.
 
@@ -228,61 +275,44 @@ class VLLMGenerator:
 
     def __init__(self, engine: Any, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int], *,
                  lora: Any = None, few_shot: list[tuple[str, str, str]] | None = None) -> None:
-        self.engine, self.tokenizer, self.eos_ids, self.lora, self.few_shot = engine, tokenizer, eos_ids, lora, few_shot
-        self.rules = StageRules(tokenizer, eos_ids)
-        self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
+        self.engine, self.tokenizer, self.lora = engine, tokenizer, lora
+        self.stages = TwoStages(tokenizer, eos_ids, few_shot)
         self.stats = StageStats()
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, vspec: VLLMEngineSpec | None = None,
                   few_shot: list[tuple[str, str, str]] | None = None) -> VLLMGenerator:
         """One engine for one student (evaluation shares engines through VLLMEngines instead)."""
-        engines = VLLMEngines(vspec or VLLMEngineSpec(), [spec])
-        return engines.generator(spec, few_shot=few_shot)
+        return VLLMEngines(vspec or VLLMEngineSpec(), [spec]).generator(spec, few_shot=few_shot)
 
-    def prompt_ids(self, question: str) -> list[int]:
-        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+    def _run(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
+        """vLLM's RequestOutputs of the prompts, in order (one continuous-batching call)."""
+        return self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False,
+                                    lora_request=self.lora)
 
-    def _run(self, prompts: list[list[int]], params: list[Any]) -> list[list[int]]:
-        """Generated ids of each prompt, in order."""
-        outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False,
-                                       lora_request=self.lora)
-        self._last_outputs = outputs
-        return [list(o.outputs[0].token_ids) for o in outputs]
-
-    def _params(self, limits: GenerationLimits, n: int, max_tokens: int, stop: Sequence[str]) -> list[Any]:
-        # Sampled rows draw with seed + row index: rows of one call must not repeat each other.
-        return [stage_params(limits, max_tokens=max_tokens, stop=stop, eos_ids=self.eos_ids, seed=limits.seed + i)
-                for i in range(n)]
+    @staticmethod
+    def _ids(output: Any) -> list[int]:
+        return list(output.outputs[0].token_ids)
 
     def two_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
         """Rationale, then answer from question + rationale ids (see the module doc)."""
         if not questions:
             return []
         limits = limits or GenerationLimits()
-        prompts = [self.prompt_ids(q) for q in questions]
+        stages = self.stages
+        prompts = [stages.prompt_ids(q) for q in questions]
         t0 = time.perf_counter()
-        generated = self._run(prompts, self._params(limits, len(prompts), limits.max_rationale_tokens, STAGE1_STOP))
-        rows1 = [self.rules.replay(_Row(p), ids, limits.max_rationale_tokens, self.rules.stage1)
-                 for p, ids in zip(prompts, generated)]
+        outputs = self._run(prompts, [stages.params(limits, 1, i) for i in range(len(prompts))])
+        rationales = [stages.rationale(p, self._ids(o), limits) for p, o in zip(prompts, outputs)]
         t1 = time.perf_counter()
-        rows2 = self._stage2([r.prefix + r.generated[: r.keep] for r in rows1], limits)
+        answers = self._stage2([stages.stage2_prompt(r) for r in rationales], limits)
         t2 = time.perf_counter()
-        return [
-            self.rules.result(q, self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
-                              r2.generated[: r2.keep], prompt_tokens=len(r1.prefix), rationale_tokens=r1.keep,
-                              answer_tokens=len(r2.generated), stage1_s=t1 - t0, stage2_s=t2 - t1,
-                              rationale_stop=r1.stop)
-            for q, r1, r2 in zip(questions, rows1, rows2)
-        ]
+        return [stages.result(q, r, a, t1 - t0, t2 - t1) for q, r, a in zip(questions, rationales, answers)]
 
-    def _stage2(self, kept: list[list[int]], limits: GenerationLimits) -> list[_Row]:
-        prompts = [k + self.stage2_ids for k in kept]
-        generated = self._run(prompts, self._params(limits, len(prompts), limits.max_answer_tokens, STAGE2_STOP))
-        self.stats = StageStats(sum(len(p) for p in prompts),
-                                sum(o.num_cached_tokens or 0 for o in self._last_outputs))
-        return [self.rules.replay(_Row(p), ids, limits.max_answer_tokens, self.rules.stage2)
-                for p, ids in zip(prompts, generated)]
+    def _stage2(self, prompts: list[list[int]], limits: GenerationLimits) -> list[_Row]:
+        outputs = self._run(prompts, [self.stages.params(limits, 2, i) for i in range(len(prompts))])
+        self.stats = StageStats(sum(len(p) for p in prompts), sum(o.num_cached_tokens or 0 for o in outputs))
+        return [self.stages.answer(p, self._ids(o), limits) for p, o in zip(prompts, outputs)]
 
     def answer_from_rationales(self, questions: list[str], rationales: list[str],
                                limits: GenerationLimits | None = None) -> list[TwoStageResult]:
@@ -292,14 +322,15 @@ class VLLMGenerator:
         if not questions:
             return []
         limits = limits or GenerationLimits()
+        stages = self.stages
         t0 = time.perf_counter()
-        rows = self._stage2([self.prompt_ids(q) + encode(self.tokenizer, r.strip())
+        rows = self._stage2([stages.prompt_ids(q) + encode(self.tokenizer, r.strip()) + stages.stage2_ids
                              for q, r in zip(questions, rationales)], limits)
         t2 = time.perf_counter() - t0
         return [
-            self.rules.result(q, r.strip(), row.generated[: row.keep],
-                              prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
-                              answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
+            stages.rules.result(q, r.strip(), row.generated[: row.keep],
+                                prompt_tokens=len(row.prefix) - len(stages.stage2_ids), rationale_tokens=0,
+                                answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
             for q, r, row in zip(questions, rationales, rows)
         ]
 
@@ -308,11 +339,14 @@ class VLLMGenerator:
         if not questions:
             return []
         limits = limits or GenerationLimits()
+        stages = self.stages
         budget = limits.max_rationale_tokens + limits.max_answer_tokens
-        prompts = [self.prompt_ids(q) for q in questions]
+        prompts = [stages.prompt_ids(q) for q in questions]
         t0 = time.perf_counter()
-        generated = self._run(prompts, self._params(limits, len(prompts), budget, ()))
-        rows = [self.rules.replay(_Row(p), ids, budget, self.rules.one_stage) for p, ids in zip(prompts, generated)]
+        outputs = self._run(prompts, [stage_params(limits, max_tokens=budget, stop=(), eos_ids=stages.eos_ids,
+                                                   seed=limits.seed + i) for i in range(len(prompts))])
+        rows = [stages.rules.replay(_Row(p), self._ids(o), budget, stages.rules.one_stage)
+                for p, o in zip(prompts, outputs)]
         seconds = time.perf_counter() - t0
         return [split_one_stage(self.tokenizer, q, row, seconds) for q, row in zip(questions, rows)]
 
@@ -368,6 +402,7 @@ class VLLMEngines:
 __all__ = [
     "EngineStartError",
     "StudentPlan",
+    "TwoStages",
     "UnsupportedStudent",
     "VLLMEngines",
     "VLLMGenerator",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 from fastapi import FastAPI
@@ -20,10 +21,15 @@ from fastapi import FastAPI
 from ray_cotd.config import ConfigError, ServeConfig
 from ray_cotd.configbase import from_dict, to_dict
 from ray_cotd.ray_session import connect
-from ray_cotd.serve.api import create_api
-from ray_cotd.serve.hf import replica_backend
+from ray_cotd.serve import hf, vllm
+from ray_cotd.serve.api import Backend, create_api
 
 DEPLOYMENT_NAME = "StudentServer"
+# ServeConfig.backend -> what builds a replica's model host (names.GENERATION_BACKENDS).
+REPLICA_BACKENDS: dict[str, Callable[[ServeConfig], Backend]] = {
+    "hf": hf.replica_backend,
+    "vllm": vllm.replica_backend,
+}
 
 
 class StudentService:
@@ -36,7 +42,7 @@ class StudentService:
     def __init__(self, cfg_data: dict, token_sha256: Optional[str]) -> None:
         self.cfg: ServeConfig = from_dict(ServeConfig, cfg_data)
         self.token_sha256 = token_sha256
-        self.backend = replica_backend(self.cfg)
+        self.backend = REPLICA_BACKENDS[self.cfg.backend](self.cfg)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.cfg, self.backend, token_sha256=self.token_sha256)
@@ -99,6 +105,11 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
 
     # Fail here on a bad path rather than in every replica; also converts a GGUF once, not per replica.
     resolve_source(cfg.student)
+    if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
+        from ray_cotd.lm.vllm import check_engine, student_plan
+
+        plan = student_plan(cfg.student)
+        check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=cfg.student.trust_remote_code)
     token_digest(cfg)
     connect()  # [ray]
     # Serve's own timeout is a backstop above ours, so a normal timeout is our 503 with a reason.

@@ -47,6 +47,7 @@ from ray_cotd.ray_session import connect
 from ray_cotd.teacher.engines import (
     OUTPUT_COLUMNS,
     REQUEST_COLUMNS,
+    engine_rows,
     generate_stage,
     teacher_name,
     vllm_stage_resources,
@@ -373,7 +374,6 @@ def check_placement(cfg: AnnotateConfig, available: dict[str, float]) -> None:
     """
     if cfg.engine == "vllm":
         need = vllm_stage_resources(cfg)
-        need["CPU"] += 0.2  # the pre/post-processing map tasks around the engine (0.1 CPU each)
         layout = (f"{cfg.num_workers} replica(s) x {cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size}"
                   " bundle(s)")
     else:
@@ -442,11 +442,12 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
             # Only the request columns travel through Ray (an all-None column such as `domain`
             # would come back as float NaN from numpy batches); the driver joins the rest by id.
             by_id = {row["id"]: row for row in todo}
+            shell = engine_rows(cfg)
             columns = REQUEST_COLUMNS + (("prompt_ids",) if cfg.engine == "vllm" else ())
-            requests = [{k: row[k] for k in columns} for row in todo]
+            requests = [shell.request({k: row[k] for k in columns}) for row in todo]
             ds = generate_stage(ray.data.from_items(requests), cfg)
             for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"):
-                rows = [{**by_id[result["id"]], **_outputs(result)} for result in batch.to_pylist()]
+                rows = [{**by_id[result["id"]], **_outputs(shell.result(result))} for result in batch.to_pylist()]
                 verdicts = [judge(row, answer_type, cfg.wrong, seen) for row in rows]
                 store.commit(rows, verdicts)
                 generated += len(rows)

@@ -454,22 +454,11 @@ def _openai_stage(ds: Any, cfg: AnnotateConfig) -> Any:
 
 
 def _vllm_stage(ds: Any, cfg: AnnotateConfig) -> Any:
-    from functools import partial
-
+    """Ray Data LLM's processor with the engine stage alone: requests are shaped and results read
+    on the driver (EngineRows), so no map stage starts worker processes around the engine."""
     from ray.data.llm import build_processor
 
-    from ray_cotd.lm.vllm import generation_eos
-
-    eos_ids = generation_eos(resolve_source(cfg.teacher), load_tokenizer(cfg.teacher))
-    processor = build_processor(
-        vllm_processor_config(cfg),
-        preprocess=partial(vllm_request, eos_ids=eos_ids),
-        postprocess=partial(vllm_result, eos_ids=eos_ids),
-        # plain map tasks around the engine actor: a sliver of CPU each, so they never wait on it
-        preprocess_map_kwargs={"num_cpus": 0.1},
-        postprocess_map_kwargs={"num_cpus": 0.1},
-    )
-    return processor(ds)
+    return build_processor(vllm_processor_config(cfg))(ds)
 
 
 ENGINES: dict[str, Callable[[Any, AnnotateConfig], Any]] = {
@@ -479,8 +468,29 @@ ENGINES: dict[str, Callable[[Any, AnnotateConfig], Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class EngineRows:
+    """How the driver shapes a request row for the engine stage and reads its output row back into
+    the work row + OUTPUT_COLUMNS. Identity for the engines whose stage does that itself."""
+
+    request: Callable[[dict[str, Any]], dict[str, Any]]
+    result: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def engine_rows(cfg: AnnotateConfig) -> EngineRows:
+    if cfg.engine != "vllm":
+        return EngineRows(request=lambda row: row, result=lambda row: row)
+    from functools import partial
+
+    from ray_cotd.lm.vllm import generation_eos
+
+    eos_ids = generation_eos(resolve_source(cfg.teacher), load_tokenizer(cfg.teacher))
+    return EngineRows(request=partial(vllm_request, eos_ids=eos_ids), result=partial(vllm_result, eos_ids=eos_ids))
+
+
 def generate_stage(ds: Any, cfg: AnnotateConfig) -> Any:
-    """Work rows -> work rows + OUTPUT_COLUMNS, through the engine `cfg.engine` names."""
+    """Request rows (EngineRows.request) -> output rows (EngineRows.result reads them), through the
+    engine `cfg.engine` names."""
     return ENGINES[cfg.engine](ds, cfg)
 
 
@@ -489,6 +499,7 @@ __all__ = [
     "DEFAULT_TEACHER_NAME",
     "ENGINES",
     "EngineRequestError",
+    "EngineRows",
     "FINISH_REASONS",
     "GenerationRequest",
     "OUTPUT_COLUMNS",
@@ -498,6 +509,7 @@ __all__ = [
     "TransformersTeacher",
     "chat_payload",
     "complete_batch",
+    "engine_rows",
     "generate_stage",
     "parse_chat_response",
     "teacher_name",

