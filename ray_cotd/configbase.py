@@ -8,6 +8,7 @@ rejected with the valid ones listed, and `save_resolved` writes what actually ra
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from pathlib import Path
@@ -23,11 +24,43 @@ class ConfigError(ValueError):
     """A config that cannot run. The message names the source file (when any) and the key."""
 
 
-def doc(default: Any = dataclasses.MISSING, text: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a one-line doc; `factory` for mutable defaults."""
+def doc(default: Any = dataclasses.MISSING, text: str = "", *, factory: Any = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with a one-line doc; `factory` for mutable defaults.
+
+    ge / gt / le / lt: the valid range of a numeric field (>=, >, <=, <), checked when the config is
+    built (a None value of an Optional field is not checked). Every int and float field declares one.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"doc": text, "range": bounds} if bounds else {"doc": text}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"doc": text})
-    return dataclasses.field(default=default, metadata={"doc": text})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_RANGE_TESTS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
+def describe_range(bounds: dict[str, float]) -> str:
+    """">= 1", "> 0", "[0, 1]", "(0, 1]": how a field's declared range reads in messages."""
+    low = next(((k, bounds[k]) for k in ("ge", "gt") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("le", "lt") if k in bounds), None)
+    if low and high:
+        return f"{'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    op = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    kind, bound = low or high  # type: ignore[misc]
+    return f"{op[kind]} {bound:g}"
+
+
+def check_range(name: str, value: Any, bounds: dict[str, float]) -> None:
+    """ConfigError naming `name` when `value` is outside `bounds` (NaN is outside every range)."""
+    if value is None or not bounds:
+        return
+    rule = describe_range(bounds)
+    if not all(_RANGE_TESTS[kind](value, bound) for kind, bound in bounds.items()):
+        raise ConfigError(f"{name}: {value!r} is outside {rule}" if len(bounds) > 1 else f"{name}: {value!r} must be {rule}")
+    if isinstance(value, float) and math.isinf(value):  # YAML's .inf: no setting of ours means anything with it
+        raise ConfigError(f"{name}: {value!r} must be a finite number {rule}")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -108,6 +141,7 @@ class StageConfig:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+            check_range(f.name, getattr(self, f.name), f.metadata.get("range", {}))
         self.validate()
 
     def validate(self) -> None:
@@ -239,14 +273,18 @@ def describe(cls: type) -> str:
             default = repr(f.default_factory())  # type: ignore[misc]
         else:
             default = "(required)"
-        lines.append(f"  {f.name}: {_type_name(hints[f.name])} = {default}  # {f.metadata.get('doc', '')}")
+        bounds = f.metadata.get("range")
+        valid = f" (valid: {describe_range(bounds)})" if bounds else ""
+        lines.append(f"  {f.name}: {_type_name(hints[f.name])} = {default}  # {f.metadata.get('doc', '')}{valid}")
     return "\n".join(lines)
 
 
 __all__ = [
     "ConfigError",
     "StageConfig",
+    "check_range",
     "describe",
+    "describe_range",
     "doc",
     "field_docs",
     "from_dict",
