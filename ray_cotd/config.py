@@ -38,13 +38,6 @@ DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the ll
 Precision = Literal["float32", "bfloat16"]
 
 
-def check_mlflow_keys(enabled: bool, uri: str | None, parent_run_id: str | None) -> None:
-    """mlflow_uri / mlflow_parent_run_id only mean something with mlflow on; set alone they are a mistake."""
-    for key, value in (("mlflow_uri", uri), ("mlflow_parent_run_id", parent_run_id)):
-        if value and not enabled:
-            raise ConfigError(f"{key}: set to {value!r} but mlflow is false; set mlflow=true to log to MLflow")
-
-
 @dataclass
 class ModelSpec(StageConfig):
     """Where a model comes from: "default", a Hugging Face directory or hub id, or a .gguf file."""
@@ -227,20 +220,8 @@ class TrainConfig(StageConfig):
         "CPU workers keep freed memory (glibc malloc tunables) instead of page-faulting about 1 GB back "
         "in every step: full fp32 steps about 1.2x faster here (docs/benchmarks.md)",
     )
-    decontaminate: Literal["warn", "drop", "off"] = doc(
-        "warn",
-        "training rows whose question matches a contamination_sets question (normalized exact or a shared "
-        "13-gram, ray_cotd/data/contamination.py): warn = report and keep, drop = report and remove, off = no check",
-    )
-    contamination_sets: list[TestSetSpec] = doc(
-        factory=list, text="test sets the training questions are checked against (evaluate's test_sets keys; "
-                           "the pipeline fills it from evaluate.test_sets)")
-    mlflow: bool = doc(False, "log params, every step's metrics (rank 0) and the outputs to MLflow")
-    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
-    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
-        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
 
@@ -256,14 +237,6 @@ class TestSetSpec(StageConfig):
     offset: int = doc(0, "skip the first N rows (after the hold-out split), e.g. to score selection rows "
                          "apart from the test rows", ge=0)
     limit: Optional[int] = doc(None, "evaluate only the first N rows (after offset)", ge=1)
-
-    def set_name(self) -> str:
-        """Its name in reports: `name`, else "<parent dir>-<file stem>" (commonsenseqa/test.json and
-        strategyqa/test.json must not both be called "test"), else the file stem."""
-        if self.name:
-            return self.name
-        path = Path(self.path)
-        return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
 @dataclass
@@ -288,12 +261,8 @@ class EvaluateConfig(StageConfig):
     backend: GenerationBackend = doc("hf", "what generates the answers: " + "; ".join(
         f"{k} = {v}" for k, v in GENERATION_BACKENDS.items()))
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
-    mlflow: bool = doc(False, "log params, accuracies, the report and its plots to MLflow")
-    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
-    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
-        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINES)}")
@@ -367,13 +336,6 @@ class PipelineConfig(StageConfig):
     evaluate: EvaluateConfig = doc(factory=EvaluateConfig, text="evaluate stage")
     tune: Optional[TuneConfig] = doc(None, "optional tune stage")
     serve: Optional[ServeConfig] = doc(None, "optional: answer one question through the endpoint")
-    verbose: bool = doc(False, "framework logs (Ray, Ray Data/Train/Serve, transformers, vLLM, warnings) on the "
-                               "terminal as well; by default they go to <run_dir>/framework.log only")
-    mlflow: bool = doc(False, "one MLflow parent run for the pipeline, a child run per stage")
-    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<run_dir>/mlflow.db")
-
-    def validate(self) -> None:
-        check_mlflow_keys(self.mlflow, self.mlflow_uri, None)
 
 
 STAGE_CONFIGS: dict[str, type] = {
