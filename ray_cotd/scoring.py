@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from ray_cotd.data.answers import AnswerType, ParsedOutput, normalize_answer, parse_answer
+from ray_cotd.data.choices import option_label, parse_choices
 from ray_cotd.data.errors import DataError
 
 
@@ -35,13 +36,22 @@ class Score(TypedDict):
     parse_error: str | None
 
 
-def score(answer_text: str, gold: str, answer_type: AnswerType) -> Score:
+def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str | None = None) -> Score:
     """Parse stage-2 text (what the student wrote after the marker) as `answer_type` and compare
-    it with `gold`."""
+    it with `gold`.
+
+    question: for multiple_choice, an answer that is no label but the text of one of the options
+        the question lists ("populated areas" for "B: populated areas") reads as that option's
+        label (ray_cotd.data.choices).
+    """
     parsed = parse_answer(answer_text, answer_type)
-    if not isinstance(parsed, ParsedOutput):
+    if isinstance(parsed, ParsedOutput):
+        predicted = normalize_answer(parsed.answer, answer_type)
+    elif parsed.reason == "unreadable_answer" and answer_type == "multiple_choice" and question is not None:
+        as_text = parse_answer(answer_text, "text")
+        predicted = option_label(as_text.answer, parse_choices(question)) if isinstance(as_text, ParsedOutput) else None
+    else:
         return Score(predicted=None, correct=False, parse_error=parsed.reason)
-    predicted = normalize_answer(parsed.answer, answer_type)
     if predicted is None:
         return Score(predicted=None, correct=False, parse_error="unreadable_answer")
     return Score(predicted=predicted, correct=predicted == normalize_answer(gold, answer_type), parse_error=None)

@@ -30,12 +30,26 @@ Lenient results are guesses: annotation keeps them out of training data unless a
 count them by marker so one can see how many came from a fallback.
 
 Numeric rules (`normalize_answer(..., "numeric")`): "$145", "145", "145.0", "145." are "145";
-thousands separators need groups of three ("1,450" -> "1450"; "1,45" is unreadable); unicode minus
+thousands separators need groups of three ("1,450" -> "1450"; "1,45" is unreadable, never 45, and
+no number is read out of the middle of a run of digits and separators); unicode minus
 (U+2212) and en dash are minus signs; a trailing "%" is dropped ("50%" -> "50", SVAMP golds carry
 no percent sign); a fraction "a/b" is read as its value ("1/2" -> "0.5"; a non-terminating one stays
 reduced, "2/6" -> "1/3"); trailing unit words are allowed ("16 pounds" -> "16") but a second number
-is not ("13 is incorrect, the correct answer is 68" is unreadable). Values compare exactly; there
+is not ("13 is incorrect, the correct answer is 68" is unreadable). After the marker the value is
+the one number of the answer's first clause (after its last "=": "79 - 75 = 4" is 4); a clause
+with two ("5 and 6", "4 - 3") is unreadable rather than its first. Values compare exactly; there
 is no float tolerance.
+
+Boolean: true/false/yes/no at the start, alone or followed by punctuation or "because"/"since"/
+"as" ("Yes because it melts" is true; "True if we assume so" is unreadable).
+
+Multiple choice: a label at the start, letters A-J or numbers 1-10, bare or in parentheses, alone
+or followed by ":", ".", ")" or "," and the option's text ("B", "(B)", "B: populated areas",
+"(C) 12 km", "(2)", "2. copper"), or after "option"/"choice". An abbreviation is not a label
+("e.g. A" is unreadable, not E). A bare number reads as a label only when the type is already
+multiple_choice: `infer_answer_type` reads bare numbers as numeric. An answer that is an option's
+text rather than its label is mapped to the label by `ray_cotd.data.choices` when the question
+lists its options (scoring.score does it).
 """
 
 from __future__ import annotations
@@ -76,7 +90,9 @@ LENIENT_MARKERS = {"boolean": "final-boolean", "multiple_choice": "trailing-choi
 
 # Letters read as multiple-choice options: A-J covers CommonsenseQA (A-E), ARC/MMLU (A-D) and
 # MMLU-Pro (A-J). A bare letter only counts when it stands alone ("B", "(B)", "B: ...", "B. ...").
+# Numbered options ("(1)".."(4)" in some ARC-style sets) are labels 1-10.
 CHOICE_LETTERS = "ABCDEFGHIJ"
+CHOICE_LABEL = rf"(?:[{CHOICE_LETTERS}]|10|[1-9])"
 
 _CONNECTIVES = ("therefore", "thus", "so", "hence", "consequently", "finally")
 # No word boundary before "the": the release often glues the marker to the rationale's last word
@@ -93,8 +109,9 @@ _TRAILING_TAGS_RE = re.compile(rf"(?:{_EDGE_TAG}\s*)+$")
 _ANSWER_EDGE_JUNK = " \t*_`'\"<>"
 
 _MINUS = "-\u2212\u2013"  # ASCII hyphen-minus, unicode minus, en dash
+# Never a number out of the middle of a run of digits and separators: "1,45" is not 45, "3.2.1" not 2.
 _NUMBER = (
-    rf"(?P<sign>[{_MINUS}])?\s*[$€£]?\s*"
+    rf"(?<![\d.,])(?<!\d[.,])(?P<sign>[{_MINUS}])?\s*[$€£]?\s*"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
     r"(?![\d,]*\d)"
 )
@@ -106,11 +123,14 @@ _NUMERIC_RE = re.compile(
 # numbered step ("which is 290.2. Note that"): read as 290 when scanning free text.
 _GLUED_STEP_RE = re.compile(r"^\d+\.\d\.\s+[A-Z]")
 _BOOLEAN_WORDS = {"true": "true", "yes": "true", "false": "false", "no": "false"}
-_BOOLEAN_RE = re.compile(r"^(?P<word>true|false|yes|no)(?=$|\s*[.,;:!)]|\s*$)", re.IGNORECASE)
+_BOOLEAN_RE = re.compile(r"^(?P<word>true|false|yes|no)(?=$|\s*[.,;:!)]|\s+(?:because|since|as)\b|\s*$)",
+                         re.IGNORECASE)
+# A period after the label must not start an abbreviation: "e.g. A" is not option E.
 _CHOICE_RE = re.compile(
-    rf"^(?:(?:option|choice)\s+)?\(?(?P<letter>[{CHOICE_LETTERS}])\)?(?=$|\s*[.:),]|\s*$)",
+    rf"^(?:(?:option|choice)\s+)?\(?(?P<letter>{CHOICE_LABEL})\)?(?=$|\s*[:),]|\s*\.(?![A-Za-z])|\s*$)",
     re.IGNORECASE,
 )
+_BARE_NUMBER_RE = re.compile(r"\d+\.?")
 # Lenient fallbacks only look this far back from the end: an answer stated earlier and then
 # argued against must not be picked up.
 _LENIENT_WINDOW = 120
@@ -233,10 +253,22 @@ def answers_match(pred: str | None, gold: str | None, answer_type: AnswerType) -
     return pred_norm is not None and pred_norm == normalize_answer(gold, answer_type)
 
 
+# The typed answer types in the order inference tries them (narrowest first), each with what a gold
+# must look like to be one. A choice label may carry its option text ("B: populated areas",
+# "(C) 12 km"); a bare number is numeric, never a label, so "(2)" is a label and "2" a number.
+_GOLD_CHECKS: tuple[tuple[AnswerType, Callable[[str], bool]], ...] = (
+    ("boolean", lambda v: bool(re.fullmatch(r"(?:true|false|yes|no)\.?", v, re.IGNORECASE))),
+    ("multiple_choice",
+     lambda v: normalize_answer(v, "multiple_choice") is not None and not _BARE_NUMBER_RE.fullmatch(v)),
+    ("numeric", lambda v: normalize_answer(v, "numeric") is not None),
+)
+
+
 def infer_answer_type(golds: Iterable[str | None], *, min_share: float = 1.0) -> AnswerType:
     """The narrowest type the golds read as: boolean, then multiple_choice, numeric, else text.
 
-    multiple_choice needs bare letters ("B", "(B)"), so "B: populated areas" golds infer as text.
+    multiple_choice: letter or number labels, bare or in parentheses, with or without the option
+    text ("B", "(C)", "(2)", "B: populated areas"); bare numbers ("2") are numeric.
     None and empty values are ignored; with nothing left the type is "text".
     min_share: the share of values that must read as the type (1.0 = all). Inspecting parsed
         teacher answers, where a few are garbage, uses e.g. 0.95.
@@ -244,15 +276,38 @@ def infer_answer_type(golds: Iterable[str | None], *, min_share: float = 1.0) ->
     values = [g.strip() for g in golds if isinstance(g, str) and g.strip()]
     if not values:
         return "text"
-    checks: tuple[tuple[AnswerType, Callable[[str], bool]], ...] = (
-        ("boolean", lambda v: bool(re.fullmatch(r"(?:true|false|yes|no)\.?", v, re.IGNORECASE))),
-        ("multiple_choice", lambda v: bool(re.fullmatch(rf"\(?[{CHOICE_LETTERS}]\)?\.?", v, re.IGNORECASE))),
-        ("numeric", lambda v: normalize_answer(v, "numeric") is not None),
-    )
-    for answer_type, reads_as in checks:
+    for answer_type, reads_as in _GOLD_CHECKS:
         if sum(reads_as(v) for v in values) >= min_share * len(values):
             return answer_type
     return "text"
+
+
+@dataclass(frozen=True)
+class TypeFit:
+    """The answer type a set of golds is scored with, and how well the golds fit it.
+
+    answer_type: the narrowest type every gold reads as; else the typed type most golds read as
+        when at least half do (ties go to the narrower); else "text".
+    not_fitting: golds that do not read as answer_type (0 unless golds are mixed); evaluation
+        compares those as text and says how many there were.
+    fits: for each typed answer type, how many golds read as it. n: golds counted (non-empty).
+    """
+
+    answer_type: AnswerType
+    not_fitting: int
+    n: int
+    fits: dict[str, int]
+
+
+def fit_answer_type(golds: Iterable[str | None]) -> TypeFit:
+    """The answer type to score a set with (see TypeFit), never silently text when most golds have
+    a type: 58 letter labels and 2 malformed golds are multiple_choice with 2 not fitting."""
+    values = [g.strip() for g in golds if isinstance(g, str) and g.strip()]
+    fits = {answer_type: sum(reads_as(v) for v in values) for answer_type, reads_as in _GOLD_CHECKS}
+    best = max(fits, key=lambda t: fits[t])  # the first (narrowest) of equal counts
+    if values and 2 * fits[best] >= len(values):
+        return TypeFit(best, len(values) - fits[best], len(values), fits)
+    return TypeFit("text", 0, len(values), fits)
 
 
 def join_rationale_answer(rationale: str, answer: str) -> str:
@@ -308,8 +363,8 @@ def _typed_token(answer: str, answer_type: str) -> str | None:
         # "79 - (24 + 51) = 79 - 75 = 4": the value after the last "=" of the first clause.
         clause = re.split(r"[.,;]\s|\n", answer, maxsplit=1)[0]
         clause = clause.rsplit("=", 1)[-1]
-        match = _NUMBER_RE.search(clause)
-        return match.group(0).strip() if match else None
+        numbers = list(_NUMBER_RE.finditer(clause))
+        return numbers[0].group(0).strip() if len(numbers) == 1 else None  # "5 and 6" is neither
     return answer
 
 

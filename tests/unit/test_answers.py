@@ -16,7 +16,9 @@ from ray_cotd.data.answers import (
     STRICT_MARKERS,
     ParsedOutput,
     ParseFailure,
+    TypeFit,
     answers_match,
+    fit_answer_type,
     infer_answer_type,
     join_rationale_answer,
     normalize_answer,
@@ -68,6 +70,10 @@ def test_glued_numbered_steps_stay_in_the_rationale():
         ("The answer is D: have fun, because driving is fun.", "multiple_choice", "D"),
         ("The answer is False, as the company is private.", "boolean", "False"),
         ("The answer is True*", "boolean", "True"),
+        ("The answer is Yes because ice floats", "boolean", "Yes"),
+        ("The answer is (C) 12 km", "multiple_choice", "C"),
+        ("The answer is (2) copper", "multiple_choice", "2"),
+        ("The answer is 2.", "multiple_choice", "2"),
     ],
 )
 def test_split_output_typed_answer_is_the_token(text, answer_type, answer):
@@ -87,6 +93,13 @@ def test_split_output_typed_answer_is_the_token(text, answer_type, answer):
         ("Steps. The answer is not False.", {"answer_type": "boolean"}, "unreadable_answer"),
         ("Steps. The answer is actually B, I think.", {"answer_type": "multiple_choice"}, "unreadable_answer"),
         ("Steps. The answer is not given.", {"answer_type": "numeric"}, "unreadable_answer"),
+        # issue 19: never a number out of "1,45" (was 45), never the first of two (was 5), never
+        # "e" of "e.g." as option E
+        ("Steps. The answer is 1,45", {"answer_type": "numeric"}, "unreadable_answer"),
+        ("Steps. The answer is 5 and 6", {"answer_type": "numeric"}, "unreadable_answer"),
+        ("Steps. The answer is 4 - 3", {"answer_type": "numeric"}, "unreadable_answer"),
+        ("Steps. The answer is e.g. A", {"answer_type": "multiple_choice"}, "unreadable_answer"),
+        ("Steps. The answer is i.e. C", {"answer_type": "multiple_choice"}, "unreadable_answer"),
         ("Steps end with True", {}, "no_marker"),  # strict by default: no fallback
     ],
 )
@@ -176,12 +189,18 @@ def test_normalize_boolean_unreadable(raw):
     assert normalize_answer(raw, "boolean") is None
 
 
-@pytest.mark.parametrize("raw", ["B", "b", "(B)", "B: populated areas", "B. populated areas", "B)", "option B"])
+@pytest.mark.parametrize("raw", ["B", "b", "(B)", "B: populated areas", "B. populated areas", "B)", "option B",
+                                 "(B) populated areas", "B) populated areas"])
 def test_normalize_multiple_choice(raw):
     assert normalize_answer(raw, "multiple_choice") == "B"
 
 
-@pytest.mark.parametrize("raw", ["A dog", "actually B", "K", "BC"])
+@pytest.mark.parametrize("raw", ["2", "(2)", "2.", "(2) copper", "2: copper", "option 2"])
+def test_normalize_numbered_choice(raw):
+    assert normalize_answer(raw, "multiple_choice") == "2"
+
+
+@pytest.mark.parametrize("raw", ["A dog", "actually B", "K", "BC", "e.g. A", "i.e. B", "2 apples", "11)"])
 def test_normalize_multiple_choice_unreadable(raw):
     assert normalize_answer(raw, "multiple_choice") is None
 
@@ -209,12 +228,26 @@ def test_answers_match(pred, gold, answer_type, same):
     ("golds", "answer_type"),
     [
         (["True", "false", "Yes"], "boolean"), (["A", "b", "(C)"], "multiple_choice"),
-        (["145", "1.5", "1,450"], "numeric"), (["B: populated areas"], "text"), (["145", "True"], "text"),
-        ([], "text"), ([None, "", "12"], "numeric"),
+        (["145", "1.5", "1,450"], "numeric"), (["145", "True"], "text"), ([], "text"), ([None, "", "12"], "numeric"),
+        # issue 19: choice labels in every form the presets carry: letters or numbers, bare or in
+        # parentheses, with the option text or not; bare numbers stay numeric
+        (["B: populated areas", "(C) 12 km", "A. bank"], "multiple_choice"), (["(C)", "(A)", "(2)", "(4)"], "multiple_choice"),
+        (["1", "2", "4"], "numeric"), (["A dog", "B"], "text"),
     ],
 )
 def test_infer_answer_type(golds, answer_type):
     assert infer_answer_type(golds) == answer_type
+
+
+def test_fit_answer_type_says_how_many_golds_do_not_fit():
+    assert fit_answer_type(["(C)", "(1)", "A"]) == TypeFit("multiple_choice", 0, 3,
+                                                          {"boolean": 0, "multiple_choice": 3, "numeric": 0})
+    mixed = fit_answer_type(["(C)"] * 8 + ["see above", "none of these"])
+    assert (mixed.answer_type, mixed.not_fitting, mixed.n) == ("multiple_choice", 2, 10)
+    assert fit_answer_type(["145", "Paris", "Rome"]) == TypeFit("text", 0, 3,
+                                                               {"boolean": 0, "multiple_choice": 0, "numeric": 1})
+    assert fit_answer_type(["True", "12"]).answer_type == "boolean"  # a tie goes to the narrower type
+    assert fit_answer_type([]) == TypeFit("text", 0, 0, {"boolean": 0, "multiple_choice": 0, "numeric": 0})
 
 
 def test_infer_answer_type_min_share():

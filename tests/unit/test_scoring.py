@@ -82,3 +82,12 @@ def test_tune_validation_scores_with_the_evaluation_score(monkeypatch):
                  {"question": "Q3", "answer": "12"}]
     assert train.val_accuracy(student, None, questions, TrainConfig()) == pytest.approx(1 / 3)
     assert [score(texts[q["question"]], q["answer"], "numeric")["correct"] for q in questions] == [True, False, False]
+
+
+def test_an_option_text_answer_scores_as_its_label():
+    question = "Q: Where do people gather? Answer choices: A: race track, B: populated areas, C: the desert"
+    assert score(" populated areas.", "B", "multiple_choice", question=question) == {
+        "predicted": "B", "correct": True, "parse_error": None}
+    assert score(" populated areas.", "B", "multiple_choice")["parse_error"] == "unreadable_answer"  # no question
+    assert score(" a big city", "B", "multiple_choice", question=question)["parse_error"] == "unreadable_answer"
+    assert score(" (C) the desert", "(C)", "multiple_choice", question=question)["correct"] is True
