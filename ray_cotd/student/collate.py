@@ -143,6 +143,10 @@ def fit_rationale(seg: Segments, budget: int, *, with_answer: bool = True, min_r
     """Cut the rationale from its end so that prompt + rationale (+ marker + value) + EOS fits in
     `budget` tokens. Returns (segments, rationale tokens removed), or None when fewer than
     `min_rationale` rationale tokens would be left: the question and the answer are never cut.
+
+    A cut rationale has no end: the layouts train nothing at its last position (no end-of-rationale
+    EOS, no marker), which would teach the student to stop mid-sentence. The EOS slot stays counted
+    in the budget either way.
     """
     fixed = len(seg.prompt) + 1 + (len(seg.marker) + len(seg.value) if with_answer else 0)
     room = budget - fixed

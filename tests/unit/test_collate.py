@@ -76,6 +76,26 @@ def test_truncation_cuts_the_rationale_never_the_answer():
     assert fit_rationale(seg, fixed, min_rationale=1) is None
 
 
+@pytest.mark.parametrize("name", ["cascod", "std_cot", "step_by_step", "prada", "cascod+prada"])
+def test_a_cut_rationale_trains_no_end_at_the_cut(name):
+    """Issue 19: a rationale cut to fit max_seq_len trains nothing at its last position (no EOS,
+    no marker: that is not where the rationale ends); a whole rationale ends in EOS (cascod,
+    step_by_step) or the marker (std_cot, prada)."""
+    row = _row("Q", "abcdefgh" * 4, "42")
+    whole = OBJECTIVES[name].layout(TOK, row, 1000, 0).sequences[-1]  # step_by_step: its rationale task
+    cut = OBJECTIVES[name].layout(TOK, row, len(whole) - 5, 0)
+    assert cut.truncated_tokens == 5
+    for seq, rationale in ((whole, row.rationale), (cut.sequences[-1], row.rationale[:-5])):
+        end = seq.question_len + len(rationale) - 1  # the position of the rationale's last token
+        assert seq.input_ids[end] == ord(rationale[-1])
+        rationale_targets = [t for t, r in zip(seq.targets, seq.roles) if r == ROLE_RATIONALE]
+        if seq is whole:
+            assert seq.targets[end] in (1, ord("\n")) and seq.roles[end] != ROLE_NONE
+        else:
+            assert (seq.targets[end], seq.roles[end]) == (IGNORE, ROLE_NONE)
+            assert rationale_targets == ids(rationale)
+
+
 def test_encode_rows_counts_truncated_and_dropped_rows():
     rows = [_row_dict("Q", "x" * 50, "1"), _row_dict("Q", "y", "2"), _row_dict("Q" * 200, "z", "3")]
     budget = len(segments(TOK, "Q", "", "1").prompt) + len(ids(STAGE2_PREFIX)) + 3 + 1 + 10

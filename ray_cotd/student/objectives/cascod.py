@@ -12,6 +12,10 @@ same in both (causal attention), and there the one-pass sequence's real next tok
 first token, which no loss uses, so the layout puts an EOS target at that position instead: the
 one-pass loss then equals the two-pass one exactly (tests/integration/test_cascod_real.py). Dropping
 that term is 13-16% off on real rows, and the stage-1 EOS stop at inference depends on it.
+
+A rationale cut to fit max_seq_len (collate.fit_rationale) gets no EOS target: its last token is not
+the end of the rationale, and an EOS there would teach stage 1 to stop mid-sentence. Its last
+position then has no target at all (the marker after it is input only).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     seg, cut = fitted
     parts = [(seg.rationale, ROLE_RATIONALE), (seg.marker, ROLE_NONE), (seg.value + [seg.eos], ROLE_ANSWER)]
     return Laid([build_sequence(parts, prompt=seg.prompt, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id,
-                                eos_at_end_of=0, eos=seg.eos)], cut)
+                                eos_at_end_of=None if cut else 0, eos=seg.eos)], cut)
 
 
 def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

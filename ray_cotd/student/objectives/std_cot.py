@@ -1,7 +1,9 @@
 """std_cot: cross-entropy on "rationale + The answer is X" given the question (Std-CoT).
 
 Sequence: prompt → rationale + marker + value + EOS, every token after the prompt a target; the
-loss is one token mean over all of them (rationale and answer tokens weigh the same).
+loss is one token mean over all of them (rationale and answer tokens weigh the same). When the
+rationale was cut to fit max_seq_len, the marker's first token is input only: predicting the end of
+the rationale at the cut would teach the student to conclude mid-sentence.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE, build_sequence, fit_rationale, segments
+from ray_cotd.student.collate import ROLE_ANSWER, ROLE_NONE, ROLE_RATIONALE, build_sequence, fit_rationale, segments
 from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
 
@@ -25,7 +27,9 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     if fitted is None:
         return None
     seg, cut = fitted
-    parts = [(seg.rationale, ROLE_RATIONALE), (seg.marker + seg.value + [seg.eos], ROLE_ANSWER)]
+    answer = seg.marker + seg.value + [seg.eos]
+    head = 1 if cut else 0  # a cut rationale has no end: the marker's first token is input only
+    parts = [(seg.rationale, ROLE_RATIONALE), (answer[:head], ROLE_NONE), (answer[head:], ROLE_ANSWER)]
     return Laid([build_sequence(parts, prompt=seg.prompt, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id)], cut)
 
 

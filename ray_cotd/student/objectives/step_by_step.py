@@ -33,11 +33,12 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     if fitted is None:
         return None
     rat, cut = fitted
+    rationale = rat.rationale if cut else rat.rationale + [rat.eos]  # a cut rationale has no end: no EOS
     pad = tokenizer.pad_token_id
     return Laid([
         build_sequence([(label.marker + label.value + [label.eos], ROLE_ANSWER)], prompt=label.prompt,
                        n_virtual=n_virtual, pad_id=pad),
-        build_sequence([(rat.rationale + [rat.eos], ROLE_RATIONALE)], prompt=rat.prompt, n_virtual=n_virtual,
+        build_sequence([(rationale, ROLE_RATIONALE)], prompt=rat.prompt, n_virtual=n_virtual,
                        pad_id=pad),
     ], cut)
 
