@@ -14,7 +14,8 @@ Output directory:
 
 Resuming. Every work row has a key, `id` = stable_id(annotated_id(question id, teacher, level,
 format, template version, sample index), sampling JSON), so changing the template wording, the
-teacher or any sampling setting gives new keys and new rows. A batch is committed by writing its
+answer type (its answer shape is part of the template version), the teacher or any sampling setting
+gives new keys and new rows. A batch is committed by writing its
 Parquet part(s) and then its ledger part, each to a temp file renamed into place; the ledger part
 is the commit point. On start, parts without a ledger part (a run killed between the renames) are
 deleted, and every key in the ledger is skipped, except rows that failed for a transient reason
@@ -113,11 +114,12 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
         for level in cfg.levels:
             for fmt in cfg.formats:
                 template = get_template(level, fmt)
+                version = template.version(answer_type)  # the answer shape asked for is part of it
                 messages = json.dumps(template.messages(record["question"], answer_type))
                 for i in range(cfg.n_samples):
                     sampling = sampling_of(cfg, i)
                     sampling_json = json.dumps(sampling, sort_keys=True)
-                    key = annotated_id(record["id"], teacher, level, fmt, template.version, i)
+                    key = annotated_id(record["id"], teacher, level, fmt, version, i)
                     rows.append({
                         "id": stable_id(key, sampling_json),
                         "question_id": record["id"],
@@ -128,7 +130,7 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
                         "teacher": teacher,
                         "level": level,
                         "format": fmt,
-                        "template_version": template.version,
+                        "template_version": version,
                         "sample_index": i,
                         "sampling": sampling_json,
                         "messages": messages,

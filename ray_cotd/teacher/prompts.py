@@ -13,9 +13,11 @@ Every exemplar ends with the data layer's answer line, `join_rationale_answer(ra
 = "<rationale>\\nThe answer is X.", so teacher replies parse with `split_output` and the corpus target
 text is the same string the student trains on.
 
-Versions: a template's version is TEMPLATE_SERIES plus a digest of everything it renders from, so
-editing any instruction or exemplar changes the version, and with it the row keys that resuming
-matches on; a corpus never mixes rows of an old and a new wording under one key.
+Versions: a template's version for an answer type is TEMPLATE_SERIES plus a digest of everything
+its prompt renders from, the answer shape that type puts into the system instruction included, so
+editing any instruction or exemplar, or annotating with another answer type, changes the version,
+and with it the row keys that resuming matches on; a corpus never mixes rows of an old and a new
+wording under one key.
 
 The exemplar question is our own invention (no dataset rows here). It is arithmetic; for yes/no and
 multiple-choice questions the answer-line rule names the expected answer shape.
@@ -24,7 +26,6 @@ multiple-choice questions the answer-line rule names the expected answer shape.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 from ray_cotd import names
@@ -150,19 +151,20 @@ names.require_keys("teacher/prompts.py EXEMPLARS", EXEMPLARS, [(f, lv) for f in 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One (level, format) template. `version` goes into every row annotated with it."""
+    """One (level, format) template. `version(answer_type)` goes into every row annotated with it."""
 
     level: int
     format: str
-    version: str
     exemplar_rationale: str
+
+    def version(self, answer_type: str | None = None) -> str:
+        """The version of this template's prompt for `answer_type` (see the module docstring)."""
+        _check_answer_type(answer_type)
+        return _version(self.level, self.format, answer_type)
 
     def messages(self, question: str, answer_type: str | None = None) -> list[dict[str, str]]:
         """Chat messages: system instruction, the 1-shot exemplar as a user/assistant turn, the question."""
-        if answer_type not in ANSWER_SHAPES:
-            raise ConfigError(
-                f"answer_type: {answer_type!r} is not valid; choose from {[k for k in ANSWER_SHAPES if k]}"
-            )
+        _check_answer_type(answer_type)
         system = SYSTEM_FRAME.format(format=FORMATS[self.format], level=LEVELS[self.level], shape=ANSWER_SHAPES[answer_type])
         return [
             {"role": "system", "content": system},
@@ -172,16 +174,23 @@ class PromptTemplate:
         ]
 
 
-def _version(level: int, fmt: str) -> str:
-    """TEMPLATE_SERIES + 8 hex chars over every string the (level, format) template renders from."""
-    parts = [SYSTEM_FRAME, LEVELS[level], FORMATS[fmt], json.dumps(sorted(ANSWER_SHAPES.items(), key=str)),
+def _check_answer_type(answer_type: str | None) -> None:
+    if answer_type not in ANSWER_SHAPES:
+        raise ConfigError(f"answer_type: {answer_type!r} is not valid; choose from {[k for k in ANSWER_SHAPES if k]}")
+
+
+def _version(level: int, fmt: str, answer_type: str | None) -> str:
+    """TEMPLATE_SERIES + 8 hex chars over every string the (level, format) template's prompt for
+    `answer_type` renders from: the answer shape it asks for is one of them (two answer types with
+    one wording would share a version; none do)."""
+    parts = [SYSTEM_FRAME, LEVELS[level], FORMATS[fmt], ANSWER_SHAPES[answer_type],
              EXEMPLAR_QUESTION, EXEMPLAR_ANSWER, EXEMPLARS[(fmt, level)]]
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:8]
     return f"{TEMPLATE_SERIES}-{digest}"
 
 
 TEMPLATES: dict[tuple[int, str], PromptTemplate] = {
-    (level, fmt): PromptTemplate(level, fmt, _version(level, fmt), EXEMPLARS[(fmt, level)])
+    (level, fmt): PromptTemplate(level, fmt, EXEMPLARS[(fmt, level)])
     for level in names.LEVELS
     for fmt in names.FORMATS
 }

@@ -61,13 +61,16 @@ def test_plan_work_orders_rows_and_keys_every_setting():
     first = rows[:3]  # one question's samples are adjacent, seeds are seed + i
     assert [r["sample_index"] for r in first] == [0, 1, 2] and [r["seed"] for r in first] == [10, 11, 12]
     assert {(r["question_id"], r["level"], r["format"]) for r in first} == {("q0", 1, "cot")}
-    assert first[0]["template_version"] == get_template(1, "cot").version
+    assert first[0]["template_version"] == get_template(1, "cot").version("numeric")
     assert json.loads(first[0]["messages"]) == render_messages(_records(1)[0]["question"], 1, "cot", "numeric")
     # the key covers sampling settings and the teacher: changing either gives new rows
     hotter = plan_work(_records(2), AnnotateConfig(**{**vars(cfg), "temperature": 0.9}), "teacher-x", "numeric")
     other = plan_work(_records(2), cfg, "teacher-y", "numeric")
+    boolean = plan_work(_records(2), cfg, "teacher-x", "boolean")  # another answer line asked for
     assert not {r["id"] for r in rows} & {r["id"] for r in hotter}
     assert not {r["id"] for r in rows} & {r["id"] for r in other}
+    assert not {r["id"] for r in rows} & {r["id"] for r in boolean}
+    assert boolean[0]["template_version"] == get_template(1, "cot").version("boolean") != first[0]["template_version"]
     assert [r["id"] for r in plan_work(_records(2), cfg, "teacher-x", "numeric")] == [r["id"] for r in rows]
 
 
@@ -203,7 +206,7 @@ def test_annotate_demo_questions_end_to_end(ray_cluster, tmp_path):
     for row in corpus:
         record = AnnotatedRecord.from_dict(row)
         assert record.teacher == "SmolLM2-135M-Instruct" and record.level == 1 and record.format == "cot"
-        assert record.template_version == get_template(1, "cot").version and record.sampling["temperature"] == 0.05
+        assert record.template_version == get_template(1, "cot").version("numeric") and record.sampling["temperature"] == 0.05
         assert record.correct is True and record.rationale and record.completion_tokens <= 40
     rationales = [(r["question_id"], r["rationale"]) for r in corpus]
     assert len(rationales) == len(set(rationales))

@@ -62,18 +62,31 @@ def test_format_exemplars_show_their_format():
         assert "=" in prompts.EXEMPLARS[("symbolic", level)]  # variables and equations
 
 
-def test_versions_are_per_template_stable_and_in_the_series():
-    versions = [t.version for t in TEMPLATES.values()]
-    assert len(set(versions)) == len(versions)
+def test_versions_are_per_template_and_answer_type_stable_and_in_the_series():
+    versions = [t.version(answer_type) for t in TEMPLATES.values() for answer_type in ANSWER_SHAPES]
+    assert len(set(versions)) == len(versions) == len(ALL) * len(ANSWER_SHAPES)
     assert all(v.startswith(TEMPLATE_SERIES + "-") for v in versions)
-    assert get_template(3, "cot").version == prompts._version(3, "cot")
+    assert get_template(3, "cot").version("numeric") == prompts._version(3, "cot", "numeric")
+    with pytest.raises(ConfigError, match="answer_type"):
+        get_template(3, "cot").version("date")
 
 
 def test_editing_an_exemplar_changes_only_its_templates_version(monkeypatch):
-    before = {key: prompts._version(*key) for key in ALL}
+    before = {key: prompts._version(*key, "numeric") for key in ALL}
     monkeypatch.setitem(prompts.EXEMPLARS, ("cot", 3), prompts.EXEMPLARS[("cot", 3)] + " So 82 books remain.")
-    after = {key: prompts._version(*key) for key in ALL}
+    after = {key: prompts._version(*key, "numeric") for key in ALL}
     assert [k for k in ALL if before[k] != after[k]] == [(3, "cot")]
+
+
+def test_the_answer_shape_asked_for_is_part_of_the_version(monkeypatch):
+    """Issue 19: rows annotated as boolean and as numeric were asked for different answer lines,
+    so they must not share a version (nor the row keys built on it); rewording one shape changes
+    only that answer type's versions."""
+    template = get_template(1, "cot")
+    assert template.version("boolean") != template.version("numeric") != template.version(None)
+    before = {t: template.version(t) for t in ANSWER_SHAPES}
+    monkeypatch.setitem(prompts.ANSWER_SHAPES, "boolean", "Yes or No")
+    assert [t for t in ANSWER_SHAPES if template.version(t) != before[t]] == ["boolean"]
 
 
 def test_answer_shape_follows_the_answer_type():
