@@ -310,6 +310,32 @@ def fit_answer_type(golds: Iterable[str | None]) -> TypeFit:
     return TypeFit("text", 0, len(values), fits)
 
 
+def without_restated_answer(rationale: str, answer: str) -> str | None:
+    """`rationale` with no answer marker left in it, or None when dropping a final restatement of
+    `answer` cannot get it there.
+
+    `split_output` splits at the last marker, so the rationale it returns may hold another: in the
+    release 533 of ~90k rationales do. About half restate the answer in their last sentence ("...
+    Therefore, the answer is true.\n The answer is True"); the rest state an intermediate result
+    ("2 + 5 = ? The answer is 7. There are 4 storks ..."), the gold ("since the answer is given as
+    True, we will proceed") or contradict themselves. Trained as rationale, each puts an answer, and
+    the marker that ends stage 1 at inference, into L_rationale.
+
+    No marker: the rationale as given. One marker followed by `answer` alone (compared as text:
+    case, quotes and the final period aside) and nothing else: the text before the marker, its
+    connective ("Therefore,") and a dangling comma dropped. Anything else: None.
+    """
+    markers = list(_MARKER_RE.finditer(rationale))
+    if not markers:
+        return rationale
+    restated = rationale[markers[0].end():]
+    if len(markers) > 1 or len([line for line in restated.splitlines() if line.strip()]) != 1:
+        return None
+    if normalize_answer(restated, "text") != normalize_answer(answer, "text"):
+        return None
+    return _clean_rationale(rationale[: markers[0].start()]).rstrip(" ,;:")
+
+
 def join_rationale_answer(rationale: str, answer: str) -> str:
     """The training target: f"{rationale}\\n{ANSWER_MARKER} {answer}." (exactly one "\\n").
 

@@ -8,7 +8,15 @@ Two kinds of input, told apart by their columns:
   have no rationale).
 
 Every training row is {"id", "question", "rationale", "answer", "domain"}. Rows that cannot be used
-are counted by reason and kept (with file, row and field) for the caller to write aside. The test
+are counted by reason and kept (with file, row and field) for the caller to write aside.
+
+A rationale must not state the answer: it is what L_rationale trains (CasCoD's premise is a
+rationale learned apart from its answer), and the marker ends stage 1 at inference. When a rationale
+still holds an answer marker (533 of ~90k rows of the key-factors release), a final restatement of
+the answer ("... Therefore, the answer is true.") is cut off and the row kept (counted as
+restated_answers_cut); any other inner marker (an intermediate result, the gold quoted, a
+contradiction) drops the row as "answer_in_rationale": cutting there would leave a rationale that
+stops mid-reasoning or still argues toward another answer (data.answers.without_restated_answer). The test
 side of `holdout_split(test_fraction=holdout_fraction, seed=seed)` is removed first, so no
 evaluation question is ever trained on; validation questions are a second seeded split (seed + 1)
 of what is left. Both split by question text, so all samples of one question stay on one side.
@@ -22,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import MappingSpec
-from ray_cotd.data.answers import ParseFailure, split_output
+from ray_cotd.data.answers import ParseFailure, split_output, without_restated_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import FieldMapping, detect_mapping, read_questions, read_rows
 from ray_cotd.data.splits import holdout_split
@@ -43,7 +51,8 @@ class Corpus:
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "train_rows": len(self.train), "val_rows": len(self.val),
-                "held_out_rows": self.held_out, "dropped": dict(self.dropped)}
+                "held_out_rows": self.held_out, "dropped": dict(self.dropped),
+                "restated_answers_cut": sum(1 for r in self.train + self.val if r.get("restated_answer_cut"))}
 
 
 def _files(path: Path) -> list[Path]:
@@ -107,7 +116,19 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
         for r in rows:
             if not r["rationale"].strip():
                 drop(r["source"], r["row"], "rationale", "no_rationale")
-        rows = with_rationale
+        rows = []
+        for r in with_rationale:  # no answer in L_rationale: see the module docstring
+            rationale = without_restated_answer(r["rationale"], r["answer"])
+            if rationale is None:
+                drop(r["source"], r["row"], "rationale", "answer_in_rationale", " ".join(r["rationale"][-80:].split()))
+            elif not rationale:
+                drop(r["source"], r["row"], "rationale", "no_rationale", "only a restatement of the answer")
+            else:
+                rows.append(r if rationale == r["rationale"] else {**r, "rationale": rationale,
+                                                                   "restated_answer_cut": True})
+        if not rows:
+            raise DataError(f"every rationale states an answer before its final answer line (dropped: {dict(dropped)})",
+                            path=root, field="rationale")
     return rows, dropped, bad
 
 

@@ -23,6 +23,7 @@ from ray_cotd.data.answers import (
     join_rationale_answer,
     normalize_answer,
     split_output,
+    without_restated_answer,
 )
 from ray_cotd.data.errors import DataError
 
@@ -448,3 +449,21 @@ def test_real_strategyqa_true_false(shared_data):
     # Case variants and stray punctuation all normalize to the two canonical values.
     assert {"True", "False"} <= raw_answers.keys()
     assert {normalize_answer(a, "boolean") for a in raw_answers} <= {"true", "false", None}
+
+
+@pytest.mark.parametrize(
+    ("rationale", "answer", "kept"),
+    [
+        ("Ice floats on water.", "True", "Ice floats on water."),
+        ("Ice floats on water. Therefore, the answer is true.", "True", "Ice floats on water."),
+        ("It is witty, so the answer is A.", "A", "It is witty"),
+        ("Ice floats.\n**The answer is True**", "True", "Ice floats."),
+        ("2 + 5 = ? The answer is 7. With 4 storks, 7 - 4 = 3.", "3", None),  # an intermediate result
+        ("The answer is E, because regret follows.", "E", None),  # the answer, then more reasoning
+        ("8 - 3 = 5, so the answer is 6.", "5", None),  # another answer
+        ("It is 5. The answer is 5. Yes, the answer is 5.", "5", None),  # more than one
+        ("The answer is 5.", "5", ""),
+    ],
+)
+def test_without_restated_answer(rationale, answer, kept):
+    assert without_restated_answer(rationale, answer) == kept

@@ -118,3 +118,34 @@ def test_fsdp_refuses_generation_scoring_before_workers_start(tmp_path):
         check_parallel(_cfg(corpus, parallel_strategy="fsdp", num_workers=2, val_generate=4))
     check_parallel(_cfg(corpus, parallel_strategy="fsdp", num_workers=2))
     check_parallel(_cfg(corpus, parallel_strategy="ddp", num_workers=2, val_generate=4))
+
+
+def test_no_answer_trains_in_the_rationale(tmp_path):
+    """Issue 19: a final restatement of the answer is cut off the rationale; any other inner answer
+    marker drops the row, counted; answer_only (which reads no rationale) keeps every row."""
+    restated = ("How many pens are in 3 boxes of 4?", "3 boxes of 4 pens make 12. Therefore, the answer is 12.\n"
+                                                      "The answer is 12")
+    intermediate = ("How many more birds than storks?", "2 + 5 = ? The answer is 7. With 4 storks, 7 - 4 = 3. "
+                                                        "The answer is 3")
+    other = ("How many left?", "8 - 3 = 5, so the answer is 6. The answer is 5")
+    corpus = _corpus(tmp_path, ROWS + [restated, intermediate, other])
+    data = prepare_data(_cfg(corpus), TOK)
+    rationales = {r["question"]: r["rationale"] for r in data["corpus"].train}
+    assert rationales[restated[0]] == "3 boxes of 4 pens make 12."
+    assert intermediate[0] not in rationales and other[0] not in rationales
+    assert data["corpus"].dropped["answer_in_rationale"] == 2
+    assert data["corpus"].summary()["restated_answers_cut"] == 1
+    assert [b["row"] for b in data["corpus"].bad if b["reason"] == "answer_in_rationale"] == [7, 8]
+    assert len(prepare_data(_cfg(corpus, objective="answer_only"), TOK)["train"]) == len(ROWS) + 3
+
+
+def test_real_rationales_that_state_the_answer(shared_data):
+    """strategyqa/train_gemini_level3.json: 162 rationales hold the marker; 140 restate the answer
+    last (cut), 22 do something else with it (dropped). 533 of the release's rationales do (240 cut,
+    293 dropped)."""
+    from ray_cotd.student.corpus import read_training_rows
+
+    rows, dropped, _ = read_training_rows(shared_data / "strategyqa" / "train_gemini_level3.json")
+    assert dropped["answer_in_rationale"] == 22
+    assert sum(1 for r in rows if r.get("restated_answer_cut")) == 140
+    assert not any("the answer is" in r["rationale"].lower() for r in rows)
