@@ -105,6 +105,10 @@ class VLLMEngineSpec(StageConfig):
     enable_prefix_caching: bool = doc(
         True, "reuse computed prefixes: the shared 1-shot teacher prompt, and stage 1's tokens in stage 2")
     max_num_seqs: Optional[int] = doc(None, "sequences decoded at once per engine (None = vLLM's default)", ge=1)
+    block_size: Optional[int] = doc(
+        None, "KV cache block in tokens, a multiple of 16 (None = 32 on CPU, vLLM's default on GPU); prefix caching "
+              "reuses whole blocks only, so small blocks let stage 2 reuse more of stage 1 (vLLM's CPU default, "
+              "128, reuses nothing of a 100-token rationale)", ge=16)
     tensor_parallel_size: int = doc(1, "GPUs per replica that one model is sharded over", ge=1)
     pipeline_parallel_size: int = doc(1, "pipeline stages per replica (GPUs per replica = tp * pp)", ge=1)
     gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take", gt=0, le=1)

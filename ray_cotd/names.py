@@ -37,12 +37,15 @@ class ObjectiveInfo:
     domain_adversarial: every step mixes in unlabeled target-domain questions and trains a domain
         classifier behind gradient reversal (PRADA); it needs TrainConfig.target_questions.
     summary: one line, the equation by name (docs/objectives.md gives it in full).
+    label_task: the student answers through its task-prefixed label prompt, directly, with no
+        rationale stage (step_by_step's "[label] Q" task); generation reads it from student.json.
     """
 
     symbols: frozenset[str]
     needs_rationale: bool
     domain_adversarial: bool
     summary: str
+    label_task: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(self.symbols - set(PAPER_SYMBOLS))
@@ -58,7 +61,8 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "std_cot": ObjectiveInfo(frozenset(), needs_rationale=True, domain_adversarial=False,
                              summary="cross-entropy on rationale + answer given the question (Std-CoT)"),
     "step_by_step": ObjectiveInfo(frozenset(), needs_rationale=True, domain_adversarial=False,
-                                  summary="L_label + L_rationale, two prefixed tasks (Hsieh et al. 2023)"),
+                                  summary="L_label + L_rationale, two prefixed tasks (Hsieh et al. 2023)",
+                                  label_task=True),
     "cascod": ObjectiveInfo(frozenset({"alpha"}), needs_rationale=True, domain_adversarial=False,
                             summary="(1-α)·L_rationale + α·L_answer (CasCoD, Dai et al. 2024)"),
     "prada": ObjectiveInfo(frozenset({"lambda_"}), needs_rationale=True, domain_adversarial=True,

@@ -26,6 +26,10 @@ from ray_cotd.data.answers import ANSWER_MARKER
 # where a marker ending in " " would leave a bare-space token that no natural text contains.
 STAGE2_PREFIX = "\n" + ANSWER_MARKER
 ANSWER_SUFFIX = "."
+# step_by_step's two tasks (Distilling step-by-step, Hsieh et al. 2023), told apart by a prefix on
+# the question: "[label] Q" -> the answer, "[rationale] Q" -> the rationale. A step_by_step student
+# answers through its label task (names.OBJECTIVES[...].label_task).
+TASK_PREFIXES = {"label": "[label] ", "rationale": "[rationale] "}
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -53,8 +57,14 @@ def question_messages(question: str, *, few_shot: list[tuple[str, str, str]] | N
     return messages
 
 
-def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str, str]] | None = None) -> str:
-    """The stage-1 prompt: the question as a user turn, then the assistant turn's start."""
+def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str, str]] | None = None,
+                task: str | None = None) -> str:
+    """The stage-1 prompt: the question as a user turn, then the assistant turn's start.
+
+    task: a key of TASK_PREFIXES, whose prefix goes before the question (step_by_step's tasks).
+    """
+    if task is not None:
+        question = TASK_PREFIXES[task] + question
     return render_chat(tokenizer, question_messages(question, few_shot=few_shot))
 
 
@@ -76,6 +86,7 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 __all__ = [
     "ANSWER_SUFFIX",
     "STAGE2_PREFIX",
+    "TASK_PREFIXES",
     "answer_text",
     "answer_value_text",
     "encode",

@@ -36,8 +36,8 @@ from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTra
 
 from ray_cotd.config import ModelSpec
 from ray_cotd.data.answers import ANSWER_MARKER, ParsedOutput, ParseFailure, split_output
-from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
-from ray_cotd.lm.model import load_model_and_tokenizer, load_prompt_encoder
+from ray_cotd.lm.format import STAGE2_PREFIX, answer_value_text, encode, prompt_text
+from ray_cotd.lm.model import answers_through_label_task, load_model_and_tokenizer, load_prompt_encoder
 from ray_cotd.lm.prompt_encoder import PromptEncoder, embed_inputs
 
 # Stage 1 stops at the marker, with or without the newline the student format puts before it.
@@ -73,7 +73,11 @@ class TwoStageResult:
     it with split_output (None when unreadable; typed parsing is the caller's, see parse_answer).
     prompt_tokens / rationale_tokens / answer_tokens: token counts of the prompt, the kept rationale
     and the generated answer. stage1_s / stage2_s: wall time of the batch the question ran in.
-    rationale_stop: why stage 1 ended: "eos", "marker" or "length" (truncated rationale).
+    rationale_stop: why stage 1 ended: "eos", "marker" or "length" (truncated rationale); "given"
+    when stage 2 ran on a given rationale, "label_task" for a student that answers through its
+    label task with no rationale (step_by_step).
+    constrained_answer: with the question's choices given, the choice the model scores highest at
+    the answer position (the first stage-2 step's logits, no extra forward pass); else None.
     """
 
     question: str
@@ -86,6 +90,7 @@ class TwoStageResult:
     stage1_s: float
     stage2_s: float
     rationale_stop: str = "eos"
+    constrained_answer: str | None = None
 
 
 def parse_answer(answer_text: str, answer_type: str | None = None) -> ParsedOutput | ParseFailure:
@@ -256,16 +261,26 @@ class StageRules:
 
     def result(self, question: str, rationale: str, answer_ids: list[int], *, prompt_tokens: int,
                rationale_tokens: int, answer_tokens: int, stage1_s: float, stage2_s: float,
-               rationale_stop: str) -> TwoStageResult:
+               rationale_stop: str, constrained_answer: str | None = None) -> TwoStageResult:
         """The TwoStageResult of a question whose answer ids are known (see make_result)."""
         return make_result(question, rationale, self.tokenizer.decode(answer_ids, skip_special_tokens=True),
                            prompt_tokens=prompt_tokens, rationale_tokens=rationale_tokens,
                            answer_tokens=answer_tokens, stage1_s=stage1_s, stage2_s=stage2_s,
-                           rationale_stop=rationale_stop)
+                           rationale_stop=rationale_stop, constrained_answer=constrained_answer)
+
+    def option_tokens(self, choices: list[str] | None) -> list[int] | None:
+        """The first token of each choice's answer segment (" C." -> "ĠC"), which the student scores
+        at the answer position; None without choices, or when two choices share that token (their
+        scores there cannot tell them apart)."""
+        if not choices:
+            return None
+        firsts = [encode(self.tokenizer, answer_value_text(c))[0] for c in choices]
+        return firsts if len(set(firsts)) == len(firsts) else None
 
 
 def make_result(question: str, rationale: str, answer_text: str, *, prompt_tokens: int, rationale_tokens: int,
-                answer_tokens: int, stage1_s: float, stage2_s: float, rationale_stop: str) -> TwoStageResult:
+                answer_tokens: int, stage1_s: float, stage2_s: float, rationale_stop: str,
+                constrained_answer: str | None = None) -> TwoStageResult:
     """A TwoStageResult from stage-2 text: cut where the answer ends (answer_end), parsed with the
     data layer's parser; `answer` is None when nothing readable is there."""
     end = answer_end(answer_text)
@@ -275,7 +290,7 @@ def make_result(question: str, rationale: str, answer_text: str, *, prompt_token
         question=question, rationale=rationale, answer_text=answer_text,
         answer=parsed.answer if isinstance(parsed, ParsedOutput) else None,
         prompt_tokens=prompt_tokens, rationale_tokens=rationale_tokens, answer_tokens=answer_tokens,
-        stage1_s=stage1_s, stage2_s=stage2_s, rationale_stop=rationale_stop,
+        stage1_s=stage1_s, stage2_s=stage2_s, rationale_stop=rationale_stop, constrained_answer=constrained_answer,
     )
 
 
@@ -351,10 +366,13 @@ class Generator:
 
     few_shot: (question, rationale, answer) demonstrations put before every question (the few-shot
     baseline); None for trained students.
+    label_task: the student answers through its label task ("[label] Q" -> answer, no rationale
+    stage), as step_by_step students were trained; from_spec reads it from student.json.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 few_shot: list[tuple[str, str, str]] | None = None, prompt_encoder: PromptEncoder | None = None) -> None:
+                 few_shot: list[tuple[str, str, str]] | None = None, prompt_encoder: PromptEncoder | None = None,
+                 label_task: bool = False) -> None:
         if isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning:
             # PEFT prepends virtual tokens on every forward call, which breaks step-wise decoding
             # with a cache. ray-cotd's own P-Tuning students (prompt_encoder) are supported: their
@@ -367,6 +385,7 @@ class Generator:
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.few_shot = few_shot
+        self.label_task = label_task
         self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
@@ -375,11 +394,13 @@ class Generator:
     @classmethod
     def from_spec(cls, spec: ModelSpec, few_shot: list[tuple[str, str, str]] | None = None) -> Generator:
         model, tokenizer = load_model_and_tokenizer(spec)
-        return cls(model, tokenizer, few_shot=few_shot, prompt_encoder=load_prompt_encoder(spec))
+        return cls(model, tokenizer, few_shot=few_shot, prompt_encoder=load_prompt_encoder(spec),
+                   label_task=answers_through_label_task(spec))
 
     def prompt_ids(self, question: str) -> list[int]:
         """Prompt ids, after num_virtual_tokens placeholders for a P-Tuning student (the training layout)."""
-        ids = encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+        ids = encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot,
+                                                 task="label" if self.label_task else None))
         return [self.pad_id] * self.n_virtual + ids
 
     def embed_prefill(self, feed: torch.Tensor, pads: list[int], start: int) -> torch.Tensor:
@@ -411,18 +432,39 @@ class Generator:
         return _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2,
                         cache=stage1.cache, cached=cached)
 
-    def _results(self, questions: list[str], s1: _Decoder, s2: _Decoder, t1: float, t2: float) -> list[TwoStageResult]:
+    def _run_stage2(self, s2: _Decoder, choices: list[list[str] | None]) -> list[str | None]:
+        """Decode stage 2 to the end; return each row's constrained pick: of its choices, the one
+        whose first answer token scores highest at the answer position, read from the first step's
+        logits (the free answer comes from the same forward pass)."""
+        more = s2.advance()
+        picks: list[str | None] = []
+        for i, options in enumerate(choices):
+            tokens = self.rules.option_tokens(options)
+            picks.append(None if tokens is None else options[int(s2.last_logits[i, tokens].argmax())])
+        if more:
+            s2.run()
+        return picks
+
+    def _results(self, questions: list[str], s1: _Decoder, s2: _Decoder, t1: float, t2: float,
+                 picks: list[str | None]) -> list[TwoStageResult]:
         return [
             self.rules.result(q, self.tokenizer.decode(r1.generated[: r1.keep], skip_special_tokens=True).strip(),
                               r2.generated[: r2.keep], prompt_tokens=len(r1.prefix), rationale_tokens=r1.keep,
-                              answer_tokens=len(r2.generated), stage1_s=t1, stage2_s=t2, rationale_stop=r1.stop)
-            for q, r1, r2 in zip(questions, s1.rows, s2.rows)
+                              answer_tokens=len(r2.generated), stage1_s=t1, stage2_s=t2, rationale_stop=r1.stop,
+                              constrained_answer=pick)
+            for q, r1, r2, pick in zip(questions, s1.rows, s2.rows, picks)
         ]
 
-    def _two_stage(self, questions: list[str], limits: GenerationLimits | None, reuse: bool) -> list[TwoStageResult]:
+    def _two_stage(self, questions: list[str], limits: GenerationLimits | None, reuse: bool,
+                   choices: list[list[str] | None] | None) -> list[TwoStageResult]:
         if not questions:
             return []
         limits = limits or GenerationLimits()
+        choices = choices or [None] * len(questions)
+        if len(choices) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(choices)} choice lists")
+        if self.label_task:
+            return self._label_task(questions, limits, choices)
         rng = torch.Generator(device=self.device).manual_seed(limits.seed)
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -430,17 +472,41 @@ class Generator:
             s1.run()
             t1 = time.perf_counter()
             s2 = self._stage2(s1, limits, rng, reuse=reuse)
-            s2.run()
+            picks = self._run_stage2(s2, choices)
             t2 = time.perf_counter()
-        return self._results(questions, s1, s2, t1 - t0, t2 - t1)
+        return self._results(questions, s1, s2, t1 - t0, t2 - t1, picks)
 
-    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
-        """Rationale, then answer from question + rationale, stage 2 reusing stage 1's KV cache."""
-        return self._two_stage(questions, limits, reuse=True)
+    def _label_task(self, questions: list[str], limits: GenerationLimits,
+                    choices: list[list[str] | None]) -> list[TwoStageResult]:
+        """A label-task student (step_by_step): its "[label] Q" prompt, then the marker and the
+        answer, exactly the ids of its training label task; no rationale stage."""
+        rng = torch.Generator(device=self.device).manual_seed(limits.seed)
+        rows = [_Row(self.prompt_ids(q) + self.stage2_ids) for q in questions]
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            s2 = _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2)
+            picks = self._run_stage2(s2, choices)
+            seconds = time.perf_counter() - t0
+        return [
+            self.rules.result(q, "", row.generated[: row.keep], prompt_tokens=len(row.prefix) - len(self.stage2_ids),
+                              rationale_tokens=0, answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=seconds,
+                              rationale_stop="label_task", constrained_answer=pick)
+            for q, row, pick in zip(questions, rows, picks)
+        ]
 
-    def two_stage_naive(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
+    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None,
+                  choices: list[list[str] | None] | None = None) -> list[TwoStageResult]:
+        """Rationale, then answer from question + rationale, stage 2 reusing stage 1's KV cache.
+
+        choices: per question, its answer options as the answer would read (["A", "B", ...]) or
+        None; each result's constrained_answer is then the option the student scores highest.
+        """
+        return self._two_stage(questions, limits, True, choices)
+
+    def two_stage_naive(self, questions: list[str], limits: GenerationLimits | None = None,
+                        choices: list[list[str] | None] | None = None) -> list[TwoStageResult]:
         """The reference: the same two stages, stage 2 re-encoding prompt + rationale from scratch."""
-        return self._two_stage(questions, limits, reuse=False)
+        return self._two_stage(questions, limits, False, choices)
 
     def answer_from_rationales(
         self, questions: list[str], rationales: list[str], limits: GenerationLimits | None = None
@@ -507,13 +573,16 @@ class RationaleStream(Iterator[str]):
     def __init__(self, gen: Generator, question: str, limits: GenerationLimits) -> None:
         self.gen, self.question, self.limits = gen, question, limits
         self.rng = torch.Generator(device=gen.device).manual_seed(limits.seed)
-        self.stage1 = gen._stage1([question], limits, self.rng)
+        # a label-task student has no rationale to stream: its stage 1 is an empty, finished row
+        self.stage1 = gen._stage1([question], limits, self.rng) if not gen.label_task else None
         self.sent = 0  # characters of the rationale already yielded
         self.started = time.perf_counter()
         self.stage1_s: float | None = None
         self.result: TwoStageResult | None = None
 
     def __next__(self) -> str:
+        if self.stage1 is None:
+            raise StopIteration
         row = self.stage1.rows[0]
         while True:
             if row.keep is None:
@@ -529,6 +598,8 @@ class RationaleStream(Iterator[str]):
                 raise StopIteration
 
     def finish(self) -> TwoStageResult:
+        if self.result is None and self.stage1 is None:
+            self.result = self.gen.two_stage([self.question], self.limits)[0]
         if self.result is None:
             for _ in self:
                 pass
@@ -537,7 +608,7 @@ class RationaleStream(Iterator[str]):
                 s2 = self.gen._stage2(self.stage1, self.limits, self.rng, reuse=True)
                 s2.run()
             t2 = time.perf_counter() - t1
-            self.result = self.gen._results([self.question], self.stage1, s2, self.stage1_s or 0.0, t2)[0]
+            self.result = self.gen._results([self.question], self.stage1, s2, self.stage1_s or 0.0, t2, [None])[0]
         return self.result
 
 

@@ -199,6 +199,19 @@ def write_student_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
     return path
 
 
+def answers_through_label_task(spec: ModelSpec) -> bool:
+    """Whether the student of `spec` was trained to answer through a task-prefixed label prompt,
+    with no rationale (step_by_step), by its student.json's objective. Base models and students
+    whose directory records no objective answer in two stages."""
+    from ray_cotd.names import OBJECTIVES
+
+    for directory in (spec.adapter, spec.source):
+        meta = read_student_meta(directory) if directory and Path(directory).is_dir() else None
+        if meta is not None and meta.get("objective") in OBJECTIVES:
+            return OBJECTIVES[meta["objective"]].label_task
+    return False
+
+
 def spec_for_student_dir(path: str | Path, *, dtype: str = "float32") -> ModelSpec:
     """The ModelSpec that loads a trained student directory.
 
@@ -258,6 +271,7 @@ __all__ = [
     "check_adapter",
     "check_model",
     "context_length",
+    "answers_through_label_task",
     "cache_root",
     "default_gguf_path",
     "load_model",

@@ -37,7 +37,14 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 from ray_cotd.config import ConfigError, ModelSpec, VLLMEngineSpec
 from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
 from ray_cotd.lm.generate import GenerationLimits, StageRules, TwoStageResult, _Row, eos_token_ids, split_one_stage
-from ray_cotd.lm.model import ADAPTER_CONFIG, ModelLoadError, check_adapter, load_tokenizer, resolve_source
+from ray_cotd.lm.model import (
+    ADAPTER_CONFIG,
+    ModelLoadError,
+    answers_through_label_task,
+    check_adapter,
+    load_tokenizer,
+    resolve_source,
+)
 from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG
 
 # vLLM accepts these LoRA ranks only (vllm.config.lora.MaxLoRARanks); an adapter's r is rounded up.
@@ -47,6 +54,9 @@ STAGE1_STOP = ("The answer is",)
 # Stage 2: the answer ends at a newline at the latest (answer_end also ends it after a period).
 STAGE2_STOP = ("\n",)
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# vLLM's CPU attention takes blocks in multiples of 32 and defaults to 128, which leaves a 100-token
+# rationale entirely uncached for stage 2; 32 lets stage 2 find ~80% of its prompt in the cache.
+CPU_BLOCK_SIZE = 32
 
 
 class UnsupportedStudent(ModelLoadError):
@@ -112,6 +122,8 @@ def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: 
         # prefill is split into chunks ("CPU Generator does not use offset" kills the engine, every
         # request with it): on CPU, prefills stay whole.
         kwargs["enable_chunked_prefill"] = False
+    if vspec.block_size is not None or not on_gpu:
+        kwargs["block_size"] = vspec.block_size or CPU_BLOCK_SIZE
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_loras=max_loras,
                       max_lora_rank=next((r for r in LORA_RANKS if r >= lora_rank), LORA_RANKS[-1]))
@@ -196,7 +208,7 @@ def generation_eos(source: str, tokenizer: PreTrainedTokenizerBase) -> frozenset
 
 
 def stage_params(limits: GenerationLimits, *, max_tokens: int, stop: Sequence[str], eos_ids: frozenset[int],
-                 seed: int) -> Any:
+                 seed: int, logprobs: int | None = None, allowed: list[int] | None = None) -> Any:
     """vllm.SamplingParams of one request: greedy, or temperature/top_p sampling seeded per request.
 
     stop_token_ids holds the EOS ids of lm.generate's rule, so vLLM ends where HF decoding does;
@@ -213,6 +225,8 @@ def stage_params(limits: GenerationLimits, *, max_tokens: int, stop: Sequence[st
         stop_token_ids=sorted(eos_ids),
         include_stop_str_in_output=True,
         skip_special_tokens=True,
+        logprobs=logprobs,
+        allowed_token_ids=allowed,
     )
 
 
@@ -224,28 +238,63 @@ class StageStats:
     stage2_cached_tokens: int = 0
 
 
+# Stage 2 asks vLLM for the top log-probabilities at each answer position; an option among them at
+# the first position is picked from there, with no extra request (constrained choices).
+CHOICE_LOGPROBS = 20
+
+
 class TwoStages:
     """The two stages as requests and replayed rules, engine-free: VLLMGenerator runs them in
-    batches on vllm.LLM, the serve backend one request at a time on vLLM's AsyncLLM."""
+    batches on vllm.LLM, the serve backend one request at a time on vLLM's AsyncLLM.
+
+    label_task: the student answers through its "[label] Q" prompt with no rationale stage
+    (step_by_step), as lm.generate.Generator does.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int],
-                 few_shot: list[tuple[str, str, str]] | None = None) -> None:
-        self.tokenizer, self.eos_ids, self.few_shot = tokenizer, eos_ids, few_shot
+                 few_shot: list[tuple[str, str, str]] | None = None, label_task: bool = False) -> None:
+        self.tokenizer, self.eos_ids, self.few_shot, self.label_task = tokenizer, eos_ids, few_shot, label_task
         self.rules = StageRules(tokenizer, eos_ids)
         self.stage2_ids = encode(tokenizer, STAGE2_PREFIX)
 
     def prompt_ids(self, question: str) -> list[int]:
         """The stage-1 prompt ids: exactly what the HF backend feeds (lm.format.prompt_text)."""
-        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot))
+        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot,
+                                                  task="label" if self.label_task else None))
 
-    def params(self, limits: GenerationLimits, stage: int, seed_offset: int = 0) -> Any:
+    def params(self, limits: GenerationLimits, stage: int, seed_offset: int = 0, choices: list[str] | None = None) -> Any:
         """SamplingParams of stage 1 (rationale) or 2 (answer); sampled rows of one call draw with
-        seed + their row index, so they do not repeat each other."""
+        seed + their row index, so they do not repeat each other. Stage 2 of a question with
+        choices also returns the top log-probabilities (pick)."""
         if stage == 1:
             return stage_params(limits, max_tokens=limits.max_rationale_tokens, stop=STAGE1_STOP,
                                 eos_ids=self.eos_ids, seed=limits.seed + seed_offset)
         return stage_params(limits, max_tokens=limits.max_answer_tokens, stop=STAGE2_STOP, eos_ids=self.eos_ids,
-                            seed=limits.seed + seed_offset)
+                            seed=limits.seed + seed_offset, logprobs=CHOICE_LOGPROBS if choices else None)
+
+    def label_row(self, question: str) -> _Row:
+        """The finished, empty stage 1 of a label-task student: its prompt, no rationale."""
+        return _Row(self.prompt_ids(question), keep=0, stop="label_task")
+
+    def pick(self, choices: list[str] | None, output: Any) -> tuple[str | None, bool]:
+        """(constrained choice, whether a one-token request restricted to the options must decide).
+
+        The first answer position's top log-probabilities hold the best option whenever they hold
+        any option (one outside them scores below all of them); HF reads the same logits.
+        """
+        tokens = self.rules.option_tokens(choices)
+        if tokens is None:
+            return None, False
+        top = output.outputs[0].logprobs[0] if output.outputs[0].logprobs else {}
+        present = [(top[t].logprob, i) for i, t in enumerate(tokens) if t in top]
+        if not present:
+            return None, True
+        return choices[max(present)[1]], False
+
+    def restricted_params(self, choices: list[str]) -> Any:
+        """One greedy token among the options' first tokens: the pick when none is in the top."""
+        return stage_params(GenerationLimits(), max_tokens=1, stop=(), eos_ids=frozenset(), seed=0,
+                            allowed=self.rules.option_tokens(choices))
 
     def rationale(self, prompt: list[int], generated: list[int], limits: GenerationLimits) -> _Row:
         """Stage 1's rule replayed over vLLM's ids: what the rationale keeps, and why it stopped."""
@@ -258,12 +307,13 @@ class TwoStages:
     def answer(self, prompt: list[int], generated: list[int], limits: GenerationLimits) -> _Row:
         return self.rules.replay(_Row(prompt), generated, limits.max_answer_tokens, self.rules.stage2)
 
-    def result(self, question: str, rationale: _Row, answer: _Row, stage1_s: float, stage2_s: float) -> TwoStageResult:
+    def result(self, question: str, rationale: _Row, answer: _Row, stage1_s: float, stage2_s: float,
+               constrained: str | None = None) -> TwoStageResult:
         return self.rules.result(
             question, self.tokenizer.decode(rationale.generated[: rationale.keep], skip_special_tokens=True).strip(),
             answer.generated[: answer.keep], prompt_tokens=len(rationale.prefix), rationale_tokens=rationale.keep,
             answer_tokens=len(answer.generated), stage1_s=stage1_s, stage2_s=stage2_s,
-            rationale_stop=rationale.stop)
+            rationale_stop=rationale.stop, constrained_answer=constrained)
 
 
 class VLLMGenerator:
@@ -274,9 +324,9 @@ class VLLMGenerator:
     """
 
     def __init__(self, engine: Any, tokenizer: PreTrainedTokenizerBase, eos_ids: frozenset[int], *,
-                 lora: Any = None, few_shot: list[tuple[str, str, str]] | None = None) -> None:
+                 lora: Any = None, few_shot: list[tuple[str, str, str]] | None = None, label_task: bool = False) -> None:
         self.engine, self.tokenizer, self.lora = engine, tokenizer, lora
-        self.stages = TwoStages(tokenizer, eos_ids, few_shot)
+        self.stages = TwoStages(tokenizer, eos_ids, few_shot, label_task)
         self.stats = StageStats()
 
     @classmethod
@@ -294,25 +344,42 @@ class VLLMGenerator:
     def _ids(output: Any) -> list[int]:
         return list(output.outputs[0].token_ids)
 
-    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
-        """Rationale, then answer from question + rationale ids (see the module doc)."""
+    def two_stage(self, questions: list[str], limits: GenerationLimits | None = None,
+                  choices: list[list[str] | None] | None = None) -> list[TwoStageResult]:
+        """Rationale, then answer from question + rationale ids (see the module doc); choices as in
+        lm.generate.Generator.two_stage."""
         if not questions:
             return []
         limits = limits or GenerationLimits()
+        choices = choices or [None] * len(questions)
         stages = self.stages
-        prompts = [stages.prompt_ids(q) for q in questions]
         t0 = time.perf_counter()
-        outputs = self._run(prompts, [stages.params(limits, 1, i) for i in range(len(prompts))])
-        rationales = [stages.rationale(p, self._ids(o), limits) for p, o in zip(prompts, outputs)]
+        if stages.label_task:
+            rationales = [stages.label_row(q) for q in questions]
+        else:
+            prompts = [stages.prompt_ids(q) for q in questions]
+            outputs = self._run(prompts, [stages.params(limits, 1, i) for i in range(len(prompts))])
+            rationales = [stages.rationale(p, self._ids(o), limits) for p, o in zip(prompts, outputs)]
         t1 = time.perf_counter()
-        answers = self._stage2([stages.stage2_prompt(r) for r in rationales], limits)
+        answers, picks = self._stage2([stages.stage2_prompt(r) for r in rationales], limits, choices)
         t2 = time.perf_counter()
-        return [stages.result(q, r, a, t1 - t0, t2 - t1) for q, r, a in zip(questions, rationales, answers)]
+        return [stages.result(q, r, a, t1 - t0, t2 - t1, pick)
+                for q, r, a, pick in zip(questions, rationales, answers, picks)]
 
-    def _stage2(self, prompts: list[list[int]], limits: GenerationLimits) -> list[_Row]:
-        outputs = self._run(prompts, [self.stages.params(limits, 2, i) for i in range(len(prompts))])
+    def _stage2(self, prompts: list[list[int]], limits: GenerationLimits,
+                choices: list[list[str] | None]) -> tuple[list[_Row], list[str | None]]:
+        stages = self.stages
+        outputs = self._run(prompts, [stages.params(limits, 2, i, c) for i, c in enumerate(choices)])
         self.stats = StageStats(sum(len(p) for p in prompts), sum(o.num_cached_tokens or 0 for o in outputs))
-        return [self.stages.answer(p, self._ids(o), limits) for p, o in zip(prompts, outputs)]
+        picked = [stages.pick(c, o) for c, o in zip(choices, outputs)]
+        picks = [p for p, _ in picked]
+        undecided = [i for i, (_, ask) in enumerate(picked) if ask]
+        if undecided:  # no option in the top log-probabilities: one token restricted to the options
+            extra = self._run([prompts[i] for i in undecided], [stages.restricted_params(choices[i]) for i in undecided])
+            for i, output in zip(undecided, extra):
+                tokens = stages.rules.option_tokens(choices[i])
+                picks[i] = choices[i][tokens.index(self._ids(output)[0])]
+        return [stages.answer(p, self._ids(o), limits) for p, o in zip(prompts, outputs)], picks
 
     def answer_from_rationales(self, questions: list[str], rationales: list[str],
                                limits: GenerationLimits | None = None) -> list[TwoStageResult]:
@@ -324,8 +391,8 @@ class VLLMGenerator:
         limits = limits or GenerationLimits()
         stages = self.stages
         t0 = time.perf_counter()
-        rows = self._stage2([stages.prompt_ids(q) + encode(self.tokenizer, r.strip()) + stages.stage2_ids
-                             for q, r in zip(questions, rationales)], limits)
+        rows, _ = self._stage2([stages.prompt_ids(q) + encode(self.tokenizer, r.strip()) + stages.stage2_ids
+                                for q, r in zip(questions, rationales)], limits, [None] * len(questions))
         t2 = time.perf_counter() - t0
         return [
             stages.rules.result(q, r.strip(), row.generated[: row.keep],
@@ -396,7 +463,8 @@ class VLLMEngines:
 
                 self.loras[plan.lora_dir] = LoRARequest(Path(plan.lora_dir).name, len(self.loras) + 1, plan.lora_dir)
             lora = self.loras[plan.lora_dir]
-        return VLLMGenerator(engine, tokenizer, generation_eos(plan.source, tokenizer), lora=lora, few_shot=few_shot)
+        return VLLMGenerator(engine, tokenizer, generation_eos(plan.source, tokenizer), lora=lora, few_shot=few_shot,
+                             label_task=answers_through_label_task(spec))
 
 
 __all__ = [

@@ -76,7 +76,10 @@ class Backend(Protocol):
     the other requests it was batched with.
     """
 
-    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult: ...
+    async def reason(self, question: str, limits: GenerationLimits,
+                     choices: list[str] | None = None) -> TwoStageResult:
+        """The two-stage answer; with `choices`, also the constrained one (TwoStageResult)."""
+        ...
 
     def stream(self, question: str, limits: GenerationLimits) -> AsyncIterator[Union[str, TwoStageResult]]:
         """Rationale pieces as they are generated, then the complete result as the last item."""
@@ -191,10 +194,11 @@ def create_api(cfg: ServeConfig, backend: Backend, *, token_sha256: str | None =
         log.exception("unhandled error")
         return ApiError(500, "internal_error", f"internal error ({type(err).__name__}); see the server log").response()
 
-    async def run_two_stage(request: Request, question: str, limits: GenerationLimits) -> TwoStageResult:
+    async def run_two_stage(request: Request, question: str, limits: GenerationLimits,
+                            choices: list[str] | None = None) -> TwoStageResult:
         request.state.log["question_chars"] = len(question)
         try:
-            result = await asyncio.wait_for(backend.reason(question, limits), cfg.request_timeout_s)
+            result = await asyncio.wait_for(backend.reason(question, limits, choices), cfg.request_timeout_s)
         except Exception as err:  # any model-side failure is the server's 503, never a 500
             raise model_failure(err) from err
         request.state.log.update(
@@ -215,7 +219,7 @@ def create_api(cfg: ServeConfig, backend: Backend, *, token_sha256: str | None =
         question = check_question(body.question, cfg)
         limits = resolve_limits(body, cfg)
         start = time.perf_counter()
-        r = await run_two_stage(request, question, limits)
+        r = await run_two_stage(request, question, limits, body.choices)
         return ReasonResponse(
             id=f"reason-{request.state.request_id}",
             model=cfg.model_name,
@@ -223,6 +227,7 @@ def create_api(cfg: ServeConfig, backend: Backend, *, token_sha256: str | None =
             answer=r.answer,
             answer_text=r.answer_text,
             rationale_stop=r.rationale_stop,
+            constrained_answer=r.constrained_answer,
             usage=ReasonUsage(prompt_tokens=r.prompt_tokens, rationale_tokens=r.rationale_tokens,
                               answer_tokens=r.answer_tokens,
                               total_tokens=r.prompt_tokens + r.rationale_tokens + r.answer_tokens),

@@ -88,6 +88,11 @@ def validation_error(errors: list[dict]) -> ApiError:
         reason = (detail.get("ctx") or {}).get("error", "not valid JSON")
         return ApiError(400, "invalid_json", f"request body is not valid JSON: {reason}")
     problems = []
+    if any(_loc(tuple(e.get("loc", ()))).startswith("choices") for e in errors):
+        # bad choices are a malformed request (400), not an out-of-range value
+        bad = [e for e in errors if _loc(tuple(e.get("loc", ()))).startswith("choices")]
+        return ApiError(400, "invalid_choices", "; ".join(
+            f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in bad), param="choices")
     for e in errors:
         where = _loc(tuple(e.get("loc", ())))
         if where == "body" and isinstance(e.get("input"), bytes):

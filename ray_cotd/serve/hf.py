@@ -45,6 +45,7 @@ class Job:
 
     question: str
     limits: GenerationLimits
+    choices: list[str] | None = None
     gone: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
@@ -97,8 +98,9 @@ class HFBackend:
         self._stream_threads = ThreadPoolExecutor(max_concurrent_streams, thread_name_prefix="ray-cotd-stream")
         self._batched = batch(self._generate_batch)
 
-    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult:
-        job = Job(question, limits)
+    async def reason(self, question: str, limits: GenerationLimits,
+                     choices: list[str] | None = None) -> TwoStageResult:
+        job = Job(question, limits, choices)
         try:
             out = await self._batched(job)
         finally:
@@ -131,7 +133,8 @@ class HFBackend:
         try:
             with self._gate.watching(lambda: all(jobs[i].gone.is_set() for i in live)):
                 results: list[Outcome] = list(
-                    self.generator.two_stage([jobs[i].question for i in live], jobs[live[0]].limits))
+                    self.generator.two_stage([jobs[i].question for i in live], jobs[live[0]].limits,
+                                             [jobs[i].choices for i in live]))
         except Abandoned:
             return out
         except Exception as err:  # reported per request as a 503 by the API

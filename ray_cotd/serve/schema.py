@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # The schema's own ceilings; the config's bounds (checked per request) are usually far lower.
 SCHEMA_MAX_TOKENS = 1 << 16
 SCHEMA_MAX_SEED = (1 << 32) - 1
+MAX_CHOICES = 26  # answer options of one question (A-Z)
 
 # The chat question is the text of the last user message (api.chat_question): the schema states that
 # a user message with some text exists ("last" is said in the description; JSON Schema cannot).
@@ -67,6 +68,10 @@ class GenerationParams(BaseModel):
 
 class ReasonRequest(GenerationParams):
     question: str = Field(min_length=1, description="the question, as a user would ask it")
+    choices: Optional[list[str]] = Field(
+        None, min_length=1, max_length=MAX_CHOICES,
+        description="the question's answer options as the answer reads them (e.g. [\"A\", \"B\", \"C\"]); "
+                    "constrained_answer is then the one the student scores highest at the answer position")
 
     @field_validator("question")
     @classmethod
@@ -74,6 +79,18 @@ class ReasonRequest(GenerationParams):
         if not value.strip():
             raise ValueError("question is empty (whitespace only)")
         return encodable(value)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct_choices(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is None:
+            return value
+        cleaned = [encodable(c).strip() for c in value]
+        if any(not c for c in cleaned):
+            raise ValueError("a choice is empty (whitespace only)")
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError(f"choices repeat: {sorted({c for c in cleaned if cleaned.count(c) > 1})}")
+        return cleaned
 
 
 class ContentPart(BaseModel):
@@ -151,7 +168,10 @@ class ReasonResponse(BaseModel):
     rationale: str
     answer: Optional[str] = Field(description="the parsed answer; null when stage 2 produced none")
     answer_text: str = Field(description="stage 2's raw text after 'The answer is' (e.g. ' 145.')")
-    rationale_stop: str = Field(description="why stage 1 ended: eos, marker or length (truncated)")
+    rationale_stop: str = Field(description="why stage 1 ended: eos, marker or length (truncated); label_task for a "
+                                            "student that answers without a rationale (step_by_step)")
+    constrained_answer: Optional[str] = Field(
+        None, description="with `choices`: the choice the student scores highest at the answer position")
     usage: ReasonUsage
     timings: ReasonTimings
 

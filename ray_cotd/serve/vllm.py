@@ -20,7 +20,7 @@ from typing import Any, Union
 
 from ray_cotd.config import ModelSpec, ServeConfig
 from ray_cotd.lm.generate import GenerationLimits, TwoStageResult, _Row
-from ray_cotd.lm.model import load_tokenizer
+from ray_cotd.lm.model import answers_through_label_task, load_tokenizer
 from ray_cotd.lm.vllm import (
     TwoStages,
     check_engine,
@@ -38,25 +38,37 @@ class VLLMBackend:
     def __init__(self, engine: Any, stages: TwoStages, lora: Any = None) -> None:
         self.engine, self.stages, self.lora = engine, stages, lora
 
-    async def _final_ids(self, prompt: list[int], params: Any) -> list[int]:
-        """The generated ids of one engine request (cancelling the caller aborts the request)."""
+    async def _final(self, prompt: list[int], params: Any) -> Any:
+        """The finished RequestOutput of one engine request (cancelling the caller aborts it)."""
         last = None
         async for output in self.engine.generate({"prompt_token_ids": prompt}, params, uuid.uuid4().hex,
                                                  lora_request=self.lora):
             last = output
-        return list(last.outputs[0].token_ids) if last is not None else []
+        return last
 
-    async def _answer(self, rationale: _Row, limits: GenerationLimits) -> _Row:
-        prompt = self.stages.stage2_prompt(rationale)
-        return self.stages.answer(prompt, await self._final_ids(prompt, self.stages.params(limits, 2)), limits)
+    async def _answer(self, rationale: _Row, limits: GenerationLimits,
+                      choices: list[str] | None = None) -> tuple[_Row, str | None]:
+        stages = self.stages
+        prompt = stages.stage2_prompt(rationale)
+        output = await self._final(prompt, stages.params(limits, 2, choices=choices))
+        pick, ask = stages.pick(choices, output)
+        if ask:  # no option in the top log-probabilities: one token restricted to the options
+            restricted = await self._final(prompt, stages.restricted_params(choices))
+            pick = choices[stages.rules.option_tokens(choices).index(restricted.outputs[0].token_ids[0])]
+        return stages.answer(prompt, list(output.outputs[0].token_ids), limits), pick
 
-    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult:
+    async def reason(self, question: str, limits: GenerationLimits,
+                     choices: list[str] | None = None) -> TwoStageResult:
         t0 = time.perf_counter()
-        prompt = self.stages.prompt_ids(question)
-        rationale = self.stages.rationale(prompt, await self._final_ids(prompt, self.stages.params(limits, 1)), limits)
+        if self.stages.label_task:
+            rationale = self.stages.label_row(question)
+        else:
+            prompt = self.stages.prompt_ids(question)
+            output = await self._final(prompt, self.stages.params(limits, 1))
+            rationale = self.stages.rationale(prompt, list(output.outputs[0].token_ids), limits)
         t1 = time.perf_counter()
-        answer = await self._answer(rationale, limits)
-        return self.stages.result(question, rationale, answer, t1 - t0, time.perf_counter() - t1)
+        answer, pick = await self._answer(rationale, limits, choices)
+        return self.stages.result(question, rationale, answer, t1 - t0, time.perf_counter() - t1, pick)
 
     async def stream(self, question: str, limits: GenerationLimits) -> AsyncIterator[Union[str, TwoStageResult]]:
         """Stage-1 text as vLLM writes it (never any part of the marker), then the finished result.
@@ -64,6 +76,9 @@ class VLLMBackend:
         Stage 1's rule runs on every new token, so the stream stops where two_stage's rationale
         stops; leaving the engine's iterator there aborts the rest of the request.
         """
+        if self.stages.label_task:  # no rationale to stream
+            yield await self.reason(question, limits)
+            return
         rules = self.stages.rules
         t0 = time.perf_counter()
         prompt = self.stages.prompt_ids(question)
@@ -88,7 +103,7 @@ class VLLMBackend:
         if tail:
             yield tail
         t1 = time.perf_counter()
-        answer = await self._answer(row, limits)
+        answer, _ = await self._answer(row, limits)
         yield self.stages.result(question, row, answer, t1 - t0, time.perf_counter() - t1)
 
 
@@ -117,7 +132,9 @@ def replica_backend(cfg: ServeConfig) -> VLLMBackend:
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest("student", 1, plan.lora_dir)
-    return VLLMBackend(engine, TwoStages(tokenizer, generation_eos(plan.source, tokenizer)), lora)
+    stages = TwoStages(tokenizer, generation_eos(plan.source, tokenizer),
+                       label_task=answers_through_label_task(cfg.student))
+    return VLLMBackend(engine, stages, lora)
 
 
 __all__ = ["VLLMBackend", "replica_backend"]

@@ -219,3 +219,37 @@ def test_vllm_annotation_keeps_every_guarantee_and_resumes_after_a_kill(ray_clus
     killed_corpus = _corpus(killed)
     assert len({r["id"] for r in killed_corpus}) == len(killed_corpus)
     assert {(r["id"], r["rationale"]) for r in killed_corpus} == {(r["id"], r["rationale"]) for r in corpus}
+
+
+CHOICE_QUESTIONS = [  # invented for these tests
+    ("Where do you keep milk cold? Answer choices: A: the fridge B: the oven C: a shoe D: the roof", list("ABCD")),
+    ("Which animal says moo? (A) cat (B) cow (C) fish", list("ABC")),
+    ("What do bees make? (1) honey (2) bricks (3) paper (4) glass", list("1234")),
+]
+
+
+def test_constrained_choices_agree_between_the_backends(engines, hf_base):
+    """The option the student scores highest at the answer position: the HF backend reads it from
+    the first stage-2 step's logits, vLLM from the top log-probabilities of that position."""
+    questions = [q for q, _ in CHOICE_QUESTIONS]
+    choices = [c for _, c in CHOICE_QUESTIONS]
+    assert all(hf_base.rules.option_tokens(c) is not None for c in choices)  # " A", " 1": one token each here
+    ours = engines.generator(ModelSpec()).two_stage(questions, LIMITS, choices)
+    theirs = hf_base.two_stage(questions, LIMITS, choices)
+    assert [r.constrained_answer for r in ours] == [r.constrained_answer for r in theirs]
+    assert all(r.constrained_answer in c for r, c in zip(ours, choices))
+
+
+def test_a_step_by_step_student_answers_through_its_label_task_on_both_backends(engines, lora_student, tmp_path):
+    """student.json says step_by_step: both backends prompt "[label] Q" and answer with no rationale."""
+    import shutil
+
+    student = tmp_path / "sbs"
+    shutil.copytree(lora_student.adapter, student)
+    write_student_meta(student, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "step_by_step"})
+    spec = ModelSpec(source="default", adapter=str(student))
+    ours = engines.generator(spec).two_stage(QUESTIONS[:4], LIMITS)
+    theirs = Generator.from_spec(spec).two_stage(QUESTIONS[:4], LIMITS)
+    assert all(r.rationale_stop == "label_task" and r.rationale == "" for r in ours + theirs)
+    assert [r.prompt_tokens for r in ours] == [r.prompt_tokens for r in theirs]
+    assert sum(a.answer_text == b.answer_text for a, b in zip(ours, theirs)) >= 3

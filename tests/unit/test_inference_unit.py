@@ -209,3 +209,54 @@ def test_ptuning_two_stage_cache_reuse_equals_naive(tiny_ptuning):
     assert [(r.rationale, r.answer_text) for r in reused] == [(r.rationale, r.answer_text) for r in naive]
     plain = Generator(tiny_ptuning.model, tiny_ptuning.tokenizer).two_stage(QUESTIONS, limits)
     assert [r.prompt_tokens for r in reused] == [r.prompt_tokens + 3 for r in plain]
+
+
+# -------------------------------------------------------------------------------- step_by_step students
+
+
+def test_a_label_task_student_is_prompted_with_the_ids_of_its_training_label_task(tiny):
+    """step_by_step trains "[label] Q" -> marker + answer; generation feeds exactly those prompt ids,
+    then the marker ids, and answers in one stage (no rationale)."""
+    from ray_cotd.student.objectives import step_by_step
+    from ray_cotd.student.objectives.common import Row
+
+    gen = Generator(tiny.model, tiny.tokenizer, label_task=True)
+    for question in QUESTIONS:
+        laid = step_by_step.layout(tiny.tokenizer, Row(question, "Two and three make five.", "5"), 512, 0)
+        label_sequence = laid.sequences[0]  # the label task: prompt | marker | value | EOS
+        prompt = label_sequence.input_ids[: label_sequence.question_len]
+        assert gen.prompt_ids(question) == prompt
+        marker = encode(tiny.tokenizer, STAGE2_PREFIX)
+        assert label_sequence.input_ids[len(prompt): len(prompt) + len(marker)] == marker
+    results = gen.two_stage(QUESTIONS, GenerationLimits(max_rationale_tokens=8, max_answer_tokens=3))
+    assert all(r.rationale == "" and r.rationale_tokens == 0 and r.rationale_stop == "label_task" for r in results)
+    assert all(1 <= r.answer_tokens <= 3 for r in results)
+    stream = gen.stream_rationale(QUESTIONS[0], GenerationLimits(max_answer_tokens=3))
+    assert list(stream) == [] and stream.finish().answer_text == results[0].answer_text
+    assert Generator(tiny.model, tiny.tokenizer).prompt_ids(QUESTIONS[0]) != gen.prompt_ids(QUESTIONS[0])
+
+
+# -------------------------------------------------------------------------------- constrained choices
+
+
+def test_the_constrained_answer_is_the_best_scored_option_at_the_answer_position(tiny):
+    """Of the question's choices, the one whose first answer token has the highest logit at the
+    first stage-2 step; read from the same forward pass that starts the free answer. (The character
+    tokenizer spells " A." with a bare space first, shared by every option, so this test scores the
+    options' letters; the real tokenizer's option tokens are checked in tests/integration.)"""
+    gen = Generator(tiny.model, tiny.tokenizer)
+    shared_space = gen.rules.option_tokens(["A", "B"])
+    assert shared_space is None  # " A." and " B." start with the same token: no pick possible there
+    gen.rules.option_tokens = lambda options: [encode(tiny.tokenizer, o)[0] for o in options] if options else None
+    limits = GenerationLimits(max_rationale_tokens=6, max_answer_tokens=3)
+    choices = [["A", "B", "C", "D"], None, ["1", "2", "3"]]
+    results = gen.two_stage(QUESTIONS, limits, choices)
+    free = gen.two_stage(QUESTIONS, limits)
+    assert [r.answer_text for r in results] == [r.answer_text for r in free]  # the free answer is unchanged
+    assert results[1].constrained_answer is None
+    for i in (0, 2):
+        prompt = gen.prompt_ids(QUESTIONS[i]) + encode(tiny.tokenizer, free[i].rationale) + gen.stage2_ids
+        with torch.inference_mode():
+            logits = tiny.model(torch.tensor([prompt])).logits[0, -1]
+        tokens = [encode(tiny.tokenizer, c)[0] for c in choices[i]]
+        assert results[i].constrained_answer == choices[i][int(logits[tokens].argmax())]

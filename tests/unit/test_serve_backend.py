@@ -87,7 +87,7 @@ class SteppedGenerator:
         self.calls: list[list[str]] = []
         self.ended = threading.Event()
 
-    def two_stage(self, questions: list[str], limits: GenerationLimits) -> list[TwoStageResult]:
+    def two_stage(self, questions: list[str], limits: GenerationLimits, choices=None) -> list[TwoStageResult]:
         self.calls.append(questions)
         try:
             for _ in range(0 if self.stream_only else self.tokens):
@@ -125,7 +125,7 @@ class RecordingGenerator:
         self.model = torch.nn.Identity()
         self.calls: list[tuple[list[str], GenerationLimits]] = []
 
-    def two_stage(self, questions: list[str], limits: GenerationLimits) -> list[TwoStageResult]:
+    def two_stage(self, questions: list[str], limits: GenerationLimits, choices=None) -> list[TwoStageResult]:
         self.calls.append((questions, limits))
         if limits.max_answer_tokens == 3:
             raise RuntimeError("out of memory")

@@ -8,6 +8,7 @@ model behind Ray Serve is exercised in tests/integration/test_serve.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 
@@ -48,13 +49,16 @@ class ScriptedBackend:
     def __init__(self, fail: Exception | None = None, delay_s: float = 0.0) -> None:
         self.fail, self.delay_s = fail, delay_s
         self.calls: list[tuple[str, GenerationLimits]] = []
+        self.choices: list[list[str] | None] = []
 
-    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult:
+    async def reason(self, question: str, limits: GenerationLimits, choices: list[str] | None = None) -> TwoStageResult:
         self.calls.append((question, limits))
+        self.choices.append(choices)
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise self.fail
-        return result(question)
+        out = result(question)
+        return dataclasses.replace(out, constrained_answer=choices[-1]) if choices else out
 
     async def stream(self, question: str, limits: GenerationLimits):
         self.calls.append((question, limits))
@@ -406,7 +410,7 @@ class HangingBackend:
     def __init__(self) -> None:
         self.started = asyncio.Event()
 
-    async def reason(self, question: str, limits: GenerationLimits) -> TwoStageResult:
+    async def reason(self, question: str, limits: GenerationLimits, choices: list[str] | None = None) -> TwoStageResult:
         self.started.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -489,3 +493,24 @@ def test_schema_and_server_agree_on_the_user_turn():
     jsonschema.validate(no_user + [{"role": "user", "content": "How many?"}], check)
     r = client().post("/v1/chat/completions", json={"model": MODEL, "messages": no_user})
     assert r.status_code == 422 and error_of(r)["param"] == "messages"
+
+
+# -------------------------------------------------------------------------------- choices
+
+
+def test_choices_reach_the_backend_and_the_constrained_answer_comes_back():
+    backend = ScriptedBackend()
+    r = client(backend=backend).post("/v1/reason", json={"question": "Which? A: x B: y", "choices": ["A", "B"]})
+    assert r.status_code == 200, r.text
+    assert backend.choices == [["A", "B"]] and r.json()["constrained_answer"] == "B"
+    plain = client(backend=ScriptedBackend()).post("/v1/reason", json={"question": "2 + 2?"})
+    assert plain.json()["constrained_answer"] is None
+
+
+@pytest.mark.parametrize("choices", [[], ["A", "A"], ["A", 3], ["A", "  "], "AB"])
+def test_bad_choices_are_a_400_naming_the_field(choices):
+    backend = ScriptedBackend()
+    r = client(backend=backend).post("/v1/reason", json={"question": "Which?", "choices": choices})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "choices" and "choices" in r.json()["error"]["message"]
+    assert backend.calls == []

@@ -2,8 +2,9 @@
 
 Two tasks per row, told apart by a prefix on the question: "[label] Q" → the answer, and
 "[rationale] Q" → the rationale. L = L_label + L_rationale (their λ = 1), each a token mean over
-its own task's targets. At inference the "[label]" task answers directly; the rationale task only
-shapes the representation.
+its own task's targets. At inference the "[label]" task answers directly (lm.generate reads the
+objective from student.json and prompts with the same ids); the rationale task only shapes the
+representation.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any
 
 import torch
 
+from ray_cotd.lm.format import TASK_PREFIXES
 from ray_cotd.student.collate import ROLE_ANSWER, ROLE_RATIONALE, build_sequence, fit_rationale, segments
 from ray_cotd.student.objectives.common import Laid, LossInputs, LossParams, Row, masked_mean
 
-LABEL_PREFIX = "[label] "
-RATIONALE_PREFIX = "[rationale] "
+LABEL_PREFIX = TASK_PREFIXES["label"]
+RATIONALE_PREFIX = TASK_PREFIXES["rationale"]
 
 
 def step_by_step_loss(token_logp: torch.Tensor, rationale_mask: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
