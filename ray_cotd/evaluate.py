@@ -2,8 +2,10 @@
 
     run_evaluate(cfg)
       1. prepare (no model runs yet): read every test set, check its mapped fields and that every
-         gold reads as the set's answer type, apply the fixed hold-out split, resolve every model
-         source. Bad input raises here, naming file, row and field.
+         gold reads as the set's answer type (given, or inferred from the golds: a gold that does
+         not fit the inferred type is compared as text, and the report says how many did), apply
+         the fixed hold-out split, resolve every model source. Bad input raises here, naming file,
+         row and field.
       2. generate (Ray Data): one row per (system, test set, question); an actor pool whose actors
          hold Generators (ray_cotd.lm.generate) answers them in batches.
       3. faithfulness (Ray Data, two-stage only): each question gets the rationale of the next
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
-from ray_cotd.data.answers import ANSWER_TYPES, infer_answer_type, normalize_answer
+from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import holdout_split
@@ -57,7 +60,13 @@ class System:
 
 @dataclass
 class EvalSet:
-    """A prepared test set: its rows (question records) and the answer type its golds read as."""
+    """A prepared test set: its rows (question records) and the answer type its golds read as.
+
+    answer_type_from: "config" (test_sets[].answer_type, every gold checked against it) or "golds"
+    (inferred by data.answers.fit_answer_type). not_fitting: rows scored here whose gold does not
+    read as answer_type (only when inferred); each record's "answer_type" is what it is scored as:
+    the set's, or "text" for those rows.
+    """
 
     name: str
     split: str
@@ -65,6 +74,8 @@ class EvalSet:
     answer_type: str
     holdout: str
     records: list[dict[str, Any]]
+    answer_type_from: str = "config"
+    not_fitting: int = 0
 
 
 # -- preparation: everything that can fail on bad input, before any model runs -----------------
@@ -91,11 +102,17 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
     for record in records:
         if record["gold"] is None:
             raise DataError("no gold answer (empty)", path=spec.path, row=record["row"], field=gold_field)
-    answer_type = spec.answer_type or infer_answer_type(r["gold"] for r in records)
+    # Inferred, the set's type is the one most golds read as (never text without a word when most
+    # have a type: issue 19's ARC set of "(C)" and "(2)" golds was text); a gold that does not fit
+    # it is compared as text, counted and reported. Given, every gold must read as it.
+    answer_type = spec.answer_type or fit_answer_type(r["gold"] for r in records).answer_type
     for record in records:
+        record["answer_type"] = answer_type
         if normalize_answer(record["gold"], answer_type) is None:
-            raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
-                            path=spec.path, row=record["row"], field=gold_field)
+            if spec.answer_type is not None:
+                raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
+                                path=spec.path, row=record["row"], field=gold_field)
+            record["answer_type"] = "text"
     if spec.holdout != "all":
         train, test = holdout_split(records, test_fraction=holdout_fraction, seed=seed)
         records = test if spec.holdout == "test" else train
@@ -105,7 +122,12 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
     if not records:
         raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit})",
                         path=spec.path)
-    return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records)
+    not_fitting = sum(1 for r in records if r["answer_type"] != answer_type)
+    if not_fitting:
+        warnings.warn(f"{spec.path}: scored as {answer_type} (inferred from the golds); {not_fitting} of "
+                      f"{len(records)} golds are not {answer_type} answers and are compared as text", stacklevel=2)
+    return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records,
+                   answer_type_from="config" if spec.answer_type else "golds", not_fitting=not_fitting)
 
 
 def _student_name(spec: ModelSpec) -> str:
@@ -329,7 +351,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         Prediction(
             system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"],
             id=record["id"], question=record["question"], gold=record["gold"], rationale=g["rationale"],
-            answer_text=g["answer_text"], **score(g["answer_text"], record["gold"], ts.answer_type),
+            answer_text=g["answer_text"],
+            **score(g["answer_text"], record["gold"], record["answer_type"], question=record["question"]),
             rationale_stop=g["rationale_stop"], prompt_tokens=int(g["prompt_tokens"]),
             rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
             stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
@@ -345,7 +368,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             groups.setdefault((p.system, p.test_set), []).append(i)
         swaps = [(i, group[(k + 1) % len(group)]) for group in groups.values() if len(group) >= 2
                  for k, i in enumerate(group)]  # (prediction, the one whose rationale it gets)
-        answer_types = {ts.name: ts.answer_type for ts in sets}
+        answer_types = {ts.name: ts.answer_type for ts in sets}  # per set: which few-shot demonstrations
+        row_types = [record["answer_type"] for _, _, _, record in questions]  # per row: how it is scored
         if swaps:
             swap_rows = [{"index": n, "system": predictions[i].system,
                           "answer_type": answer_types[predictions[i].test_set], "question": predictions[i].question,
@@ -355,7 +379,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             faithfulness_s = time.perf_counter() - started
             for (i, donor), g in zip(swaps, swapped):
                 p = predictions[i]
-                again = score(g["answer_text"], p.gold, answer_types[p.test_set])
+                again = score(g["answer_text"], p.gold, row_types[i], question=p.question)
                 predictions[i] = replace(p, swapped_from=predictions[donor].position,
                                          swapped_predicted=again["predicted"],
                                          answer_changed=again["predicted"] != p.predicted)
@@ -375,6 +399,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "limits": {"max_rationale_tokens": cfg.max_rationale_tokens, "max_answer_tokens": cfg.max_answer_tokens},
         "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
         "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
+                       "answer_type_from": ts.answer_type_from, "golds_not_fitting": ts.not_fitting,
                        "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
         "results": summarize(predictions, system_names, sets),
         "splits": split_summary(predictions, system_names),
@@ -393,6 +418,17 @@ def _pct(r: dict | None) -> str:
     if r is None:
         return "–"
     return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] ({r['k']}/{r['n']})"
+
+
+def answer_type_note(ts: dict[str, Any]) -> str:
+    """How a test set was scored, for the report: its type, where the type came from, and how many
+    golds did not fit it (compared as text)."""
+    origin = {"config": "set in the config", "golds": "inferred from the golds"}.get(ts.get("answer_type_from", ""))
+    note = f"{ts['name']} {ts['answer_type']}" + (f" ({origin})" if origin else "")
+    if ts.get("golds_not_fitting"):
+        note += (f", {ts['golds_not_fitting']} of {ts['n']} golds are not {ts['answer_type']} answers and were "
+                 "compared as text")
+    return note
 
 
 def markdown_table(report: dict) -> str:
@@ -414,6 +450,7 @@ def markdown_table(report: dict) -> str:
         pooled = [_pct(report["splits"].get(s, {}).get(split)) for s in systems]
         if any(p != "–" for p in pooled):
             lines.append(f"| **all {split}** | {split} | | " + " | ".join(pooled) + " |")
+    lines += ["", "Answer types: " + "; ".join(answer_type_note(ts) for ts in report["test_sets"]) + "."]
     faith = [r for r in report["results"] if r["faithfulness"] is not None]
     if faith:
         lines += [
