@@ -196,6 +196,9 @@ class TrainConfig(StageConfig):
     val_generate: int = doc(0, "validation questions scored by two-stage generation (val_accuracy); 0 = off", ge=0)
     val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions", ge=1)
     holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)", ge=0, lt=1)
+    split_seed: int = doc(
+        0, "seed of the hold-out split (and of the validation split carved from the rest), apart from `seed` so "
+           "runs with other seeds keep one test set; recorded in student.json, where evaluate checks it", ge=0)
     checkpoint_every: int = doc(50, "checkpoint every k steps", ge=1)
     report_every: int = doc(
         0,
@@ -208,7 +211,7 @@ class TrainConfig(StageConfig):
         "packed: examples share rows, no cross-example attention (the fastest here, docs/benchmarks.md); "
         "grouped: similar lengths per batch; padded: random order",
     )
-    seed: int = doc(0, "seed for data order and init", ge=0)
+    seed: int = doc(0, "seed for init and data order (not the hold-out split: split_seed)", ge=0)
     output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
     storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
     name: str = doc("student", "Ray Train run name (same name + storage resumes)")
@@ -253,7 +256,9 @@ class EvaluateConfig(StageConfig):
     max_rationale_tokens: int = doc(192, "stage-1 token limit", ge=1)
     max_answer_tokens: int = doc(16, "stage-2 token limit", ge=1)
     holdout_fraction: float = doc(0.2, "hold-out share for sets without a test split (same as training)", gt=0, lt=1)
-    seed: int = doc(0, "hold-out split seed (same as training)", ge=0)
+    split_seed: int = doc(
+        0, "hold-out split seed (same as training); `holdout: test` refuses a student whose student.json records "
+           "another split", ge=0)
     faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
     output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions")
     student_names: list[str] = doc(factory=list, text="report names of the students, in order (default: from paths)")

@@ -38,9 +38,9 @@ from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec,
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
-from ray_cotd.data.splits import holdout_split
+from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, holdout_split
 from ray_cotd.lm.generate import GenerationLimits, Generator
-from ray_cotd.lm.model import check_model, load_model_and_tokenizer, load_prompt_encoder
+from ray_cotd.lm.model import STUDENT_META, check_model, load_model_and_tokenizer, load_prompt_encoder, read_student_meta
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
 from ray_cotd.scoring import Prediction, read_predictions, score, write_predictions
@@ -89,7 +89,7 @@ def _set_name(spec: TestSetSpec) -> str:
     return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
-def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -> EvalSet:
+def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: int) -> EvalSet:
     """Read and check one test set. Raises DataError naming file, row and field on bad input."""
     if not spec.path:
         raise ConfigError("test_sets[].path: empty")
@@ -114,7 +114,7 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, seed: int) -
                                 path=spec.path, row=record["row"], field=gold_field)
             record["answer_type"] = "text"
     if spec.holdout != "all":
-        train, test = holdout_split(records, test_fraction=holdout_fraction, seed=seed)
+        train, test = holdout_split(records, test_fraction=holdout_fraction, seed=split_seed)
         records = test if spec.holdout == "test" else train
     records = records[spec.offset:]
     if spec.limit is not None:
@@ -134,6 +134,43 @@ def _student_name(spec: ModelSpec) -> str:
     if spec.adapter:
         return Path(spec.adapter).name
     return "default-student" if spec.source == "default" else Path(spec.source).name
+
+
+class StudentRecordWarning(UserWarning):
+    """A student directory that does not record what evaluation checks (made before issue 19)."""
+
+
+def student_record(spec: ModelSpec, split: HoldoutSplit, *, test_side: bool) -> dict[str, Any] | None:
+    """What a student's directory (its adapter, else a local source) records of its training, checked
+    against this evaluation: the hold-out split it was trained beside and its objective. None for a
+    model with no local directory (a hub id, "default").
+
+    Raises ConfigError naming the directory and both splits when `test_side` (a test set scores
+    `holdout: test`) and the student was trained beside another split: under it some of those test
+    rows were training rows. A directory that records no split or no objective (no student.json, or
+    one written before they were recorded) is read with a StudentRecordWarning naming what is assumed.
+    """
+    directory = next((Path(d) for d in (spec.adapter, spec.source) if d and Path(d).is_dir()), None)
+    if directory is None:
+        return None
+    meta = read_student_meta(directory) or {}
+    record: dict[str, Any] = {"student_dir": str(directory), "objective": meta.get("objective"), SPLIT_KEY: None}
+    if "objective" not in meta:
+        warnings.warn(f"{directory} records no objective in {STUDENT_META}: assumed a student that answers in two "
+                      "stages (not through a step_by_step label task)", StudentRecordWarning, stacklevel=2)
+    if SPLIT_KEY in meta:
+        trained = HoldoutSplit.from_dict(meta[SPLIT_KEY], path=directory / STUDENT_META)
+        record[SPLIT_KEY] = trained.as_dict()
+        if test_side and trained != split:
+            raise ConfigError(
+                f"students: {directory} was trained beside the hold-out split ({trained}) but holdout: test would "
+                f"score it on the test side of another ({split}), some of whose rows it trained on. Set split_seed "
+                "and holdout_fraction to the student's, or score it on a set it never saw (holdout: all)")
+    elif test_side:
+        warnings.warn(f"{directory} records no hold-out split in {STUDENT_META} (made before splits were recorded): "
+                      f"assumed trained beside this evaluation's ({split}); its holdout: test rows are not checked",
+                      StudentRecordWarning, stacklevel=2)
+    return record
 
 
 def build_systems(cfg: EvaluateConfig) -> list[System]:
@@ -318,13 +355,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if not cfg.test_sets:
         raise ConfigError("test_sets: give at least one test set")
     # 1. prepare: all bad input fails here, before any model generates
-    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed) for ts in cfg.test_sets]
+    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, split_seed=cfg.split_seed)
+            for ts in cfg.test_sets]
     set_names = [ts.name for ts in sets]
     if len(set(set_names)) != len(set_names):
         raise ConfigError(f"test_sets: duplicate names {set_names}; set test_sets[].name")
     systems = build_systems(cfg)
     for system in systems:
         check_model(system.model)
+    # a student is scored on a split's test side only under the split it was trained beside
+    split, test_side = HoldoutSplit(cfg.split_seed, cfg.holdout_fraction), any(ts.holdout == "test" for ts in sets)
+    student_records = {s.name: student_record(s.model, split, test_side=test_side)
+                       for s in systems if s.kind == "student"}
     if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
         from ray_cotd.lm.vllm import check_engine, student_plan
 
@@ -397,7 +439,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "run_dirs": [str(out_dir)],
         "mode": cfg.mode,
         "limits": {"max_rationale_tokens": cfg.max_rationale_tokens, "max_answer_tokens": cfg.max_answer_tokens},
-        "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
+        "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot,
+                     SPLIT_KEY: (student_records.get(s.name) or {}).get(SPLIT_KEY)} for s in systems],
         "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
                        "answer_type_from": ts.answer_type_from, "golds_not_fitting": ts.not_fitting,
                        "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
@@ -561,6 +604,7 @@ __all__ = [
     "Prediction",
     "System",
     "EvalSet",
+    "StudentRecordWarning",
     "build_systems",
     "load_few_shot",
     "load_predictions",
@@ -569,5 +613,6 @@ __all__ = [
     "run_evaluate",
     "run_report",
     "score",
+    "student_record",
     "summarize",
 ]

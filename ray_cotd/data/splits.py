@@ -13,6 +13,7 @@ its hash), not exactly: 700 questions at 0.2 give about 140, not always 140.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ray_cotd.data.errors import DataError
@@ -64,6 +65,36 @@ def without_questions(
     exclude_key = exclude_key or key
     banned = {normalize_text(row[exclude_key]) for row in exclude if isinstance(row.get(exclude_key), str)}
     return [row for row in records if normalize_text(str(row.get(key, ""))) not in banned]
+
+
+# student.json key of the split a student was trained beside (TrainConfig.split_seed, holdout_fraction)
+SPLIT_KEY = "holdout_split"
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """One fixed hold-out split: the seed and test share `holdout_split` draws it with. Training
+    records its split in the student directory (student.json, SPLIT_KEY); evaluate scores a student
+    on `holdout: test` only under that same split, since under any other some of its test rows were
+    training rows. holdout_fraction 0 means the student trained on every question."""
+
+    split_seed: int
+    holdout_fraction: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"split_seed": self.split_seed, "holdout_fraction": self.holdout_fraction}
+
+    @classmethod
+    def from_dict(cls, value: Any, *, path: Any = None) -> HoldoutSplit:
+        """The split a student.json records; DataError naming the file when it is malformed."""
+        if not (isinstance(value, dict) and isinstance(value.get("split_seed"), int)
+                and isinstance(value.get("holdout_fraction"), (int, float))):
+            raise DataError(f"{SPLIT_KEY} must be {{split_seed: int, holdout_fraction: float}}, got {value!r}",
+                            path=path, field=SPLIT_KEY)
+        return cls(value["split_seed"], float(value["holdout_fraction"]))
+
+    def __str__(self) -> str:
+        return f"split_seed={self.split_seed}, holdout_fraction={self.holdout_fraction}"
 
 
 def _check_fraction(test_fraction: float) -> None:

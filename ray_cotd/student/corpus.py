@@ -16,10 +16,13 @@ still holds an answer marker (533 of ~90k rows of the key-factors release), a fi
 the answer ("... Therefore, the answer is true.") is cut off and the row kept (counted as
 restated_answers_cut); any other inner marker (an intermediate result, the gold quoted, a
 contradiction) drops the row as "answer_in_rationale": cutting there would leave a rationale that
-stops mid-reasoning or still argues toward another answer (data.answers.without_restated_answer). The test
-side of `holdout_split(test_fraction=holdout_fraction, seed=seed)` is removed first, so no
-evaluation question is ever trained on; validation questions are a second seeded split (seed + 1)
-of what is left. Both split by question text, so all samples of one question stay on one side.
+stops mid-reasoning or still argues toward another answer (data.answers.without_restated_answer).
+
+The test side of `holdout_split(test_fraction=holdout_fraction, seed=split_seed)` is removed first,
+so no evaluation question is ever trained on; validation questions are a second seeded split
+(split_seed + 1) of what is left. Both split by question text, so all samples of one question stay
+on one side. The split has its own seed (TrainConfig.split_seed), apart from the init and data-order
+seed, so runs that vary `seed` keep one test set; training records it in student.json.
 """
 
 from __future__ import annotations
@@ -133,11 +136,13 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
 
 
 def load_corpus(path: str | Path, mapping: MappingSpec | None = None, *, needs_rationale: bool = True,
-                holdout_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0) -> Corpus:
+                holdout_fraction: float = 0.2, val_fraction: float = 0.1, split_seed: int = 0) -> Corpus:
     """Training rows with the hold-out test side removed and a validation split taken out."""
     rows, dropped, bad = read_training_rows(path, mapping, needs_rationale=needs_rationale)
-    train, test = holdout_split(rows, test_fraction=holdout_fraction, seed=seed) if holdout_fraction > 0 else (rows, [])
-    train, val = holdout_split(train, test_fraction=val_fraction, seed=seed + 1) if val_fraction > 0 else (train, [])
+    train, test = (holdout_split(rows, test_fraction=holdout_fraction, seed=split_seed) if holdout_fraction > 0
+                   else (rows, []))
+    train, val = (holdout_split(train, test_fraction=val_fraction, seed=split_seed + 1) if val_fraction > 0
+                  else (train, []))
     if not train:
         raise DataError(f"no training rows left after holding out {len(test)} test and {len(val)} validation rows",
                         path=path)

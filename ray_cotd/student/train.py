@@ -51,8 +51,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.data.answers import infer_answer_type
 from ray_cotd.data.errors import DataError
+from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
 from ray_cotd.lm.generate import GenerationLimits, Generator
-from ray_cotd.lm.model import load_model, load_tokenizer, write_student_meta
+from ray_cotd.lm.model import STUDENT_META, load_model, load_tokenizer, write_student_meta
 from ray_cotd.lm.prompt_encoder import (
     PROMPT_ENCODER_CONFIG,
     PROMPT_ENCODER_WEIGHTS,
@@ -218,10 +219,17 @@ def save_student(student: Student, cfg: TrainConfig, tokenizer: Any, directory: 
     if student.domain_head is not None:
         head = student.domain_head.state_dict() if state is None else _part(state, "domain_head.")
         save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(out / DOMAIN_HEAD_WEIGHTS))
-    meta = {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
-            "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision}
-    write_student_meta(out, meta)
+    write_student_meta(out, student_meta(cfg))
     return out
+
+
+def student_meta(cfg: TrainConfig) -> dict[str, Any]:
+    """student.json: the base model, peft kind, objective (which prompt generation uses) and the
+    hold-out split the student was trained beside (which evaluate checks before scoring it on the
+    split's test side)."""
+    return {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
+            "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision,
+            SPLIT_KEY: HoldoutSplit(cfg.split_seed, cfg.holdout_fraction).as_dict()}
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -591,7 +599,8 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
 
     objective = get_objective(cfg.objective)
     corpus = load_corpus(cfg.corpus, cfg.mapping, needs_rationale=objective.needs_rationale,
-                         holdout_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
+                         holdout_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction,
+                         split_seed=cfg.split_seed)
     nv = n_virtual(cfg)
     train, stats = encode_rows(tokenizer, corpus.train, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
     val, val_stats = encode_rows(tokenizer, corpus.val, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
@@ -632,7 +641,8 @@ def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, st
         lm = load_model(ModelSpec(**{**asdict(cfg.student), "adapter": str(student_dir)})).merge_and_unload()
         lm.save_pretrained(str(merged))
         load_tokenizer(cfg.student).save_pretrained(str(merged))
-        for name in (PROMPT_ENCODER_WEIGHTS, PROMPT_ENCODER_CONFIG):  # lora+ptuning keeps its encoder
+        for name in (PROMPT_ENCODER_WEIGHTS, PROMPT_ENCODER_CONFIG, STUDENT_META):  # lora+ptuning keeps its encoder;
+            # student.json: the objective and hold-out split of the merged weights too
             if (student_dir / name).is_file():
                 shutil.copy(student_dir / name, merged / name)
         paths["merged_dir"] = str(merged)
@@ -756,6 +766,7 @@ __all__ = [
     "prepare_data",
     "run_train",
     "save_student",
+    "student_meta",
     "token_logprobs",
     "train_loop_per_worker",
     "train_step",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_cotd.config import EvaluateConfig, MappingSpec, ModelSpec
+from ray_cotd.config import ConfigError, EvaluateConfig, MappingSpec, ModelSpec
 from ray_cotd.config import TestSetSpec as SetSpec  # not Test*: pytest would try to collect it
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.splits import split_name
@@ -65,6 +65,23 @@ def test_adapter_directory_that_is_not_an_adapter(tmp_path):
                          output_dir=str(tmp_path / "o"))
     with pytest.raises(ModelLoadError, match="adapter_config.json"):
         run_evaluate(cfg)
+
+
+def test_holdout_test_refuses_a_student_trained_beside_another_split(tmp_path):
+    """Issue 19: student.json records the split; holdout: test under another one is refused before
+    anything generates, naming the student directory and both splits."""
+    path = _write(tmp_path / "qs.json", [{"instruction": f"What is {i} + 1?", "label": str(i + 1)} for i in range(20)])
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "student.json").write_text(json.dumps({"base": "default", "peft": "ptuning", "objective": "cascod",
+                                                      "holdout_split": {"split_seed": 1, "holdout_fraction": 0.2}}))
+    cfg = EvaluateConfig(students=[ModelSpec(adapter=str(student))], test_sets=[SetSpec(path=path, holdout="test")],
+                         split_seed=0, output_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match=r"split_seed=1, holdout_fraction=0.2\) but holdout: test would score it "
+                                          r"on the test side of another \(split_seed=0, holdout_fraction=0.2\)") as err:
+        run_evaluate(cfg)
+    assert str(student) in str(err.value)
+    assert not (tmp_path / "o").exists()
 
 
 def test_run_report_needs_run_directories(tmp_path):

@@ -154,12 +154,13 @@ def test_lora_ptuning_cascod_prada_bf16_merged(ray_cluster, shared_data, tmp_pat
     meta = json.loads((student_dir / "student.json").read_text())
     assert (meta["peft"], meta["objective"], meta["precision"], meta["num_virtual_tokens"]) == (
         "lora+ptuning", "cascod+prada", "bfloat16", 4)
+    assert meta["holdout_split"] == {"split_seed": 0, "holdout_fraction": 0.2}  # what evaluate checks
 
     # merged full weights load with plain transformers and give base + adapter's logits
     from transformers import AutoModelForCausalLM
 
     merged_dir = Path(summary["merged_dir"])
-    assert {"config.json", "model.safetensors", "prompt_encoder.safetensors"} <= _files(merged_dir)
+    assert {"config.json", "model.safetensors", "prompt_encoder.safetensors", "student.json"} <= _files(merged_dir)
     assert "adapter_config.json" not in _files(merged_dir)
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
     adapted = load_model(spec_for_student_dir(student_dir)).eval()

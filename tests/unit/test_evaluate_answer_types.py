@@ -42,7 +42,7 @@ def _scores(test_set, answers):
 
 
 def test_an_arc_format_set_is_scored_as_multiple_choice(tmp_path):
-    test_set = prepare_test_set(SetSpec(path=_arc_set(tmp_path, ARC_ROWS)), holdout_fraction=0.2, seed=0)
+    test_set = prepare_test_set(SetSpec(path=_arc_set(tmp_path, ARC_ROWS)), holdout_fraction=0.2, split_seed=0)
     assert (test_set.answer_type, test_set.answer_type_from, test_set.not_fitting) == ("multiple_choice", "golds", 0)
     assert _scores(test_set, [a for _, _, a, _ in ARC_ROWS]) == [right for _, _, _, right in ARC_ROWS]
     # what scoring by string equality made of the same answers (the text type it used to fall back to)
@@ -55,7 +55,7 @@ def test_golds_that_do_not_fit_are_counted_and_said(tmp_path):
                        ("Question: Which is heavier?\nOptions: (A) a kilo of lead (B) a kilo of feathers",
                         "neither", " (A)", False)]
     with pytest.warns(UserWarning, match=r"scored as multiple_choice .* 2 of 8 golds are not multiple_choice"):
-        test_set = prepare_test_set(SetSpec(path=_arc_set(tmp_path, rows)), holdout_fraction=0.2, seed=0)
+        test_set = prepare_test_set(SetSpec(path=_arc_set(tmp_path, rows)), holdout_fraction=0.2, split_seed=0)
     assert (test_set.answer_type, test_set.not_fitting) == ("multiple_choice", 2)
     assert [r["answer_type"] for r in test_set.records][-2:] == ["text", "text"]  # compared as text
     assert _scores(test_set, [a for _, _, a, _ in rows]) == [right for _, _, _, right in rows]
@@ -70,6 +70,6 @@ def test_a_given_answer_type_is_still_checked_strictly(tmp_path):
 
     path = _arc_set(tmp_path, ARC_ROWS)
     assert prepare_test_set(SetSpec(path=path, answer_type="multiple_choice"), holdout_fraction=0.2,
-                            seed=0).answer_type_from == "config"
+                            split_seed=0).answer_type_from == "config"
     with pytest.raises(DataError, match=r"gold '\(B\)' is not a numeric answer"):
-        prepare_test_set(SetSpec(path=path, answer_type="numeric"), holdout_fraction=0.2, seed=0)
+        prepare_test_set(SetSpec(path=path, answer_type="numeric"), holdout_fraction=0.2, split_seed=0)

@@ -137,7 +137,7 @@ def test_quickstart_is_the_cpu_default_and_small():
     # the evaluated questions are exactly the ones train held out
     (test_set,) = cfg.evaluate.test_sets
     assert test_set.holdout == "test"
-    assert (cfg.evaluate.holdout_fraction, cfg.evaluate.seed) == (cfg.train.holdout_fraction, cfg.train.seed)
+    assert (cfg.evaluate.holdout_fraction, cfg.evaluate.split_seed) == (cfg.train.holdout_fraction, cfg.train.split_seed)
 
 
 def test_local_stage_configs_chain_into_each_other():
@@ -169,5 +169,5 @@ def test_cluster_stage_configs_chain_into_each_other():
     assert train.storage_path.startswith("s3://") and tune.train.storage_path.startswith("s3://")
     (ind, ood) = evaluate.test_sets
     assert ind.path == annotate.questions and ind.holdout == "test"
-    assert (evaluate.holdout_fraction, evaluate.seed) == (train.holdout_fraction, train.seed)
+    assert (evaluate.holdout_fraction, evaluate.split_seed) == (train.holdout_fraction, train.split_seed)
     assert ood.split == "OOD"

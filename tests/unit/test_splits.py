@@ -103,7 +103,7 @@ def test_test_set_offset_and_limit_carve_disjoint_rows_of_the_holdout(tmp_path):
 
     def rows(**kw):
         spec = TestSetSpec(path=str(path), answer_type="numeric", holdout="test", **kw)
-        return [r["question"] for r in prepare_test_set(spec, holdout_fraction=0.2, seed=0).records]
+        return [r["question"] for r in prepare_test_set(spec, holdout_fraction=0.2, split_seed=0).records]
 
     everything = rows()
     test, select = rows(limit=10), rows(offset=10)

@@ -92,7 +92,7 @@ def test_item3_level_is_selected_on_rows_no_scale_reports() -> None:
     test = load_stage_config("evaluate", run.STUDY_DIR / "granularity" / "evaluate.yaml")
     (sel,), (tst,) = select.test_sets, test.test_sets
     assert sel.name == run.SELECT_SET and (sel.path, sel.holdout, sel.mapping) == (tst.path, tst.holdout, tst.mapping)
-    assert (select.holdout_fraction, select.seed) == (test.holdout_fraction, test.seed)
+    assert (select.holdout_fraction, select.split_seed) == (test.holdout_fraction, test.split_seed)
     for name in ("cpu", "paper", "smoke"):
         limit = run.load_scale(name)["test_limits"].get("svamp")
         assert limit is not None and limit <= sel.offset, f"scale {name}: svamp test rows reach the selection rows"
