@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -45,13 +45,18 @@ GROUP_WINDOW_BATCHES = 32
 
 @dataclass(frozen=True)
 class Segments:
-    """The token segments of one example (see module docstring); `rationale` may be empty."""
+    """The token segments of one example (see module docstring); `rationale` may be empty.
+
+    question_start: the index in `prompt` of the first token that depends on the question (see
+    `question_start`); the prompt before it is the same for every question.
+    """
 
     prompt: list[int]
     rationale: list[int]
     marker: list[int]
     value: list[int]
     eos: int
+    question_start: int
 
 
 @dataclass
@@ -59,14 +64,18 @@ class Sequence:
     """One training sequence.
 
     input_ids[t] is the token at position t; targets[t] the token the model is trained to predict
-    at t (IGNORE: none); roles[t] the ROLE_* of that target. question_len: positions
-    [n_virtual, question_len) hold the prompt (what PRADA's domain classifier pools). n_virtual:
-    leading P-Tuning placeholder positions whose embeddings the prompt encoder supplies.
+    at t (IGNORE: none); roles[t] the ROLE_* of that target. question_start, question_len:
+    positions [question_start, question_len) hold the question and the rest of the prompt after it,
+    what PRADA's domain classifier pools; the positions before question_start (the P-Tuning
+    placeholders, the chat template's system turn and the user turn's opening) are the same in
+    every row, and so, under causal attention, are their hidden states. n_virtual: leading
+    P-Tuning placeholder positions whose embeddings the prompt encoder supplies.
     """
 
     input_ids: list[int]
     targets: list[int]
     roles: list[int]
+    question_start: int
     question_len: int
     n_virtual: int = 0
     domain: int = 0  # 0 = labeled source row, 1 = unlabeled target-domain question (PRADA)
@@ -95,22 +104,42 @@ def _marker_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(encode(tokenizer, STAGE2_PREFIX))
 
 
+@lru_cache(maxsize=32)
+def _prompt_without_question(tokenizer: Any, task_prefix: str) -> tuple[int, ...]:
+    return tuple(encode(tokenizer, prompt_text(tokenizer, task_prefix)))
+
+
+def question_start(tokenizer: Any, prompt: list[int], *, task_prefix: str = "") -> int:
+    """The index in `prompt` (the ids of prompt_text(tokenizer, task_prefix + question)) of the
+    first token that depends on the question: where it first differs from the same prompt with no
+    question. Every token before it is the chat template's (a system turn, the user turn's opening)
+    or the task prefix's, identical for all questions; for a template-less tokenizer it is the
+    question's first token ("Question: " before it)."""
+    without = _prompt_without_question(tokenizer, task_prefix)
+    return next((i for i, (a, b) in enumerate(zip(prompt, without)) if a != b), min(len(prompt), len(without)))
+
+
 def segments(tokenizer: Any, question: str, rationale: str, answer: str, *, task_prefix: str = "") -> Segments:
     """Tokenize one row's segments. task_prefix is prepended to the question (step_by_step's tasks)."""
     if not answer.strip():
         raise DataError("empty answer", field="answer")
+    prompt = encode(tokenizer, prompt_text(tokenizer, task_prefix + question))
     return Segments(
-        prompt=encode(tokenizer, prompt_text(tokenizer, task_prefix + question)),
+        prompt=prompt,
         rationale=encode(tokenizer, rationale.strip()) if rationale.strip() else [],
         marker=list(_marker_ids(tokenizer)),
         value=encode(tokenizer, answer_value_text(answer)),
         eos=tokenizer.eos_token_id,
+        question_start=question_start(tokenizer, prompt, task_prefix=task_prefix),
     )
 
 
-def build_sequence(parts: list[tuple[list[int], int]], *, prompt: list[int], n_virtual: int = 0, pad_id: int = 0,
-                   eos_at_end_of: int | None = None, eos: int | None = None) -> Sequence:
+def build_sequence(parts: list[tuple[list[int], int]], *, prompt: list[int], question_start: int = 0,
+                   n_virtual: int = 0, pad_id: int = 0, eos_at_end_of: int | None = None,
+                   eos: int | None = None) -> Sequence:
     """A Sequence from the prompt and (ids, role) parts that follow it.
+
+    question_start: where in `prompt` the question begins (Segments.question_start); 0 = all of it.
 
     Each part's tokens are targets of the position before them with the part's role (ROLE_NONE:
     input only). eos_at_end_of=k: the last position of part k is trained to predict `eos` (role of
@@ -136,7 +165,7 @@ def build_sequence(parts: list[tuple[list[int], int]], *, prompt: list[int], n_v
             eos_position, eos_role = len(ids) - 1, role
     if eos_position is not None:  # set last: the input-only part after it wrote IGNORE there
         targets[eos_position], roles[eos_position] = eos, eos_role
-    return Sequence(ids, targets, roles, question_len, n_virtual)
+    return Sequence(ids, targets, roles, n_virtual + question_start, question_len, n_virtual)
 
 
 def fit_rationale(seg: Segments, budget: int, *, with_answer: bool = True, min_rationale: int = 0) -> tuple[Segments, int] | None:
@@ -154,13 +183,14 @@ def fit_rationale(seg: Segments, budget: int, *, with_answer: bool = True, min_r
         return None
     if len(seg.rationale) <= room:
         return seg, 0
-    return Segments(seg.prompt, seg.rationale[:room], seg.marker, seg.value, seg.eos), len(seg.rationale) - room
+    return replace(seg, rationale=seg.rationale[:room]), len(seg.rationale) - room
 
 
 def prompt_sequence(tokenizer: Any, question: str, *, n_virtual: int = 0, domain: int = 1) -> Sequence:
     """A question-only sequence with no targets: PRADA's unlabeled target-domain rows."""
     ids = encode(tokenizer, prompt_text(tokenizer, question))
-    seq = build_sequence([], prompt=ids, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id)
+    seq = build_sequence([], prompt=ids, question_start=question_start(tokenizer, ids), n_virtual=n_virtual,
+                         pad_id=tokenizer.pad_token_id)
     seq.domain = domain
     return seq
 
@@ -172,7 +202,7 @@ class Batch:
     input_ids, position_ids, targets, roles, example_index, virtual_index, question_mask: (R, T).
     example_index[r, t]: which example (0..E-1) position t belongs to, -1 for padding.
     virtual_index[r, t]: k for the k-th P-Tuning placeholder of an example, -1 elsewhere.
-    question_mask: the prompt positions (not virtual, not padding) PRADA pools over.
+    question_mask: the positions PRADA pools over: each example's [question_start, question_len).
     domain: (E,) 0 = source, 1 = target.
     """
 
@@ -289,7 +319,7 @@ def collate(seqs: list[Sequence], *, pad_id: int, pack: bool, capacity: int) -> 
             roles[r, start:end] = torch.tensor(s.roles)
             example_index[r, start:end] = i
             virtual_index[r, start : start + s.n_virtual] = torch.arange(s.n_virtual)
-            question_mask[r, start + s.n_virtual : start + s.question_len] = True
+            question_mask[r, start + s.question_start : start + s.question_len] = True
             start = end
         position_ids[r, start:] = torch.arange(width - start)
     domain = torch.tensor([s.domain for s in seqs], dtype=torch.long)
@@ -335,5 +365,6 @@ __all__ = [
     "pack_rows",
     "plan_batches",
     "prompt_sequence",
+    "question_start",
     "segments",
 ]

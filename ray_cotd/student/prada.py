@@ -52,8 +52,10 @@ def pool_examples(hidden: torch.Tensor, example_index: torch.Tensor, mask: torch
     """Mean of hidden states per example over the masked positions.
 
     hidden: (R, T, D); example_index: (R, T) example of each position (-1 padding); mask: (R, T)
-    positions to pool (the question tokens: virtual placeholders and the answer excluded, so the
-    classifier compares source and target rows on what both have). Returns (E, D).
+    positions to pool: Batch.question_mask, each example's question and the prompt after it. Left
+    out: the P-Tuning placeholders and the chat template's opening (the same tokens, hence the same
+    hidden states, in every row), and the rationale and answer, so the classifier compares source
+    and target rows on what both have and what differs between them. Returns (E, D).
     """
     flat = hidden.reshape(-1, hidden.shape[-1])
     keep = mask.reshape(-1) & (example_index.reshape(-1) >= 0)

@@ -109,12 +109,12 @@ def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], objective: Objective
 
 def to_items(examples: list[list[Sequence]]) -> list[dict[str, Any]]:
     """Plain, Arrow-friendly rows for Ray Data (one per training row, its sequences as lists)."""
-    return [{"seqs": json.dumps([[s.input_ids, s.targets, s.roles, s.question_len, s.n_virtual, s.domain]
-                                 for s in seqs])} for seqs in examples]
+    return [{"seqs": json.dumps([[s.input_ids, s.targets, s.roles, s.question_start, s.question_len, s.n_virtual,
+                                  s.domain] for s in seqs])} for seqs in examples]
 
 
 def from_item(item: dict[str, Any]) -> list[Sequence]:
-    return [Sequence(ids, targets, roles, qlen, nv, dom) for ids, targets, roles, qlen, nv, dom in json.loads(item["seqs"])]
+    return [Sequence(*fields) for fields in json.loads(item["seqs"])]
 
 
 class Student(nn.Module):

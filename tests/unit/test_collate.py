@@ -15,6 +15,7 @@ from ray_cotd.student.collate import (
     fit_rationale,
     pack_rows,
     plan_batches,
+    prompt_sequence,
     segments,
 )
 from ray_cotd.lm.format import STAGE2_PREFIX
@@ -182,3 +183,19 @@ def _row(q, r, a):
 
 def _row_dict(q, r, a):
     return {"id": a, "question": q, "rationale": r, "answer": a}
+
+
+@pytest.mark.parametrize("name", ["answer_only", "std_cot", "cascod", "prada", "cascod+prada"])
+def test_prada_pools_from_the_question_s_first_token_template_less(name):
+    """Issue 19: the pooled positions start at the question's first token, after the prompt's
+    constant opening ("Question: " for a template-less tokenizer), and after the P-Tuning
+    placeholders; packed rows pool each example's own span."""
+    seqs = [OBJECTIVES[name].layout(TOK, _row(q, "r", "1"), 1000, 4).sequences[0] for q in ("How many?", "Why so?")]
+    seqs.append(prompt_sequence(TOK, "Is it?", n_virtual=4))  # a PRADA target-domain row
+    for seq, question in zip(seqs, ("How many?", "Why so?", "Is it?")):
+        assert "".join(map(chr, seq.input_ids[4 : seq.question_start])) == "Question: "
+        assert "".join(map(chr, seq.input_ids[seq.question_start : seq.question_len])).startswith(question)
+    batch = collate(seqs, pad_id=0, pack=True, capacity=200)
+    for i, seq in enumerate(seqs):
+        pooled = batch.input_ids[batch.question_mask & (batch.example_index == i)].tolist()
+        assert pooled == seq.input_ids[seq.question_start : seq.question_len]

@@ -24,8 +24,8 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     if n_virtual + len(seg.prompt) + len(seg.marker) + len(seg.value) + 1 > budget:
         return None
     answer = seg.marker + seg.value + [seg.eos]
-    return Laid([build_sequence([(answer, ROLE_ANSWER)], prompt=seg.prompt, n_virtual=n_virtual,
-                                pad_id=tokenizer.pad_token_id)])
+    return Laid([build_sequence([(answer, ROLE_ANSWER)], prompt=seg.prompt, question_start=seg.question_start,
+                                n_virtual=n_virtual, pad_id=tokenizer.pad_token_id)])
 
 
 def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -46,8 +46,8 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
         return None
     seg, cut = fitted
     parts = [(seg.rationale, ROLE_RATIONALE), (seg.marker, ROLE_NONE), (seg.value + [seg.eos], ROLE_ANSWER)]
-    return Laid([build_sequence(parts, prompt=seg.prompt, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id,
-                                eos_at_end_of=None if cut else 0, eos=seg.eos)], cut)
+    return Laid([build_sequence(parts, prompt=seg.prompt, question_start=seg.question_start, n_virtual=n_virtual,
+                                pad_id=tokenizer.pad_token_id, eos_at_end_of=None if cut else 0, eos=seg.eos)], cut)
 
 
 def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -30,7 +30,8 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     answer = seg.marker + seg.value + [seg.eos]
     head = 1 if cut else 0  # a cut rationale has no end: the marker's first token is input only
     parts = [(seg.rationale, ROLE_RATIONALE), (answer[:head], ROLE_NONE), (answer[head:], ROLE_ANSWER)]
-    return Laid([build_sequence(parts, prompt=seg.prompt, n_virtual=n_virtual, pad_id=tokenizer.pad_token_id)], cut)
+    return Laid([build_sequence(parts, prompt=seg.prompt, question_start=seg.question_start, n_virtual=n_virtual,
+                                pad_id=tokenizer.pad_token_id)], cut)
 
 
 def loss(inputs: LossInputs, params: LossParams) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -39,9 +39,9 @@ def layout(tokenizer: Any, row: Row, budget: int, n_virtual: int) -> Laid | None
     pad = tokenizer.pad_token_id
     return Laid([
         build_sequence([(label.marker + label.value + [label.eos], ROLE_ANSWER)], prompt=label.prompt,
+                       question_start=label.question_start, n_virtual=n_virtual, pad_id=pad),
+        build_sequence([(rationale, ROLE_RATIONALE)], prompt=rat.prompt, question_start=rat.question_start,
                        n_virtual=n_virtual, pad_id=pad),
-        build_sequence([(rationale, ROLE_RATIONALE)], prompt=rat.prompt, n_virtual=n_virtual,
-                       pad_id=pad),
     ], cut)
 
 
