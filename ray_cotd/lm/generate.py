@@ -268,14 +268,22 @@ class StageRules:
                            answer_tokens=answer_tokens, stage1_s=stage1_s, stage2_s=stage2_s,
                            rationale_stop=rationale_stop, constrained_answer=constrained_answer)
 
-    def option_tokens(self, choices: list[str] | None) -> list[int] | None:
-        """The first token of each choice's answer segment (" C." -> "ĠC"), which the student scores
-        at the answer position; None without choices, or when two choices share that token (their
-        scores there cannot tell them apart)."""
+    def option_plan(self, choices: list[str] | None) -> tuple[list[int], list[int]] | None:
+        """Where the choices' answer segments part ways, and with which tokens.
+
+        Every choice's segment (" C." / " 3.") is tokenized; the choices share a common start (none
+        for " A"/" B", a bare space where digits are single tokens: " ", "3"). Returns (that common
+        prefix, each choice's token right after it); the student's scores for those tokens at that
+        position decide. None without choices, or when two choices cannot be told apart there.
+        """
         if not choices:
             return None
-        firsts = [encode(self.tokenizer, answer_value_text(c))[0] for c in choices]
-        return firsts if len(set(firsts)) == len(firsts) else None
+        seqs = [encode(self.tokenizer, answer_value_text(c)) for c in choices]
+        common = 0
+        while all(len(q) > common + 1 for q in seqs) and len({q[common] for q in seqs}) == 1:
+            common += 1
+        tokens = [q[common] for q in seqs]
+        return (seqs[0][:common], tokens) if len(set(tokens)) == len(tokens) else None
 
 
 def make_result(question: str, rationale: str, answer_text: str, *, prompt_tokens: int, rationale_tokens: int,
@@ -434,15 +442,29 @@ class Generator:
 
     def _run_stage2(self, s2: _Decoder, choices: list[list[str] | None]) -> list[str | None]:
         """Decode stage 2 to the end; return each row's constrained pick: of its choices, the one
-        whose first answer token scores highest at the answer position, read from the first step's
-        logits (the free answer comes from the same forward pass)."""
-        more = s2.advance()
-        picks: list[str | None] = []
-        for i, options in enumerate(choices):
-            tokens = self.rules.option_tokens(options)
-            picks.append(None if tokens is None else options[int(s2.last_logits[i, tokens].argmax())])
-        if more:
-            s2.run()
+        whose deciding token (StageRules.option_plan) scores highest where the choices part ways.
+        When the free answer starts with the choices' common prefix, as a student answering in its
+        trained format does, those are logits the free decoding computes anyway; otherwise one more
+        forward step on prompt + common prefix decides."""
+        plans = [self.rules.option_plan(c) for c in choices]
+        picks: list[str | None] = [None] * len(choices)
+        pending = {i for i, plan in enumerate(plans) if plan is not None}
+        steps, more = 0, True
+        while more:
+            more = s2.advance()
+            steps += 1
+            for i in [i for i in pending if len(plans[i][0]) + 1 == steps]:
+                prefix, tokens = plans[i]
+                if s2.rows[i].generated[: len(prefix)] == prefix:
+                    picks[i] = choices[i][int(s2.last_logits[i, tokens].argmax())]
+                    pending.discard(i)
+        if pending:  # the free answer left the common prefix, or ended before the deciding position
+            rows = sorted(pending)
+            step = _Decoder(self, [_Row(s2.rows[i].prefix + plans[i][0]) for i in rows], s2.limits, s2.rng, 1,
+                            self.rules.stage2)
+            step.advance()
+            for j, i in enumerate(rows):
+                picks[i] = choices[i][int(step.last_logits[j, plans[i][1]].argmax())]
         return picks
 
     def _results(self, questions: list[str], s1: _Decoder, s2: _Decoder, t1: float, t2: float,

@@ -276,25 +276,37 @@ class TwoStages:
         """The finished, empty stage 1 of a label-task student: its prompt, no rationale."""
         return _Row(self.prompt_ids(question), keep=0, stop="label_task")
 
-    def pick(self, choices: list[str] | None, output: Any) -> tuple[str | None, bool]:
-        """(constrained choice, whether a one-token request restricted to the options must decide).
+    def pick(self, choices: list[str] | None, output: Any) -> tuple[str | None, list[int] | None]:
+        """(constrained choice, or None and the ids a one-token request restricted to the options
+        must continue from to decide).
 
-        The first answer position's top log-probabilities hold the best option whenever they hold
-        any option (one outside them scores below all of them); HF reads the same logits.
+        Where the choices part ways (StageRules.option_plan), the position's top log-probabilities
+        hold the best option whenever they hold any option (one outside them scores below all of
+        them), when the free answer took the choices' common prefix; HF reads the same logits.
         """
-        tokens = self.rules.option_tokens(choices)
-        if tokens is None:
-            return None, False
-        top = output.outputs[0].logprobs[0] if output.outputs[0].logprobs else {}
-        present = [(top[t].logprob, i) for i, t in enumerate(tokens) if t in top]
-        if not present:
-            return None, True
-        return choices[max(present)[1]], False
+        plan = self.rules.option_plan(choices)
+        if plan is None:
+            return None, None
+        prefix, tokens = plan
+        completion = output.outputs[0]
+        ids, logprobs = list(completion.token_ids), completion.logprobs or []
+        if ids[: len(prefix)] == prefix and len(logprobs) > len(prefix):
+            top = logprobs[len(prefix)]
+            present = [(top[t].logprob, i) for i, t in enumerate(tokens) if t in top]
+            if present:
+                return choices[max(present)[1]], None
+        return None, prefix
 
-    def restricted_params(self, choices: list[str]) -> Any:
-        """One greedy token among the options' first tokens: the pick when none is in the top."""
-        return stage_params(GenerationLimits(), max_tokens=1, stop=(), eos_ids=frozenset(), seed=0,
-                            allowed=self.rules.option_tokens(choices))
+    def restricted(self, prompt: list[int], prefix: list[int], choices: list[str]) -> tuple[list[int], Any]:
+        """The request that decides a pick pick() could not: prompt + the choices' common prefix,
+        one greedy token among the choices' deciding tokens."""
+        params = stage_params(GenerationLimits(), max_tokens=1, stop=(), eos_ids=frozenset(), seed=0,
+                              allowed=self.rules.option_plan(choices)[1])
+        return prompt + prefix, params
+
+    def picked(self, choices: list[str], output: Any) -> str:
+        """The choice a restricted request chose."""
+        return choices[self.rules.option_plan(choices)[1].index(output.outputs[0].token_ids[0])]
 
     def rationale(self, prompt: list[int], generated: list[int], limits: GenerationLimits) -> _Row:
         """Stage 1's rule replayed over vLLM's ids: what the rationale keeps, and why it stopped."""
@@ -373,12 +385,12 @@ class VLLMGenerator:
         self.stats = StageStats(sum(len(p) for p in prompts), sum(o.num_cached_tokens or 0 for o in outputs))
         picked = [stages.pick(c, o) for c, o in zip(choices, outputs)]
         picks = [p for p, _ in picked]
-        undecided = [i for i, (_, ask) in enumerate(picked) if ask]
-        if undecided:  # no option in the top log-probabilities: one token restricted to the options
-            extra = self._run([prompts[i] for i in undecided], [stages.restricted_params(choices[i]) for i in undecided])
+        undecided = [i for i, (_, prefix) in enumerate(picked) if prefix is not None]
+        if undecided:  # pick() could not decide from the free answer: one token restricted to the options
+            requests = [stages.restricted(prompts[i], picked[i][1], choices[i]) for i in undecided]
+            extra = self._run([p for p, _ in requests], [params for _, params in requests])
             for i, output in zip(undecided, extra):
-                tokens = stages.rules.option_tokens(choices[i])
-                picks[i] = choices[i][tokens.index(self._ids(output)[0])]
+                picks[i] = stages.picked(choices[i], output)
         return [stages.answer(p, self._ids(o), limits) for p, o in zip(prompts, outputs)], picks
 
     def answer_from_rationales(self, questions: list[str], rationales: list[str],
@@ -429,6 +441,13 @@ class VLLMEngines:
         self.tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self.loras: dict[str, Any] = {}
         self.specs = {self._key(s): s for s in specs}
+
+    def close(self) -> None:
+        """Stop every engine's processes now (else they stop at interpreter exit, when vLLM's own
+        shutdown may log to streams already closed)."""
+        for engine in self.engines.values():
+            engine.llm_engine.engine_core.shutdown()
+        self.engines.clear()
 
     @staticmethod
     def _key(spec: ModelSpec) -> str:

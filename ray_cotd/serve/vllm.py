@@ -51,10 +51,10 @@ class VLLMBackend:
         stages = self.stages
         prompt = stages.stage2_prompt(rationale)
         output = await self._final(prompt, stages.params(limits, 2, choices=choices))
-        pick, ask = stages.pick(choices, output)
-        if ask:  # no option in the top log-probabilities: one token restricted to the options
-            restricted = await self._final(prompt, stages.restricted_params(choices))
-            pick = choices[stages.rules.option_tokens(choices).index(restricted.outputs[0].token_ids[0])]
+        pick, prefix = stages.pick(choices, output)
+        if prefix is not None:  # undecided from the free answer: one token restricted to the options
+            restricted = await self._final(*stages.restricted(prompt, prefix, choices))
+            pick = stages.picked(choices, restricted)
         return stages.answer(prompt, list(output.outputs[0].token_ids), limits), pick
 
     async def reason(self, question: str, limits: GenerationLimits,

@@ -62,7 +62,9 @@ def lora_student(tmp_path_factory) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def engines(lora_student) -> VLLMEngines:
-    return VLLMEngines(ENGINE, [ModelSpec(), lora_student])
+    engines = VLLMEngines(ENGINE, [ModelSpec(), lora_student])
+    yield engines
+    engines.close()
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +235,8 @@ def test_constrained_choices_agree_between_the_backends(engines, hf_base):
     the first stage-2 step's logits, vLLM from the top log-probabilities of that position."""
     questions = [q for q, _ in CHOICE_QUESTIONS]
     choices = [c for _, c in CHOICE_QUESTIONS]
-    assert all(hf_base.rules.option_tokens(c) is not None for c in choices)  # " A", " 1": one token each here
+    plans = [hf_base.rules.option_plan(c) for c in choices]
+    assert [len(p[0]) for p in plans] == [0, 0, 1]  # " A" is one token; " 1" is " " then "1" here
     ours = engines.generator(ModelSpec()).two_stage(questions, LIMITS, choices)
     theirs = hf_base.two_stage(questions, LIMITS, choices)
     assert [r.constrained_answer for r in ours] == [r.constrained_answer for r in theirs]
@@ -253,3 +256,28 @@ def test_a_step_by_step_student_answers_through_its_label_task_on_both_backends(
     assert all(r.rationale_stop == "label_task" and r.rationale == "" for r in ours + theirs)
     assert [r.prompt_tokens for r in ours] == [r.prompt_tokens for r in theirs]
     assert sum(a.answer_text == b.answer_text for a, b in zip(ours, theirs)) >= 3
+
+
+@pytest.mark.ray
+def test_training_validates_on_vllm_with_each_validations_adapter(ray_cluster, tmp_path):
+    """val_backend: vllm starts one engine on the base model in the rank-0 worker and runs every
+    validation's LoRA adapter as a new LoRA request: two validations, one engine."""
+    from ray_cotd.config import TrainConfig
+    from ray_cotd.data.wordproblems import generate
+    from ray_cotd.student.train import run_train
+
+    corpus = tmp_path / "corpus.jsonl"
+    rows = []
+    for p in generate(40, seed=3):
+        rows.append({"question": p["question"], "rationale": f"We work it out step by step to get {p['answer']}.",
+                     "answer": p["answer"]})
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = TrainConfig(corpus=str(corpus), objective="cascod", peft="lora", lora_r=8, lora_alpha=16, max_steps=2,
+                      batch_size=4, max_seq_len=256, val_every=1, val_fraction=0.3, val_generate=4,
+                      val_max_rationale_tokens=16, val_backend="vllm", vllm=ENGINE, checkpoint_every=2,
+                      output_dir=str(tmp_path / "train"), name="vllm-val")
+    summary = run_train(cfg)
+    history = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    scored = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+    assert len(scored) == 2 and all(0.0 <= a <= 1.0 for a in scored)
+    assert summary["val_accuracy"] == scored[-1]

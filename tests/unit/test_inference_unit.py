@@ -240,14 +240,15 @@ def test_a_label_task_student_is_prompted_with_the_ids_of_its_training_label_tas
 
 
 def test_the_constrained_answer_is_the_best_scored_option_at_the_answer_position(tiny):
-    """Of the question's choices, the one whose first answer token has the highest logit at the
-    first stage-2 step; read from the same forward pass that starts the free answer. (The character
-    tokenizer spells " A." with a bare space first, shared by every option, so this test scores the
-    options' letters; the real tokenizer's option tokens are checked in tests/integration.)"""
+    """Of the question's choices, the one whose deciding answer token has the highest logit where
+    the choices part ways, read from the free decoding's logits when it took their common prefix,
+    else from one more step. (The character tokenizer spells " A." with a bare space first, shared
+    by every option: the pick is the letter scored after prompt + rationale + marker + " ".)"""
     gen = Generator(tiny.model, tiny.tokenizer)
-    shared_space = gen.rules.option_tokens(["A", "B"])
-    assert shared_space is None  # " A." and " B." start with the same token: no pick possible there
-    gen.rules.option_tokens = lambda options: [encode(tiny.tokenizer, o)[0] for o in options] if options else None
+    space = encode(tiny.tokenizer, " ")
+    assert gen.rules.option_plan(["A", "B"]) == (space, [encode(tiny.tokenizer, c)[0] for c in "AB"])
+    assert gen.rules.option_plan(["12", "13"]) == (space + encode(tiny.tokenizer, "1"), encode(tiny.tokenizer, "23"))
+    assert gen.rules.option_plan(["1", "1"]) is None and gen.rules.option_plan(None) is None
     limits = GenerationLimits(max_rationale_tokens=6, max_answer_tokens=3)
     choices = [["A", "B", "C", "D"], None, ["1", "2", "3"]]
     results = gen.two_stage(QUESTIONS, limits, choices)
@@ -255,7 +256,7 @@ def test_the_constrained_answer_is_the_best_scored_option_at_the_answer_position
     assert [r.answer_text for r in results] == [r.answer_text for r in free]  # the free answer is unchanged
     assert results[1].constrained_answer is None
     for i in (0, 2):
-        prompt = gen.prompt_ids(QUESTIONS[i]) + encode(tiny.tokenizer, free[i].rationale) + gen.stage2_ids
+        prompt = gen.prompt_ids(QUESTIONS[i]) + encode(tiny.tokenizer, free[i].rationale) + gen.stage2_ids + space
         with torch.inference_mode():
             logits = tiny.model(torch.tensor([prompt])).logits[0, -1]
         tokens = [encode(tiny.tokenizer, c)[0] for c in choices[i]]
