@@ -123,7 +123,8 @@ class AnnotateConfig(StageConfig):
     mapping: MappingSpec = doc(factory=MappingSpec, text="field mapping of the question file")
     domain: Optional[str] = doc(None, "domain tag written into every row (e.g. svamp)")
     answer_type: Optional[AnswerType] = doc(None, "answer type of every question; None = infer from gold")
-    output_dir: str = doc("runs/annotate", "where shards, rejected.jsonl, stats.json and the resolved config go")
+    output_dir: str = doc("runs/annotate", "where shards, rejected.jsonl, stats.json and the resolved config go",
+                          output_dir=True)
     engine: Literal["transformers", "vllm", "openai"] = doc("transformers", "teacher engine")
     teacher: ModelSpec = doc(factory=ModelSpec, text="teacher model for the transformers and vLLM engines")
     teacher_name: Optional[str] = doc(None, "name recorded in rows (default: the model source)")
@@ -212,7 +213,7 @@ class TrainConfig(StageConfig):
         "grouped: similar lengths per batch; padded: random order",
     )
     seed: int = doc(0, "seed for init and data order (not the hold-out split: split_seed)", ge=0)
-    output_dir: str = doc("runs/train", "student directory, metrics log and resolved config")
+    output_dir: str = doc("runs/train", "student directory, metrics log and resolved config", output_dir=True)
     storage_path: Optional[str] = doc(None, "Ray Train storage (local dir or s3://, gs://); default output_dir/ray")
     name: str = doc("student", "Ray Train run name (same name + storage resumes)")
     max_failures: int = doc(2, "worker-failure retries from the latest checkpoint", ge=0)
@@ -260,7 +261,7 @@ class EvaluateConfig(StageConfig):
         0, "hold-out split seed (same as training); `holdout: test` refuses a student whose student.json records "
            "another split", ge=0)
     faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
-    output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions")
+    output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions", output_dir=True)
     student_names: list[str] = doc(factory=list, text="report names of the students, in order (default: from paths)")
     baseline_model: ModelSpec = doc(factory=ModelSpec, text="the untrained student the baselines run")
     few_shot_file: Optional[str] = doc(None, "few-shot demonstrations JSON (default: the packaged assets/few_shot.json)")
@@ -297,7 +298,7 @@ class TuneConfig(StageConfig):
     reduction_factor: int = doc(2, "ASHA reduction factor", ge=2)
     mlflow: bool = doc(False, "log every trial's params and metrics to MLflow (pip install 'ray-cotd[mlflow]')")
     mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
-    output_dir: str = doc("runs/tune", "trial table, plots, best_train.yaml")
+    output_dir: str = doc("runs/tune", "trial table, plots, best_train.yaml", output_dir=True)
     name: str = doc("sweep", "Tune experiment name (same name + dir resumes)")
 
 
@@ -339,7 +340,7 @@ class ServeConfig(StageConfig):
 
 @dataclass
 class PipelineConfig(StageConfig):
-    run_dir: str = doc("runs/quickstart", "one directory for every stage's outputs and manifests")
+    run_dir: str = doc("runs/quickstart", "one directory for every stage's outputs and manifests", output_dir=True)
     annotate: AnnotateConfig = doc(factory=AnnotateConfig, text="annotate stage")
     train: TrainConfig = doc(factory=TrainConfig, text="train stage")
     evaluate: EvaluateConfig = doc(factory=EvaluateConfig, text="evaluate stage")

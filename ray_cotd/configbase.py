@@ -25,14 +25,20 @@ class ConfigError(ValueError):
 
 
 def doc(default: Any = dataclasses.MISSING, text: str = "", *, factory: Any = None, ge: float | None = None,
-        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+        gt: float | None = None, le: float | None = None, lt: float | None = None, output_dir: bool = False) -> Any:
     """A dataclass field with a one-line doc; `factory` for mutable defaults.
 
     ge / gt / le / lt: the valid range of a numeric field (>=, >, <=, <), checked when the config is
     built (a None value of an Optional field is not checked). Every int and float field declares one.
+    output_dir: the field names a directory the stage writes; a file in its place (or in place of a
+    parent) fails when the config is built, not at the stage's first write.
     """
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    metadata = {"doc": text, "range": bounds} if bounds else {"doc": text}
+    metadata: dict[str, Any] = {"doc": text}
+    if bounds:
+        metadata["range"] = bounds
+    if output_dir:
+        metadata["output_dir"] = True
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -50,6 +56,20 @@ def describe_range(bounds: dict[str, float]) -> str:
     op = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
     kind, bound = low or high  # type: ignore[misc]
     return f"{op[kind]} {bound:g}"
+
+
+def check_output_dir(name: str, value: str | None) -> None:
+    """ConfigError naming `name` when the directory `value` cannot be created because a file is in
+    the way (the path itself or one of its parents). URIs (s3://...) are not checked."""
+    if not value or "://" in value:
+        return
+    path = Path(value)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == path else f"cannot be created: {candidate} is a file"
+                raise ConfigError(f"{name}: {value} {what}, not a directory; choose another {name}")
+            return
 
 
 def check_range(name: str, value: Any, bounds: dict[str, float]) -> None:
@@ -142,6 +162,8 @@ class StageConfig:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
             check_range(f.name, getattr(self, f.name), f.metadata.get("range", {}))
+            if f.metadata.get("output_dir"):
+                check_output_dir(f.name, getattr(self, f.name))
         self.validate()
 
     def validate(self) -> None:
@@ -232,7 +254,9 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not a YAML text file (byte {err.start} is not UTF-8)") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if loaded is None:
@@ -282,6 +306,7 @@ def describe(cls: type) -> str:
 __all__ = [
     "ConfigError",
     "StageConfig",
+    "check_output_dir",
     "check_range",
     "describe",
     "describe_range",

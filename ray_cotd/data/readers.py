@@ -11,6 +11,12 @@ Row numbers: BadRow.row and QuestionRecord.row are 0-based data-row positions in
 format. The one exception is a JSONL line that is not JSON, which is reported by its 1-based line
 number ("line 7") because that is what an editor shows.
 
+Encoding: text files are decoded as UTF-8 with `surrogateescape`, so a byte that is not UTF-8 does
+not stop the read; it becomes a lone surrogate in its string, exactly like a JSON `\udc80` escape
+without its pair. Either way the row is bad ("bad_encoding", naming its field) instead of reaching
+`stable_id` or a tokenizer, which cannot encode it. A CSV row with more fields than the header (an
+unquoted comma) is bad ("extra_fields"), never split into the wrong columns.
+
 Field mappings name which columns hold the question, the raw teacher output (rationale + "The
 answer is X", split later by answers.split_output), and plain answers.
 """
@@ -36,6 +42,8 @@ BAD_ROW_REASONS = (
     "missing_field",  # a mapped column absent from the row, or null
     "not_text",  # a mapped text column holding a non-string (a list, a dict, ...)
     "empty_question",  # the question is empty or whitespace only
+    "bad_encoding",  # a text field holds bytes that are not UTF-8, or a lone surrogate escape (\udc80)
+    "extra_fields",  # a CSV row with more fields than the header (an unquoted comma)
 )
 
 
@@ -81,11 +89,15 @@ _DETECT_ORDER = ("testset", "alpaca", "arc", "plain")
 
 
 @dataclass(frozen=True)
-class _Unparsed:
-    """A JSONL line that is not JSON, kept in place (collect mode) so later rows keep their index."""
+class _Unreadable:
+    """A row that could not be read as a row (a JSONL line that is not JSON, a CSV row with extra
+    fields, a text field that is not UTF-8), kept in place (collect mode) so later rows keep their
+    index. `row` is "line N" for a JSONL line, else the 0-based row."""
 
-    line: int
-    text: str
+    row: int | str
+    reason: str
+    field: str | None
+    raw: str
 
 
 @dataclass
@@ -170,8 +182,9 @@ def read_questions(
     source = str(path)
     bad: list[BadRow] = []
     rows = _read_rows(path, fmt=fmt, split=split, bad=bad if on_bad == "collect" else None)
-    first = next((r for r in rows if isinstance(r, dict)), {})
-    resolved = resolve_mapping(mapping, first.keys())
+    first = next((r for r in rows if isinstance(r, dict)), None)
+    # no readable row at all (collect mode): every row is bad, and there are no columns to map
+    resolved = resolve_mapping(mapping, first.keys()) if first is not None else None
     records = []
     for index, row in enumerate(rows):
         record, problem = _map_row(row, index, resolved, source, domain)
@@ -255,11 +268,11 @@ def _index_by_question(rows: list[dict[str, Any]], key: str) -> dict[tuple[str, 
 
 
 def _map_row(
-    row: Any, index: int, mapping: FieldMapping, source: str, domain: str | None
+    row: Any, index: int, mapping: FieldMapping | None, source: str, domain: str | None
 ) -> tuple[dict[str, Any], None] | tuple[None, BadRow]:
-    if isinstance(row, _Unparsed):
-        return None, BadRow(source, f"line {row.line}", None, "not_json", row.text)
-    if not isinstance(row, dict):
+    if isinstance(row, _Unreadable):
+        return None, BadRow(source, row.row, row.field, row.reason, row.raw)
+    if not isinstance(row, dict) or mapping is None:
         return None, BadRow(source, index, None, "not_object", json.dumps(row, default=str)[:500])
     values: dict[str, Any] = {}
     for role, column in mapping.columns().items():
@@ -295,6 +308,8 @@ def _describe(bad: BadRow) -> str:
         "empty_question": "the question is empty",
         "not_object": "the row is not a JSON object",
         "not_json": "the line is not JSON",
+        "bad_encoding": f"{bad.field!r} is not UTF-8 text (bytes that are not UTF-8, or a lone surrogate such as \\udc80)",
+        "extra_fields": "the row has more fields than the header (an unquoted comma?)",
     }[bad.reason]
 
 
@@ -313,11 +328,30 @@ def _read_rows(
     rows = READERS[fmt](name, split, bad)
     if not rows:
         raise DataError("the dataset has no rows", path=name)
-    if bad is None:
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, found {type(row).__name__}", path=name, row=index)
+    for index, row in enumerate(rows):
+        unreadable = row if isinstance(row, _Unreadable) else _bad_encoding(row, index)
+        if unreadable is not None and bad is None:
+            problem = BadRow(name, unreadable.row, unreadable.field, unreadable.reason, unreadable.raw)
+            raise DataError(f"{problem.reason}: {_describe(problem)}", path=name, row=problem.row, field=problem.field)
+        if unreadable is not None:
+            rows[index] = unreadable
+        elif bad is None and not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, found {type(row).__name__}", path=name, row=index)
     return rows
+
+
+def _bad_encoding(row: Any, index: int) -> _Unreadable | None:
+    """The row as a bad_encoding row when one of its text fields cannot be encoded as UTF-8 (a lone
+    surrogate), else None. Its raw text escapes the surrogates, so rejected-row files stay writable."""
+    if not isinstance(row, dict):
+        return None
+    for key, value in row.items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return _Unreadable(index, "bad_encoding", str(key), json.dumps(row, default=str)[:500])
+    return None
 
 
 def infer_format(name: str) -> str:
@@ -339,20 +373,18 @@ def infer_format(name: str) -> str:
 
 def _read_json(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
     try:
-        with open(name, encoding="utf-8") as handle:
+        with open(name, encoding="utf-8", errors="surrogateescape") as handle:
             data = json.load(handle)
     except json.JSONDecodeError as err:
         raise DataError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}", path=name) from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text: {err}", path=name) from err
     if not isinstance(data, list):
         raise DataError(f"expected a JSON array of objects, found a {type(data).__name__}", path=name)
     return data
 
 
 def _read_jsonl(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
-    rows = []
-    with open(name, encoding="utf-8") as handle:
+    rows: list[Any] = []
+    with open(name, encoding="utf-8", errors="surrogateescape") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -361,13 +393,23 @@ def _read_jsonl(name: str, split: str | None, bad: list[BadRow] | None) -> list[
             except json.JSONDecodeError as err:
                 if bad is None:
                     raise DataError(f"not JSON: {err.msg}", path=name, row=f"line {line_number}") from err
-                rows.append(_Unparsed(line_number, line.rstrip("\n")[:500]))
+                text = line.rstrip("\n")[:500].encode("utf-8", "backslashreplace").decode("utf-8")
+                rows.append(_Unreadable(f"line {line_number}", "not_json", None, text))
     return rows
 
 
-def _read_csv(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:
-    with open(name, encoding="utf-8", newline="") as handle:
-        return [dict(row) for row in csv.DictReader(handle)]
+def _read_csv(name: str, split: str | None, bad: list[BadRow] | None) -> list[Any]:
+    rows: list[Any] = []
+    with open(name, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)  # fields beyond the header land under the key None
+        try:
+            for index, row in enumerate(reader):
+                extra = row.pop(None, None)
+                rows.append(row if extra is None else _Unreadable(
+                    index, "extra_fields", None, json.dumps({**row, "(extra fields)": extra}, default=str)[:500]))
+        except csv.Error as err:  # e.g. a field over csv's 128 KiB limit; line_num counts the lines before it
+            raise DataError(f"not readable as CSV: {err}", path=name, row=f"line {reader.line_num + 1}") from err
+    return rows
 
 
 def _read_parquet(name: str, split: str | None, bad: list[BadRow] | None) -> list[dict[str, Any]]:

@@ -201,3 +201,24 @@ def test_out_of_range_values_fail_when_the_config_loads(stage, override, message
 def test_help_config_shows_each_range():
     assert "lr: float = 0.0002  # peak learning rate (valid: > 0)" in describe_stage("train")
     assert "top_p: float = 1.0  # nucleus sampling p (valid: (0, 1])" in describe_stage("annotate")
+
+
+def test_a_binary_config_file_is_a_config_error_naming_it(tmp_path):
+    """Issue 23: a binary config file died with a bare UnicodeDecodeError."""
+    path = tmp_path / "train.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ConfigError, match=rf"^{path}: not a YAML text file \(byte 0 is not UTF-8\)"):
+        load_stage_config("train", path)
+
+
+@pytest.mark.parametrize("stage, key", [("annotate", "output_dir"), ("train", "output_dir"),
+                                        ("evaluate", "output_dir"), ("tune", "output_dir"), ("pipeline", "run_dir")])
+def test_an_output_dir_that_is_a_file_fails_when_the_config_loads(tmp_path, stage, key):
+    """Issue 23: `output_dir` naming an existing file crashed the stage with FileExistsError."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory\n")
+    with pytest.raises(ConfigError, match=rf"^{key}: {taken} is a file, not a directory; choose another {key}"):
+        load_stage_config(stage, None, [f"{key}={taken}"])
+    with pytest.raises(ConfigError, match=rf"^{key}: {taken}/run cannot be created: {taken} is a file"):
+        load_stage_config(stage, None, [f"{key}={taken}/run"])
+    assert getattr(load_stage_config(stage, None, [f"{key}={tmp_path}/new/run"]), key) == f"{tmp_path}/new/run"

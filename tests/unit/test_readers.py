@@ -216,6 +216,57 @@ def test_collect_keeps_going_and_counts(fixtures_dir, tmp_path):
     assert written[0]["raw"] == {"instruction": "How many minutes are in 2 hours?"}
 
 
+_NOT_UTF8 = b"caf\xe9"  # Latin-1 "café": not UTF-8
+
+
+@pytest.mark.parametrize("name, content", [
+    ("q.jsonl", b'{"question": "2 + 2?", "answer": "4"}\n{"question": "' + _NOT_UTF8 + b' 1 + 1?", "answer": "2"}\n'
+                b'{"question": "lone \\udc80 surrogate?", "answer": "1"}\n{"question": "3 + 3?", "answer": "6"}\n'),
+    ("q.json", b'[{"question": "2 + 2?", "answer": "4"}, {"question": "' + _NOT_UTF8 + b' 1 + 1?", "answer": "2"},\n'
+               b'{"question": "lone \\udc80 surrogate?", "answer": "1"}, {"question": "3 + 3?", "answer": "6"}]'),
+    ("q.csv", b'question,answer\n2 + 2?,4\n' + _NOT_UTF8 + b' 1 + 1?,2\n3 + 3?,6\n'),
+])
+def test_text_that_is_not_utf8_is_a_bad_row_naming_file_row_and_field(tmp_path, name, content):
+    """Issue 23: a byte that is not UTF-8 crashed every command with a bare UnicodeDecodeError, and a
+    lone surrogate escape in a JSONL string killed annotation in stable_id."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = read_questions(path, on_bad="collect")
+    assert [r["question"] for r in result.records] == ["2 + 2?", "3 + 3?"]
+    assert {(b.row, b.field, b.reason) for b in result.bad} >= {(1, "question", "bad_encoding")}
+    assert all(b.reason == "bad_encoding" for b in result.bad)
+    for b in result.bad:  # the raw row is writable to a UTF-8 file: the surrogates are escaped
+        json.dumps(b.raw, ensure_ascii=False).encode("utf-8")
+    assert write_bad_rows(result.bad, tmp_path / "bad.jsonl") == len(result.bad)
+    with pytest.raises(DataError) as err:
+        read_questions(path)
+    assert str(err.value).startswith(f"file {path}, row index 1, field 'question': bad_encoding")
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_a_bad_row(tmp_path):
+    """Issue 23: an unquoted comma split the question and made its tail the gold answer."""
+    path = tmp_path / "q.csv"
+    path.write_text('question,answer\n"Is 1, 2 the list?",yes\nIs 1, 2 the list?,yes\n3 + 3?,6\n')
+    result = read_questions(path, on_bad="collect")
+    assert [(r["question"], r["gold"]) for r in result.records] == [("Is 1, 2 the list?", "yes"), ("3 + 3?", "6")]
+    assert [(b.row, b.reason) for b in result.bad] == [(1, "extra_fields")]
+    assert "(extra fields)" in result.bad[0].raw
+    with pytest.raises(DataError, match=r"row index 1: extra_fields: the row has more fields than the header"):
+        read_questions(path)
+
+
+def test_a_binary_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "q.csv"  # a field over csv's limit (128 KiB) is a csv.Error
+    path.write_text("question,answer\n1 + 1?,2\n" + "x" * 200_000 + ",1\n")
+    with pytest.raises(DataError, match=rf"file {path}, line 3: not readable as CSV: field larger than field limit"):
+        read_questions(path)
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(DataError, match=rf"file {jsonl}, line 1: not JSON"):
+        read_questions(jsonl)
+    assert read_questions(jsonl, on_bad="collect").bad[0].reason == "not_json"
+
+
 def test_on_bad_must_be_known(fixtures_dir):
     with pytest.raises(DataError, match="on_bad.*'collect'"):
         read_questions(fixtures_dir / "questions.json", on_bad="skip")
