@@ -312,6 +312,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Lambda
     return LambdaLR(optimizer, factor)
 
 
+def trainer_state(optimizer_state: dict[str, Any], scheduler: LRScheduler, step: int) -> dict[str, Any]:
+    """What trainer_state.pt holds beside the student in a Ray checkpoint: the optimizer state (keyed
+    by parameter name), the scheduler state, the step and the CPU RNG state. Tensors and plain
+    containers only, so load_trainer_state reads it with weights_only=True."""
+    return {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
+            "rng": torch.get_rng_state()}
+
+
+def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """trainer_state.pt of a checkpoint directory, unpickled with weights_only=True: whoever can
+    write the checkpoint storage (a shared volume, a bucket) must not be able to run code on resume."""
+    return torch.load(os.path.join(checkpoint_dir, TRAINER_STATE), weights_only=True)
+
+
 class BatchStream:
     """Micro-batches of one worker's rows, epoch after epoch, in a seeded order.
 
@@ -421,8 +435,7 @@ def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokeni
         checkpoint = None
         if rank == 0:
             save_student(student, cfg, tokenizer, tmp, state)
-            torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
-                        "rng": torch.get_rng_state()}, os.path.join(tmp, TRAINER_STATE))
+            torch.save(trainer_state(optimizer_state, scheduler, step), os.path.join(tmp, TRAINER_STATE))
             with open(os.path.join(tmp, METRICS_LOG), "w") as f:
                 f.writelines(json.dumps(rec) + "\n" for rec in history)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)  # [ray]
@@ -521,7 +534,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     with resume_ctx as resume_dir:
         student = build_student(cfg, resume_dir=resume_dir)
         if resume_dir is not None:
-            state = torch.load(os.path.join(resume_dir, TRAINER_STATE), weights_only=False)
+            state = load_trainer_state(resume_dir)
             start_step = state["step"]
             with open(os.path.join(resume_dir, METRICS_LOG)) as f:
                 history = [json.loads(line) for line in f if line.strip()]
@@ -762,6 +775,7 @@ __all__ = [
     "encode_rows",
     "export_student",
     "fit_student",
+    "load_trainer_state",
     "make_scheduler",
     "prepare_data",
     "run_train",
@@ -769,5 +783,6 @@ __all__ = [
     "student_meta",
     "token_logprobs",
     "train_loop_per_worker",
+    "trainer_state",
     "train_step",
 ]
