@@ -13,9 +13,11 @@ E = L_y − λ·(L_d(source) + L_d(target)).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
+from urllib.parse import urlsplit
 
 from ray_cotd import names
 from ray_cotd.configbase import ConfigError, StageConfig, describe, doc, load, save_resolved
@@ -87,6 +89,36 @@ class OpenAIEngineSpec(StageConfig):
     timeout_s: float = doc(60.0, "per-request timeout", gt=0)
     max_retries: int = doc(4, "retries on 429, 5xx, timeouts and dropped connections", ge=0)
     backoff_s: float = doc(1.0, "first retry wait; doubles per retry (Retry-After wins when given)", ge=0)
+    allow_insecure_http: bool = doc(
+        False, "allow a plain-http base_url on a host that is not this machine (the API key is never sent "
+               "there); https, and http to localhost / 127.0.0.0/8 / ::1, need no flag")
+
+    def validate(self) -> None:
+        if not self.base_url:
+            return
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"base_url: {self.base_url!r} is not an http(s) URL, e.g. https://api.openai.com/v1")
+        if url.scheme == "http" and not is_local_host(url.hostname) and not self.allow_insecure_http:
+            raise ConfigError(
+                f"base_url: {self.base_url} is plain http to another host: the prompts (and an API key) "
+                "would cross the network unencrypted. Use https, or set allow_insecure_http: true "
+                "(then no API key is sent)")
+
+    def sends_api_key(self) -> bool:
+        """Whether the API key may go with requests: over https, or over http to this machine only."""
+        url = urlsplit(self.base_url)
+        return url.scheme == "https" or (url.scheme == "http" and is_local_host(url.hostname or ""))
+
+
+def is_local_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass

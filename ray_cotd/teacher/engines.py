@@ -215,6 +215,10 @@ def parse_chat_response(body: Any) -> Completion:
 class OpenAITeacher:
     """An OpenAI-compatible chat endpoint: bounded concurrency, timeouts, retries with backoff.
 
+    The API key (from the variable `api_key_env` names) goes over https, or over http to this
+    machine only; the spec refuses plain http to another host unless allow_insecure_http is set,
+    and then the key is not sent.
+
     429, 408, 5xx, timeouts and dropped connections are retried (Retry-After honoured, else
     backoff_s doubling); when retries run out the sample becomes a "timeout"/"error" completion
     and the run goes on. Any other 4xx raises EngineRequestError at once: it means a wrong URL,
@@ -228,7 +232,7 @@ class OpenAITeacher:
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
         key = os.environ.get(spec.api_key_env)
-        if key:
+        if key and spec.sends_api_key():  # never over plain http to another host (allow_insecure_http)
             self.headers["Authorization"] = f"Bearer {key}"
         self.session = requests.Session()
         self.sleep = sleep

@@ -8,7 +8,7 @@ import pytest
 import requests
 import torch
 
-from ray_cotd.config import AnnotateConfig, ConfigError, ModelSpec, OpenAIEngineSpec
+from ray_cotd.config import AnnotateConfig, ConfigError, ModelSpec, OpenAIEngineSpec, load_stage_config
 from ray_cotd.teacher import engines
 from ray_cotd.teacher.engines import (
     Completion,
@@ -151,7 +151,7 @@ def _http(script, monkeypatch, **spec):
     monkeypatch.setenv("TEST_TEACHER_KEY", "sk-test")
     waits: list[float] = []
     teacher = OpenAITeacher(
-        OpenAIEngineSpec(base_url="http://teacher.local/v1/", model="m", api_key_env="TEST_TEACHER_KEY",
+        OpenAIEngineSpec(base_url="https://teacher.local/v1/", model="m", api_key_env="TEST_TEACHER_KEY",
                          max_retries=3, backoff_s=0.5, timeout_s=2.0, **spec),
         sleep=waits.append,
     )
@@ -164,7 +164,7 @@ def test_http_retries_429_and_5xx_with_doubling_backoff(monkeypatch):
     assert teacher.complete(_request()) == Completion("The answer is 5.", "stop", 4, 5)
     assert waits == [0.5, 1.0]
     url, body, headers, timeout = teacher.session.calls[0]
-    assert url == "http://teacher.local/v1/chat/completions"
+    assert url == "https://teacher.local/v1/chat/completions"
     assert headers["Authorization"] == "Bearer sk-test" and timeout == 2.0 and body["model"] == "m"
 
 
@@ -193,14 +193,40 @@ def test_http_4xx_is_a_clear_error_at_once(monkeypatch):
 
 def test_no_key_in_the_environment_sends_no_auth_header(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    teacher = OpenAITeacher(OpenAIEngineSpec(base_url="http://x/v1", model="m", api_key_env="NO_SUCH_KEY_VAR"))
+    teacher = OpenAITeacher(OpenAIEngineSpec(base_url="https://x/v1", model="m", api_key_env="NO_SUCH_KEY_VAR"))
     assert "Authorization" not in teacher.headers
+
+
+@pytest.mark.parametrize("base_url, allowed, key_sent", [
+    ("https://api.openai.com/v1", True, True),
+    ("http://127.0.0.1:8000/v1", True, True),
+    ("http://127.9.9.9:8000/v1", True, True),
+    ("http://localhost:8000/v1", True, True),
+    ("http://[::1]:8000/v1", True, True),
+    ("http://10.0.0.7:8000/v1", False, False),
+    ("http://teacher.example.com/v1", False, False),
+    ("http://localhost.example.com/v1", False, False),
+])
+def test_plain_http_to_another_host_is_refused_and_never_gets_the_key(monkeypatch, base_url, allowed, key_sent):
+    """Issue 23: the HTTP teacher sent its API key to any base_url, plain http included."""
+    monkeypatch.setenv("TEST_TEACHER_KEY", "sk-test")
+    spec = dict(base_url=base_url, model="m", api_key_env="TEST_TEACHER_KEY")
+    if not allowed:
+        with pytest.raises(ConfigError, match=rf"^base_url: {base_url} is plain http to another host.*https"):
+            OpenAIEngineSpec(**spec)
+        with pytest.raises(ConfigError, match=rf"^openai.base_url: {base_url} is plain http"):
+            load_stage_config("annotate", None, ["engine=openai", f"openai.base_url={base_url}", "openai.model=m"])
+        spec["allow_insecure_http"] = True  # the user's explicit choice: requests go, the key does not
+    teacher = OpenAITeacher(OpenAIEngineSpec(**spec))
+    assert ("Authorization" in teacher.headers) is key_sent
+    with pytest.raises(ConfigError, match="base_url: 'api.openai.com/v1' is not an http"):
+        OpenAIEngineSpec(base_url="api.openai.com/v1", model="m")
 
 
 def test_openai_engine_config_needs_url_and_model():
     with pytest.raises(ConfigError, match="openai.base_url and openai.model"):
         AnnotateConfig(engine="openai")
-    cfg = AnnotateConfig(engine="openai", openai=OpenAIEngineSpec(base_url="http://x/v1", model="gpt-4o"))
+    cfg = AnnotateConfig(engine="openai", openai=OpenAIEngineSpec(base_url="https://x/v1", model="gpt-4o"))
     assert teacher_name(cfg) == "gpt-4o"
 
 
