@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,34 @@ def test_cluster_stage_configs_chain_into_each_other():
     assert ind.path == annotate.questions and ind.holdout == "test"
     assert (evaluate.holdout_fraction, evaluate.split_seed) == (train.holdout_fraction, train.split_seed)
     assert ood.split == "OOD"
+
+
+SECRETS = [".env", "config/.env.production", "deploy/tls.pem", "deploy/tls.key", "id_rsa", "home/id_ed25519.pub",
+           ".aws/credentials", "gcp/credentials.json", "gcp/my-credentials-prod.json", "keys/store.p12", ".netrc",
+           "ray_cotd/.env", ".git/config"]
+CODE = ["ray_cotd/__init__.py", "jobs/annotate.py", "docs/operations.md", "ray_cotd/keys.py"]
+
+
+def test_the_job_upload_leaves_secrets_out(tmp_path):
+    """Issue 23: `--working-dir .` uploaded everything .gitignore did not list, a .env or key file too.
+    Zipped with Ray's own packaging code and jobs/runtime_env.yaml's excludes, as `ray job submit` does."""
+    from ray._private.runtime_env.packaging import create_package
+
+    tree = tmp_path / "checkout"
+    for name in SECRETS + CODE:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x\n")
+    excludes = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())["excludes"]
+    create_package(str(tree), tmp_path / "upload.zip", include_gitignore=True, excludes=excludes)
+    shipped = sorted(n for n in zipfile.ZipFile(tmp_path / "upload.zip").namelist() if not n.endswith("/"))
+    assert shipped == sorted(CODE)
+
+
+def test_the_image_build_context_leaves_the_same_secrets_out():
+    """.dockerignore matches from the context root, so each runtime_env secret pattern appears with **/."""
+    excludes = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())["excludes"]
+    secrets = excludes[excludes.index(".git/"):]
+    docker = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ".git/" in docker
+    assert [p for p in secrets if p != ".git/" and f"**/{p}" not in docker] == []
