@@ -106,6 +106,15 @@ def test_inspect_agreement_with_a_gold_file(shared_data, capsys):
     assert "agreement with gold                 689 / 696 = 99.0%" in capsys.readouterr().out
 
 
+def test_inspect_with_the_answer_only_preset_reads_golds_from_output(shared_data, capsys):
+    """Issue 23: `inspect --preset answer_only` was refused although documented."""
+    path = shared_data / "svamp" / "train_answer_only.json"
+    assert cli.main(["inspect", str(path), "--preset", "answer_only", "--json"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["mapping"] == {"question": "instruction", "gold": "output"}
+    assert report["records"] == report["rows"] == 700 and report["answer_type"] == "numeric"
+
+
 def test_inspect_missing_file_is_one_clear_error(tmp_path, capsys):
     assert cli.main(["inspect", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
