@@ -126,7 +126,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     columns = {k: getattr(args, k) for k in ("question", "output", "answer", "gold", "domain")}
     mapping = MappingSpec(preset=args.preset, **columns).field_mapping()
     report = inspect_path(
-        args.path, mapping, answer_type=args.answer_type, lenient=args.lenient, gold_path=args.gold_file
+        args.path, mapping, answer_type=args.answer_type, lenient=args.lenient, gold_path=args.gold_file,
+        test_sets=args.test_set,
     )
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspect(report))
     return 0
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-type", choices=list(ANSWER_TYPES), help="default: infer")
     p.add_argument("--lenient", action="store_true", help="also read answers from outputs without the marker")
     p.add_argument("--gold-file", metavar="PATH", help="gold answers aligned by question (e.g. train_answer_only.json)")
+    p.add_argument("--test-set", metavar="PATH", action="append", default=[],
+                   help="report this file's questions that overlap a test set's (normalized exact match, "
+                        "13-gram); repeatable")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_inspect)
 

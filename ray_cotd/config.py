@@ -260,6 +260,14 @@ class TrainConfig(StageConfig):
         "CPU workers keep freed memory (glibc malloc tunables) instead of page-faulting about 1 GB back "
         "in every step: full fp32 steps about 1.2x faster here (docs/benchmarks.md)",
     )
+    decontaminate: Literal["warn", "drop", "off"] = doc(
+        "warn",
+        "training rows whose question matches a contamination_sets question (normalized exact or a shared "
+        "13-gram, ray_cotd/data/contamination.py): warn = report and keep, drop = report and remove, off = no check",
+    )
+    contamination_sets: list[TestSetSpec] = doc(
+        factory=list, text="test sets the training questions are checked against (evaluate's test_sets keys; "
+                           "the pipeline fills it from evaluate.test_sets)")
 
     def validate(self) -> None:
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
@@ -277,6 +285,14 @@ class TestSetSpec(StageConfig):
     offset: int = doc(0, "skip the first N rows (after the hold-out split), e.g. to score selection rows "
                          "apart from the test rows", ge=0)
     limit: Optional[int] = doc(None, "evaluate only the first N rows (after offset)", ge=1)
+
+    def set_name(self) -> str:
+        """Its name in reports: `name`, else "<parent dir>-<file stem>" (commonsenseqa/test.json and
+        strategyqa/test.json must not both be called "test"), else the file stem."""
+        if self.name:
+            return self.name
+        path = Path(self.path)
+        return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
 @dataclass

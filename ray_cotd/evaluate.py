@@ -38,7 +38,7 @@ from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec,
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
-from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, holdout_split
+from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import STUDENT_META, check_model, load_model_and_tokenizer, load_prompt_encoder, read_student_meta
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
@@ -81,14 +81,6 @@ class EvalSet:
 # -- preparation: everything that can fail on bad input, before any model runs -----------------
 
 
-def _set_name(spec: TestSetSpec) -> str:
-    if spec.name:
-        return spec.name
-    path = Path(spec.path)
-    # commonsenseqa/test.json and strategyqa/test.json must not both be called "test"
-    return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
-
-
 def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: int) -> EvalSet:
     """Read and check one test set. Raises DataError naming file, row and field on bad input."""
     if not spec.path:
@@ -113,12 +105,8 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: 
                 raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
                                 path=spec.path, row=record["row"], field=gold_field)
             record["answer_type"] = "text"
-    if spec.holdout != "all":
-        train, test = holdout_split(records, test_fraction=holdout_fraction, seed=split_seed)
-        records = test if spec.holdout == "test" else train
-    records = records[spec.offset:]
-    if spec.limit is not None:
-        records = records[: spec.limit]
+    records = select_test_rows(records, holdout=spec.holdout, test_fraction=holdout_fraction, seed=split_seed,
+                               offset=spec.offset, limit=spec.limit)
     if not records:
         raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit})",
                         path=spec.path)
@@ -126,7 +114,7 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: 
     if not_fitting:
         warnings.warn(f"{spec.path}: scored as {answer_type} (inferred from the golds); {not_fitting} of "
                       f"{len(records)} golds are not {answer_type} answers and are compared as text", stacklevel=2)
-    return EvalSet(_set_name(spec), spec.split, spec.path, answer_type, spec.holdout, records,
+    return EvalSet(spec.set_name(), spec.split, spec.path, answer_type, spec.holdout, records,
                    answer_type_from="config" if spec.answer_type else "golds", not_fitting=not_fitting)
 
 

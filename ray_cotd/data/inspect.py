@@ -8,6 +8,7 @@ says how often the parsed answer agrees with it. `format_inspect` renders the re
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from ray_cotd.data.answers import (
     normalize_answer,
     split_output,
 )
+from ray_cotd.data.contamination import check_overlap
+from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import FieldMapping, infer_format, read_questions
 from ray_cotd.data.schema import normalize_text
 
@@ -36,6 +39,7 @@ def inspect_path(
     fmt: str | None = None,
     gold_path: str | Path | None = None,
     gold_mapping: FieldMapping | str = "answer_only",
+    test_sets: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """A report dict on one dataset file (rows are 0-based positions in the file).
 
@@ -43,7 +47,12 @@ def inspect_path(
         answers (95% must). lenient: passed to split_output.
     gold_path: a second file holding gold answers for this file's questions, joined on normalized
         question text (the release's train_answer_only.json; read with gold_mapping).
+    test_sets: test files (columns detected, every row) whose questions this file's questions are
+        checked against: normalized exact match and 13-gram overlap (data/contamination.py).
     """
+    for test_path in test_sets:  # a missing test set fails before the file is read
+        if not str(test_path).startswith("hf:") and not Path(test_path).exists():
+            raise DataError("test set not found", path=test_path, field="--test-set")
     result = read_questions(path, mapping, on_bad="collect", fmt=fmt)
     records = result.records
     golds = _golds(records, gold_path, gold_mapping)
@@ -80,7 +89,11 @@ def inspect_path(
         "lenient": lenient,
         "outputs": None,
         "gold": None,
+        "contamination": None,
     }
+    if test_sets:
+        questions = {str(t): [r["question"] for r in read_questions(t, on_bad="collect").records] for t in test_sets}
+        report["contamination"] = check_overlap([r["question"] for r in records], questions).as_dict()
 
     parsed_answers: list[str | None] = [None] * len(records)
     if has_output:
@@ -143,6 +156,15 @@ def format_inspect(report: dict[str, Any]) -> str:
         lines.append(("gold", f"{gold['with_gold']} rows from {gold['source']}, {gold['gold_readable']} readable"))
         if gold["agreement"] is not None:
             lines.append(("agreement with gold", f"{gold['agree']} / {gold['compared']} = {gold['agreement']:.1%}"))
+    contamination = report["contamination"]
+    if contamination is not None:
+        for s in contamination["sets"]:
+            total = s["exact"] + s["ngram"]
+            lines.append((f"overlap with {s['name']}", f"{total} of {contamination['train_rows']} rows "
+                          f"({s['exact']} exact, {s['ngram']} by {contamination['ngram']}-gram; "
+                          f"{s['test_questions']} test questions)"))
+            for e in s["examples"]:
+                lines.append((f"  {e['kind']}", f"row {e['train_row']} ~ test row {e['test_row']}: {e['train']!r}"))
     width = max(len(label) for label, _ in lines)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in lines)
 

@@ -50,6 +50,24 @@ def holdout_split(
     return train, test
 
 
+def select_test_rows(
+    records: list[dict[str, Any]],
+    *,
+    holdout: Literal["all", "test", "train"],
+    test_fraction: float,
+    seed: int,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The rows a test set scores: all of them or one side of `holdout_split`, then `offset` and
+    `limit`. Evaluation and the contamination check select with this, so both see the same rows."""
+    if holdout != "all":
+        train, test = holdout_split(records, test_fraction=test_fraction, seed=seed)
+        records = test if holdout == "test" else train
+    records = records[offset:]
+    return records if limit is None else records[:limit]
+
+
 def without_questions(
     records: list[dict[str, Any]],
     exclude: list[dict[str, Any]],

@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_cotd.config import MappingSpec
+from ray_cotd.config import ConfigError, MappingSpec, TestSetSpec
 from ray_cotd.data.answers import ParseFailure, split_output, without_restated_answer
+from ray_cotd.data.contamination import ContaminationReport, check_overlap
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import FieldMapping, detect_mapping, read_questions, read_rows
-from ray_cotd.data.splits import holdout_split
+from ray_cotd.data.splits import holdout_split, select_test_rows
 
 ANNOTATED_KEYS = ("question", "rationale", "answer")
 
@@ -149,6 +150,36 @@ def load_corpus(path: str | Path, mapping: MappingSpec | None = None, *, needs_r
     return Corpus(train=train, val=val, held_out=len(test), source=str(path), dropped=dropped, bad=bad)
 
 
+def contamination_questions(specs: list[TestSetSpec], *, holdout_fraction: float, split_seed: int,
+                            key: str = "contamination_sets") -> dict[str, list[str]]:
+    """Test set name -> the questions it scores (its hold-out side, offset and limit applied as
+    evaluate applies them). A path that does not exist is a ConfigError naming the entry."""
+    questions: dict[str, list[str]] = {}
+    for i, spec in enumerate(specs):
+        if not spec.path or not (spec.path.startswith("hf:") or Path(spec.path).exists()):
+            raise ConfigError(f"{key}[{i}].path: test set not found: {spec.path!r}")
+        records = read_questions(spec.path, spec.mapping.field_mapping(), on_bad="collect").records
+        records = select_test_rows(records, holdout=spec.holdout, test_fraction=holdout_fraction, seed=split_seed,
+                                   offset=spec.offset, limit=spec.limit)
+        questions[spec.set_name()] = [r["question"] for r in records]
+    return questions
+
+
+def decontaminate(corpus: Corpus, test_sets: dict[str, list[str]], mode: str) -> ContaminationReport:
+    """Check corpus.train's questions against `test_sets`; with mode "drop", remove the flagged rows
+    from corpus.train (counted in corpus.dropped as "contaminated"). Raises DataError when dropping
+    leaves nothing to train on."""
+    report = check_overlap([r["question"] for r in corpus.train], test_sets)
+    flagged = report.flagged
+    if mode == "drop" and flagged:
+        if len(flagged) == len(corpus.train):
+            raise DataError(f"all {len(flagged)} training rows overlap the contamination sets; nothing is left to "
+                            "train on (decontaminate: drop)", path=corpus.source, field="decontaminate")
+        corpus.train = [r for i, r in enumerate(corpus.train) if i not in flagged]
+        corpus.dropped["contaminated"] += len(flagged)
+    return report
+
+
 # Unlabeled target files may hold nothing but questions; no preset detects that (they all need an
 # answer or output column), so these question-only columns are tried after the presets.
 QUESTION_ONLY_COLUMNS = ("question", "instruction", "input")
@@ -177,4 +208,5 @@ def load_target_questions(path: str | Path, mapping: MappingSpec | None = None) 
     return questions
 
 
-__all__ = ["Corpus", "load_corpus", "load_target_questions", "read_training_rows"]
+__all__ = ["Corpus", "contamination_questions", "decontaminate", "load_corpus", "load_target_questions",
+           "read_training_rows"]

@@ -50,6 +50,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.data.answers import infer_answer_type
+from ray_cotd.data.contamination import format_overlap
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
 from ray_cotd.lm.generate import GenerationLimits, Generator
@@ -608,12 +609,18 @@ def check_parallel(cfg: TrainConfig) -> None:
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
     """Read, split and encode the corpus, failing before any worker starts when it cannot train."""
-    from ray_cotd.student.corpus import load_corpus, load_target_questions
+    from ray_cotd.student.corpus import contamination_questions, decontaminate, load_corpus, load_target_questions
 
     objective = get_objective(cfg.objective)
     corpus = load_corpus(cfg.corpus, cfg.mapping, needs_rationale=objective.needs_rationale,
                          holdout_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction,
                          split_seed=cfg.split_seed)
+    contamination = None
+    if cfg.decontaminate != "off" and cfg.contamination_sets:
+        # a `holdout: test` set is its test side under this run's split, as evaluate takes it
+        test_sets = contamination_questions(cfg.contamination_sets, holdout_fraction=cfg.holdout_fraction,
+                                            split_seed=cfg.split_seed)
+        contamination = decontaminate(corpus, test_sets, cfg.decontaminate)
     nv = n_virtual(cfg)
     train, stats = encode_rows(tokenizer, corpus.train, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
     val, val_stats = encode_rows(tokenizer, corpus.val, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
@@ -636,7 +643,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
                             f"{cfg.max_seq_len}; {cfg.num_workers} workers need at least one each",
                             path=cfg.target_questions, field="target_questions")
     return {"corpus": corpus, "train": train, "val": val, "targets": targets, "stats": stats, "val_stats": val_stats,
-            "target_stats": target_stats}
+            "target_stats": target_stats, "contamination": contamination}
 
 
 def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, str]:
@@ -709,7 +716,16 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
     data_report = {**corpus.summary(), "encode": stats.as_dict(), "val_encode": data["val_stats"].as_dict()}
     if data["target_stats"] is not None:
         data_report["target"] = data["target_stats"]
-    print(f"[train] data: {json.dumps(data_report)}", flush=True)
+    print(f"[train] data: {len(corpus.train)} training rows, {len(corpus.val)} validation, {corpus.held_out} held "
+          f"out as test; dropped {dict(corpus.dropped) or 'none'}; {stats.truncated_rationale} rationales cut to "
+          f"fit, {stats.dropped_too_long} rows too long", flush=True)
+    if data["contamination"] is not None:
+        data_report["contamination"] = {**data["contamination"].as_dict(), "decontaminate": cfg.decontaminate}
+        action = "kept (decontaminate: warn)" if cfg.decontaminate == "warn" else "dropped (decontaminate: drop)"
+        print(f"[train] contamination check (normalized exact match and {data['contamination'].n}-gram overlap):",
+              flush=True)
+        for line in format_overlap(data["contamination"], action=action):
+            print(f"[train]   {line}", flush=True)
 
     connect()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
     datasets = {"train": ray.data.from_items(to_items(data["train"]))}  # [ray]

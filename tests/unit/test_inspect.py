@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
+
+from ray_cotd.data.errors import DataError
 from ray_cotd.data.inspect import format_inspect, inspect_path
+from ray_cotd.data.readers import read_questions
 
 
 def test_inspect_fixture_with_outputs(fixtures_dir):
@@ -63,3 +68,22 @@ def test_inspect_real_test_file(shared_data):
     report = inspect_path(shared_data / "strategyqa" / "test.json")
     assert (report["rows"], report["answer_type"], report["outputs"]) == (290, "boolean", None)
     assert report["gold"]["gold_readable"] == 290
+
+
+def test_inspect_reports_overlap_with_test_sets(fixtures_dir, tmp_path):
+    test = tmp_path / "test.jsonl"
+    questions = [r["question"] for r in read_questions(fixtures_dir / "questions.json").records]
+    test.write_text(json.dumps({"question": questions[1].upper(), "answer": "1"}) + "\n"
+                    + json.dumps({"question": "Nothing like the others?", "answer": "2"}) + "\n")
+    report = inspect_path(fixtures_dir / "questions.json", test_sets=[test])
+    (overlap,) = report["contamination"]["sets"]
+    assert (overlap["name"], overlap["exact"], overlap["ngram"], overlap["test_questions"]) == (str(test), 1, 0, 2)
+    assert overlap["examples"][0]["train_row"] == 1
+    assert re.search(rf"overlap with {re.escape(str(test))}\s+1 of 5 rows \(1 exact, 0 by 13-gram; 2 test questions\)",
+                     format_inspect(report))
+    assert inspect_path(fixtures_dir / "questions.json")["contamination"] is None
+
+
+def test_inspect_refuses_a_test_set_that_does_not_exist(fixtures_dir, tmp_path):
+    with pytest.raises(DataError, match=r"nowhere.jsonl, field '--test-set': test set not found"):
+        inspect_path(fixtures_dir / "questions.json", test_sets=[tmp_path / "nowhere.jsonl"])
