@@ -40,6 +40,13 @@ DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the ll
 Precision = Literal["float32", "bfloat16"]
 
 
+def check_mlflow_keys(enabled: bool, uri: str | None, parent_run_id: str | None) -> None:
+    """mlflow_uri / mlflow_parent_run_id only mean something with mlflow on; set alone they are a mistake."""
+    for key, value in (("mlflow_uri", uri), ("mlflow_parent_run_id", parent_run_id)):
+        if value and not enabled:
+            raise ConfigError(f"{key}: set to {value!r} but mlflow is false; set mlflow=true to log to MLflow")
+
+
 @dataclass
 class ModelSpec(StageConfig):
     """Where a model comes from: "default", a Hugging Face directory or hub id, or a .gguf file."""
@@ -268,8 +275,12 @@ class TrainConfig(StageConfig):
     contamination_sets: list[TestSetSpec] = doc(
         factory=list, text="test sets the training questions are checked against (evaluate's test_sets keys; "
                            "the pipeline fills it from evaluate.test_sets)")
+    mlflow: bool = doc(False, "log params, every step's metrics (rank 0) and the outputs to MLflow")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
+    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")
 
@@ -319,8 +330,12 @@ class EvaluateConfig(StageConfig):
     backend: GenerationBackend = doc("hf", "what generates the answers: " + "; ".join(
         f"{k} = {v}" for k, v in GENERATION_BACKENDS.items()))
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of backend vllm")
+    mlflow: bool = doc(False, "log params, accuracies, the report and its plots to MLflow")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<output_dir>/mlflow.db")
+    mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ConfigError(f"baselines: {bad} not valid; choose from {list(BASELINES)}")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
+from ray_cotd.configbase import to_dict
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
@@ -44,6 +45,7 @@ from ray_cotd.lm.model import STUDENT_META, check_model, load_model_and_tokenize
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
 from ray_cotd.scoring import Prediction, read_predictions, score, write_predictions
+from ray_cotd.tracking import stage_run
 
 SPLITS = ("IND", "OOD")
 
@@ -339,7 +341,37 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate every system on every test set; write the report; return report.json's content."""
+    """Evaluate every system on every test set; write the report; return report.json's content.
+    With `mlflow: true`, one MLflow run holds the config, the accuracies, the report and its plots."""
+    with stage_run(cfg.mlflow, cfg.mlflow_uri, cfg.output_dir, "evaluate", parent_run_id=cfg.mlflow_parent_run_id,
+                   params=to_dict(cfg)) as run:
+        report = evaluate_systems(cfg)
+        run.log_metrics(report_metrics(report))
+        out_dir = Path(cfg.output_dir)
+        for name in ("report.md", "report.json", "accuracy.png", "faithfulness.png", "unparseable.jsonl"):
+            run.log_artifact(out_dir / name)
+        run.log_artifact(out_dir / "predictions", "predictions")
+    return report
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as flat MLflow metrics: accuracy/<system>/<set> (and its CI bounds and
+    the pooled all_IND / all_OOD), faithfulness/<system>/<set>."""
+    metrics: dict[str, float] = {}
+    for r in report["results"]:
+        cells = {"accuracy": r["accuracy"], "faithfulness": r["faithfulness"]}
+        for kind, rate in cells.items():
+            if rate is not None:
+                key = f"{kind}/{r['system']}/{r['test_set']}"
+                metrics.update({key: rate["rate"], f"{key}/ci_low": rate["ci_low"], f"{key}/ci_high": rate["ci_high"]})
+    for system, splits in report["splits"].items():
+        for split, rate in splits.items():
+            metrics[f"accuracy/{system}/all_{split}"] = rate["rate"]
+    return metrics
+
+
+def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
+    """run_evaluate without tracking: prepare, generate, score, write the report; report.json's content."""
     if not cfg.test_sets:
         raise ConfigError("test_sets: give at least one test set")
     # 1. prepare: all bad input fails here, before any model generates
@@ -598,6 +630,8 @@ __all__ = [
     "load_predictions",
     "markdown_table",
     "prepare_test_set",
+    "evaluate_systems",
+    "report_metrics",
     "run_evaluate",
     "run_report",
     "score",

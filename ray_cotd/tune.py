@@ -23,7 +23,6 @@ Ray calls are marked `# [ray]`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from ray_cotd.config import ConfigError, TrainConfig, TuneConfig
 from ray_cotd.configbase import from_dict, save_resolved, to_dict
 from ray_cotd.names import LEVELS, OBJECTIVES, objectives_using
 from ray_cotd.ray_session import connect
+from ray_cotd.tracking import flatten, require_mlflow, tracking_uri
 
 # Metrics every trial reports (the train loop's keys); `metric` must be one of them.
 TRIAL_METRICS = ("val_accuracy", "val_loss", "loss", "task_loss")
@@ -41,7 +41,6 @@ TIME_ATTR = "step"  # ASHA's clock: optimizer steps reported by the train loop
 # The trial actor only waits on its Train run; a sliver of CPU keeps it schedulable without taking a
 # core from the Train workers (Tune rejects 0 CPUs). It still counts when trials are packed.
 TRIAL_CPU = 0.01
-MLFLOW_DB = "mlflow.db"  # the default MLflow store, inside output_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,10 +49,9 @@ MLFLOW_DB = "mlflow.db"  # the default MLflow store, inside output_dir
 
 
 def mlflow_tracking_uri(cfg: TuneConfig) -> str | None:
-    """Where trials are logged: None (MLflow off), `mlflow_uri`, or the SQLite file in output_dir."""
-    if not cfg.mlflow:
-        return None
-    return cfg.mlflow_uri or f"sqlite:///{Path(cfg.output_dir).resolve() / MLFLOW_DB}"
+    """Where trials are logged: None (MLflow off), `mlflow_uri`, or the SQLite file in output_dir
+    (ray_cotd.tracking.tracking_uri, the default of train, evaluate and the pipeline too)."""
+    return tracking_uri(cfg.mlflow, cfg.mlflow_uri, cfg.output_dir)
 
 
 def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
@@ -110,14 +108,11 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
         raise ConfigError("train.val_every: ASHA needs validation reports during a trial (>= 1 step)")
     if cfg.mlflow_uri and not cfg.mlflow:
         raise ConfigError(f"mlflow_uri: set to {cfg.mlflow_uri!r} but mlflow is false; set mlflow=true to log to it")
+    if cfg.train.mlflow:
+        raise ConfigError("train.mlflow: a sweep logs its trials with tune's own `mlflow: true` (one run per "
+                          "trial); set train.mlflow=false")
     if cfg.mlflow:
-        try:
-            importlib.import_module("mlflow")  # here, so that a missing package fails before any trial
-        except ImportError as err:
-            raise ConfigError(
-                f"mlflow: true needs the mlflow package, which cannot be imported ({err}); "
-                "install the extra: pip install 'ray-cotd[mlflow]'"
-            ) from err
+        require_mlflow()  # here, so that a missing package fails before any trial
     check_resources(cfg, cluster_cpus=cluster_cpus, cluster_gpus=cluster_gpus)
 
 
@@ -198,17 +193,6 @@ def _experiment_path(cfg: TuneConfig) -> Path:
     return Path(cfg.output_dir).resolve() / "ray" / cfg.name
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"tune": {"train": {"lr": 1e-3}}} -> {"tune/train/lr": 1e-3}"""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _mlflow_callback(cfg: TuneConfig) -> Any:
     """A Tune logger callback writing one MLflow run per trial: the trial's config as params (the
     searched keys at the top level, the sweep's config under tune/), every report's numbers as
@@ -251,7 +235,7 @@ def _mlflow_callback(cfg: TuneConfig) -> Any:
                 return
             run = self.client.create_run(experiment_id, run_name=str(trial),
                                          tags={"trial_id": trial.trial_id, "trial_name": str(trial)})
-            params = [Param(k, str(v)) for k, v in _flatten(trial.config).items()]
+            params = [Param(k, str(v)) for k, v in flatten(trial.config).items()]
             for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
                 self.client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
             self.runs[trial.trial_id] = run.info.run_id

@@ -49,6 +49,7 @@ from torch.distributed.fsdp.wrap import CustomPolicy
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
+from ray_cotd.configbase import to_dict
 from ray_cotd.data.answers import infer_answer_type
 from ray_cotd.data.contamination import format_overlap
 from ray_cotd.data.errors import DataError
@@ -67,6 +68,7 @@ from ray_cotd.scoring import score
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
 from ray_cotd.student.prada import DOMAIN_HEAD_WEIGHTS, DomainHead, lambda_at, pool_examples
+from ray_cotd.tracking import RunRef, attach, stage_run
 
 TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler, step: only in Ray checkpoints
 METRICS_LOG = "metrics.jsonl"
@@ -555,6 +557,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     targets = [s for seqs in _rows(ray.train.get_dataset_shard("target")) for s in seqs] \
         if objective.domain_adversarial else None  # [ray]
     stream = BatchStream(train_rows, cfg, pad_id=tokenizer.pad_token_id, seed=cfg.seed * 1000 + rank, targets=targets)
+    tracked = attach(config["mlflow_run"] if rank == 0 else None)  # MLflow from rank 0 only (NoRun elsewhere)
 
     # --- the loop
     model.train()
@@ -580,6 +583,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if rank == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens", "time"))
             progress(f"[train] step {step}/{cfg.max_steps} {shown}")
+            tracked.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "time")}, step=step)
         report = report_kind(step, cfg, validated="val_loss" in metrics)
         if report == "checkpoint":
             save_checkpoint(model, student, cfg, tokenizer, optimizer, scheduler, step, history, metrics, rank)
@@ -687,11 +691,13 @@ def worker_runtime_env(cfg: TrainConfig) -> dict[str, Any]:
     return {"env_vars": {"GLIBC_TUNABLES": CPU_MALLOC_TUNABLES}}
 
 
-def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None,
+                mlflow_run: RunRef | None = None) -> tuple[Any, dict[str, Any]]:
     """Check and encode the corpus, then fit a TorchTrainer; -> (Ray Train result, data report).
 
     Shared by `run_train` and by each Ray Tune trial (which passes TuneReportCallback so the
-    rank-0 reports become the trial's results).
+    rank-0 reports become the trial's results). mlflow_run: the MLflow run rank 0 logs every
+    step's metrics to (ray_cotd.tracking), or None.
     """
     import ray
     import ray.train
@@ -739,7 +745,8 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
     val_questions = [{"question": q, "answer": a} for q, a in unique.items()][: cfg.val_generate]
     trainer = TorchTrainer(  # [ray]
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "has_val": bool(data["val"]), "val_questions": val_questions},
+        train_loop_config={"cfg": cfg, "has_val": bool(data["val"]), "val_questions": val_questions,
+                           "mlflow_run": mlflow_run},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -755,9 +762,22 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> tupl
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a student as `cfg` says, on cfg.num_workers Ray Train workers; returns a summary with
-    steps, final loss, student_dir and checkpoints."""
+    steps, final loss, student_dir and checkpoints. With `mlflow: true`, one MLflow run holds the
+    config, every step's metrics (logged by rank 0) and the summary, metrics log and config files."""
+    with stage_run(cfg.mlflow, cfg.mlflow_uri, cfg.output_dir, "train", parent_run_id=cfg.mlflow_parent_run_id,
+                   params=to_dict(cfg)) as run:
+        summary = train_student(cfg, run.ref)
+        run.log_metrics({k: summary[k] for k in ("first_loss", "final_loss", "val_loss", "val_accuracy")
+                         if summary[k] is not None}, step=summary["steps"])
+        for name in ("summary.json", METRICS_LOG, "resolved_config.yaml", "bad_rows.jsonl"):
+            run.log_artifact(Path(cfg.output_dir) / name)
+    return summary
+
+
+def train_student(cfg: TrainConfig, mlflow_run: RunRef | None = None) -> dict[str, Any]:
+    """run_train's work: fit, export the student directory, write summary.json."""
     out = Path(cfg.output_dir)
-    result, data_report = fit_student(cfg)
+    result, data_report = fit_student(cfg, mlflow_run=mlflow_run)
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint under {result.path}")
     with result.checkpoint.as_directory() as final_dir:
@@ -797,6 +817,7 @@ __all__ = [
     "run_train",
     "save_student",
     "student_meta",
+    "train_student",
     "token_logprobs",
     "train_loop_per_worker",
     "trainer_state",

@@ -85,6 +85,11 @@ def test_mlflow_without_the_package_names_the_extra(corpora, monkeypatch):
         check_tune_config(tune_cfg(corpora, "mlflow=true"), cluster_cpus=2)
 
 
+def test_a_sweep_logs_its_trials_with_its_own_mlflow_not_the_train_configs(corpora):
+    with pytest.raises(ConfigError, match="train.mlflow: a sweep logs its trials with tune's own"):
+        check_tune_config(tune_cfg(corpora, "train.mlflow=true"), cluster_cpus=2)
+
+
 def test_mlflow_store_defaults_to_a_sqlite_file_in_the_output_dir(corpora, tmp_path):
     assert mlflow_tracking_uri(tune_cfg(corpora)) is None
     cfg = tune_cfg(corpora, "mlflow=true", f"output_dir={tmp_path / 'sweep'}")
