@@ -74,10 +74,11 @@ def serve(cfg: ServeConfig) -> str:
     return run_serve(cfg)
 
 
-def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def pipeline(cfg: PipelineConfig) -> None:
+    """Prints its own short table; the whole summary is in run_dir/summary.json."""
     from ray_cotd.pipeline import run_pipeline
 
-    return run_pipeline(cfg)
+    run_pipeline(cfg)
 
 
 STAGE_RUNNERS: dict[str, Callable[[Any], Any]] = {
@@ -110,7 +111,8 @@ def _run_stage(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise ConfigError(f"`ray-cotd {args.command}` needs a CONFIG file (see --help-config for its keys)")
-    cfg = load_stage_config(args.command, args.config, args.overrides)
+    overrides = args.overrides + (["verbose=true"] if args.verbose else [])
+    cfg = load_stage_config(args.command, args.config, overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
@@ -153,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("--help-config", action="store_true", help="list every config key with its doc")
-        p.set_defaults(func=_run_stage)
+        if stage == "pipeline":
+            p.add_argument("--verbose", action="store_true",
+                           help="framework logs on the terminal too (default: only in RUN_DIR/framework.log)")
+        p.set_defaults(func=_run_stage, verbose=False)
 
     p = sub.add_parser("inspect", help="rows, parse failures, marker coverage and gold agreement of a data file")
     p.add_argument("path", help="JSON/JSONL/Parquet/CSV file, HF datasets dir or hub id")

@@ -409,6 +409,13 @@ class PipelineConfig(StageConfig):
     evaluate: EvaluateConfig = doc(factory=EvaluateConfig, text="evaluate stage")
     tune: Optional[TuneConfig] = doc(None, "optional tune stage")
     serve: Optional[ServeConfig] = doc(None, "optional: answer one question through the endpoint")
+    verbose: bool = doc(False, "framework logs (Ray, Ray Data/Train/Serve, transformers, vLLM, warnings) on the "
+                               "terminal as well; by default they go to <run_dir>/framework.log only")
+    mlflow: bool = doc(False, "one MLflow parent run for the pipeline, a child run per stage")
+    mlflow_uri: Optional[str] = doc(None, "MLflow tracking URI if mlflow is on; None = sqlite:///<run_dir>/mlflow.db")
+
+    def validate(self) -> None:
+        check_mlflow_keys(self.mlflow, self.mlflow_uri, None)
 
 
 STAGE_CONFIGS: dict[str, type] = {

@@ -36,6 +36,7 @@ from typing import Any
 
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
 from ray_cotd.configbase import to_dict
+from ray_cotd.console import progress_bar
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
@@ -307,8 +308,10 @@ class GenerateActor:
         return pd.DataFrame(out)
 
 
-def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict) -> list[dict]:
-    """One Ray Data pass of GenerateActor over `rows` (row i has "index": i); the results in row order."""
+def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict,
+                    desc: str = "evaluate") -> list[dict]:
+    """One Ray Data pass of GenerateActor over `rows` (row i has "index": i); the results in row order,
+    counted on a progress bar as they come back."""
     import ray.data
 
     limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
@@ -333,7 +336,11 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
         **({"runtime_env": {"worker_process_setup_hook": "ray_cotd.lm.vllm.quiet_resource_tracker"}}
            if cfg.backend == "vllm" else {}),
     )
-    by_index = {int(result["index"]): result for result in ds.take_all()}
+    by_index = {}
+    with progress_bar(len(rows), desc, "answer") as bar:
+        for result in ds.iter_rows():
+            by_index[int(result["index"])] = result
+            bar.update(1)
     missing = [row for row in rows if row["index"] not in by_index]
     if missing:
         raise RuntimeError(f"{len(missing)} rows came back without a generation (first: {missing[0]})")
@@ -437,7 +444,7 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
                           "answer_type": answer_types[predictions[i].test_set], "question": predictions[i].question,
                           "swapped_rationale": predictions[donor].rationale} for n, (i, donor) in enumerate(swaps)]
             started = time.perf_counter()
-            swapped = _run_actor_pool(swap_rows, cfg, systems, demos)
+            swapped = _run_actor_pool(swap_rows, cfg, systems, demos, desc="faithfulness")
             faithfulness_s = time.perf_counter() - started
             for (i, donor), g in zip(swaps, swapped):
                 p = predictions[i]

@@ -50,6 +50,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.configbase import to_dict
+from ray_cotd.console import step_line
 from ray_cotd.data.answers import infer_answer_type
 from ray_cotd.data.contamination import format_overlap
 from ray_cotd.data.errors import DataError
@@ -581,8 +582,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg)
         history.append(metrics)
         if rank == 0:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "tokens", "time"))
-            progress(f"[train] step {step}/{cfg.max_steps} {shown}")
+            progress(step_line(step, cfg.max_steps,
+                               {k: v for k, v in metrics.items() if k not in ("step", "tokens", "time")}))
             tracked.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "time")}, step=step)
         report = report_kind(step, cfg, validated="val_loss" in metrics)
         if report == "checkpoint":

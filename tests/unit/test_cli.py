@@ -46,6 +46,13 @@ def test_print_config_resolves_overrides(capsys, empty_yaml):
     assert "alpha: 0.9" in out and "objective: std_cot" in out
 
 
+def test_pipeline_verbose_flag_is_the_verbose_key(capsys, empty_yaml):
+    assert cli.main(["pipeline", "--print-config", empty_yaml]) == 0
+    assert "verbose: false" in capsys.readouterr().out
+    assert cli.main(["pipeline", "--print-config", "--verbose", empty_yaml]) == 0
+    assert "verbose: true" in capsys.readouterr().out
+
+
 def test_help_config_lists_keys_with_docs(capsys):
     assert cli.main(["train", "--help-config"]) == 0
     out = capsys.readouterr().out
