@@ -11,17 +11,21 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from ray_cotd.cli import user_errors
 from ray_cotd.config import ConfigError, describe_stage, load_stage_config
 
 CONFIG_ERROR_EXIT = 2  # argparse's code for a bad command line; a bad config is the same kind of mistake
+STAGE_ERROR_EXIT = 2  # bad input found while running, or nothing produced: `ray-cotd <stage>` exits the same
 
 
 def run_stage(stage: str, run: Callable[[Any], Any], argv: list[str] | None = None) -> int:
     """Load `stage`'s config from argv, hand it to `run`, return the process exit code.
 
     `run` imports its library function inside itself, so nothing heavy loads before the config
-    has parsed. Errors other than ConfigError propagate with their traceback: a failed stage
-    must show where it failed, and an uncaught exception marks the Ray job FAILED.
+    has parsed. Errors that mean bad input or an empty result (ray_cotd.cli.user_errors: a config,
+    data or model-path error, an output_dir in use, an annotation that kept nothing) print one
+    line and exit with STAGE_ERROR_EXIT, which marks the Ray job FAILED; any other error
+    propagates with its traceback: a failed stage must show where it failed.
     """
     parser = argparse.ArgumentParser(
         prog=f"jobs/{stage}.py",
@@ -38,7 +42,11 @@ def run_stage(stage: str, run: Callable[[Any], Any], argv: list[str] | None = No
         print(f"config error ({stage}): {err}", file=sys.stderr, flush=True)
         return CONFIG_ERROR_EXIT
     print(f"[{stage}] config {args.config} loaded" + (f" with {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except user_errors() as err:
+        print(f"{stage} failed: {err}", file=sys.stderr, flush=True)
+        return STAGE_ERROR_EXIT
     if result is not None:
         print(f"[{stage}] result: {result}", flush=True)
     return 0

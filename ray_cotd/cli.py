@@ -97,12 +97,14 @@ def resolve_runner(stage: str) -> Callable[[Any], Any]:
     return STAGE_RUNNERS[stage]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input: printed as one clear line, no traceback."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a run that produced nothing: printed as one clear line, no
+    traceback, exit code 2 (the CLI and jobs/_common.py alike)."""
     from ray_cotd.data.errors import DataError
     from ray_cotd.lm.model import ModelLoadError
+    from ray_cotd.teacher.annotate import NothingKept
 
-    return (ConfigError, DataError, ModelLoadError, FileNotFoundError)
+    return (ConfigError, DataError, ModelLoadError, FileNotFoundError, NothingKept)
 
 
 def _run_stage(args: argparse.Namespace) -> int:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as err:
+    except user_errors() as err:
         print(f"ray-cotd {args.command}: error: {err}", file=sys.stderr)
         return 2
 

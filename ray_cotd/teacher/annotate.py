@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ray_cotd import dirlock
 from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save_resolved
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
 from ray_cotd.data.readers import read_questions
@@ -78,6 +79,15 @@ TRANSIENT_REASONS = frozenset({"timeout", "engine_error"})
 FINISH_TO_REASON = {"timeout": "timeout", "error": "engine_error", "length": "truncated"}
 
 Outcome = Literal["kept", "aside", "rejected"]
+
+
+class NothingKept(RuntimeError):
+    """An annotation whose corpus is empty: every row rejected (a mapping to a column the file lacks,
+    a teacher that never answers, ...). The message is the rejection summary; `stats` is stats.json."""
+
+    def __init__(self, message: str, stats: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 def arrow_schema() -> Any:
@@ -395,8 +405,30 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, desc="annotate", unit="row", file=sys.stderr, dynamic_ncols=True)
 
 
+def rejection_summary(stats: dict[str, Any], out: Path) -> str:
+    """One line: how many rows were kept out of how many, and why the others were not."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(stats["dropped_by_reason"].items(),
+                                                                  key=lambda item: -item[1]))
+    return (f"{stats['kept']} rows kept of {stats['rows_in']} planned from {stats['questions_in']} question rows "
+            f"({stats['bad_questions']} unusable); not kept: {reasons or 'none'} "
+            f"(every row with its reason: {out / 'rejected.jsonl'})")
+
+
 def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
-    """Annotate `cfg.questions` into `cfg.output_dir`; returns the stats also written to stats.json."""
+    """Annotate `cfg.questions` into `cfg.output_dir`; returns the stats also written to stats.json.
+
+    The output directory is locked while this runs (ray_cotd.dirlock: a second run into it is
+    refused, naming the holder). A run that ends with nothing in the corpus raises NothingKept with
+    the rejection summary, after writing stats.json and rejected.jsonl.
+    """
+    with dirlock.hold(cfg.output_dir, "annotate"):
+        stats = _annotate(cfg)
+    if stats["kept"] == 0:
+        raise NothingKept("annotate kept nothing: " + rejection_summary(stats, Path(cfg.output_dir)), stats)
+    return stats
+
+
+def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_choices(cfg.levels, cfg.formats)  # a bad level/format fails before any work starts
     out = Path(cfg.output_dir)
@@ -484,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "NothingKept",
     "REJECT_REASONS",
     "ShardStore",
     "TRANSIENT_REASONS",
@@ -493,6 +526,7 @@ __all__ = [
     "fit_prompts",
     "judge",
     "plan_work",
+    "rejection_summary",
     "run_annotate",
     "sampling_of",
     "summarize",

@@ -23,7 +23,16 @@ import yaml
 
 from ray_cotd.config import AnnotateConfig, OpenAIEngineSpec
 from ray_cotd.data.schema import AnnotatedRecord
-from ray_cotd.teacher.annotate import ShardStore, Verdict, judge, plan_work, run_annotate, unique_questions
+from ray_cotd.dirlock import LOCK_NAME
+from ray_cotd.teacher.annotate import (
+    NothingKept,
+    ShardStore,
+    Verdict,
+    judge,
+    plan_work,
+    run_annotate,
+    unique_questions,
+)
 from ray_cotd.teacher.engines import (
     Completion,
     EngineRequestError,
@@ -223,6 +232,48 @@ def test_annotate_demo_questions_end_to_end(ray_cluster, tmp_path):
     assert again["kept"] == stats["kept"]
 
 
+ONE_MB_QUESTION = "How many apples are left? " + "An apple is red and round. " * 38_000  # 1.0 MB
+
+
+@pytest.mark.ray
+@pytest.mark.real_model
+def test_a_1mb_question_is_one_rejected_row_and_the_others_are_annotated(ray_cluster, tmp_path):
+    """Issue 23: a 1 MB question made the teacher allocate 32 GB and the job died with nothing
+    committed. Its prompt (in the teacher's tokens) + max_new_tokens exceeds the context: it is one
+    prompt_too_long row in rejected.jsonl, never sent to the engine, and the others are annotated."""
+    assert len(ONE_MB_QUESTION.encode()) > 1_000_000
+    questions = tmp_path / "questions.jsonl"
+    lines = DEMO.read_text().splitlines()[:2] + [json.dumps({"question": ONE_MB_QUESTION, "answer": "3"})]
+    questions.write_text("\n".join(lines) + "\n")
+    cfg = _cfg(tmp_path, questions=str(questions), max_new_tokens=48, wrong="keep")
+    try:
+        stats = run_annotate(cfg)
+    except NothingKept as err:  # the two small questions may both fail to parse at 48 tokens; still no crash
+        stats = err.stats
+    assert stats["rows_in"] == 3 and stats["rows_done"] == 3 and stats["this_run"]["rows_generated"] == 2
+    assert stats["dropped_by_reason"]["prompt_too_long"] == 1
+    rejected = [json.loads(line) for line in (Path(cfg.output_dir) / "rejected.jsonl").read_text().splitlines()]
+    too_long = [r for r in rejected if r["reason"] == "prompt_too_long"]
+    assert len(too_long) == 1 and too_long[0]["question"] == ONE_MB_QUESTION
+    assert too_long[0]["prompt_tokens"] > 200_000 and too_long[0]["completion_tokens"] is None
+    assert too_long[0]["detail"] == f"prompt {too_long[0]['prompt_tokens']} tokens + max_new_tokens 48"
+
+
+@pytest.mark.real_model
+def test_a_mapping_to_a_missing_column_fails_the_run_with_the_rejection_summary(tmp_path):
+    """Issue 23: mapping.question naming a column the file lacks rejected 14 of 14 rows and exited 0."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "ray_cotd.cli", "annotate", str(REPO / "jobs/configs/local/annotate.yaml"),
+                           "mapping.question=prompt", f"output_dir={out}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (f"ray-cotd annotate: error: annotate kept nothing: 0 rows kept of 0 planned from 14 question "
+                           f"rows (14 unusable); not kept: missing_field 14 (every row with its reason: "
+                           f"{out / 'rejected.jsonl'})\n")
+    assert len((out / "rejected.jsonl").read_text().splitlines()) == 14
+    assert json.loads((out / "stats.json").read_text())["kept"] == 0
+
+
 @pytest.mark.ray
 @pytest.mark.real_model
 def test_annotate_real_svamp_questions(ray_cluster, tmp_path, shared_data):
@@ -343,7 +394,10 @@ def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster
         questions.write_text("\n".join(lines) + "\n")
         cfg = _cfg(tmp_path, questions=str(questions), engine="openai", max_new_tokens=8, cpus_per_worker=0.5,
                    openai={"base_url": url, "model": "smol", "timeout_s": 30.0, "max_retries": 0})
-        stats = run_annotate(cfg)
+        # 8 tokens hold no rationale and answer: nothing is kept, which fails the run with the summary
+        with pytest.raises(NothingKept, match=r"^annotate kept nothing: 0 rows kept of 3 planned .*timeout 1") as err:
+            run_annotate(cfg)
+        stats = err.value.stats
         assert stats["rows_in"] == 3 and stats["rows_done"] == 3
         assert stats["dropped_by_reason"]["timeout"] == 1
         ledger = _ledger(Path(cfg.output_dir))
@@ -352,7 +406,9 @@ def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster
         others = [e for e in ledger.values() if e["reason"] != "timeout"]
         assert all(e["completion_tokens"] for e in others)  # usage came back from the server
         # a timeout is transient: the next run asks again (and the endpoint is still stalling)
-        again = run_annotate(cfg)
+        with pytest.raises(NothingKept) as err:
+            run_annotate(cfg)
+        again = err.value.stats
         assert again["this_run"]["rows_generated"] == 1 and again["dropped_by_reason"]["timeout"] == 1
         # a 4xx (here: a model the server does not have) stops the run with the endpoint's words
         wrong = _cfg(tmp_path, questions=str(questions), engine="openai", output_dir=str(tmp_path / "wrong"),
@@ -370,7 +426,7 @@ def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster
 
 @pytest.mark.ray
 @pytest.mark.real_model
-def test_a_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(ray_cluster, tmp_path):
+def test_a_second_run_is_refused_and_a_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(ray_cluster, tmp_path):
     settings = dict(questions=str(DEMO), levels=[1], max_new_tokens=32, batch_size=2, limit=8, cpus_per_worker=2.0)
     killed = tmp_path / "killed"
     config = tmp_path / "annotate.yaml"
@@ -380,6 +436,15 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(ray_cluster, tm
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 600
+        while not (killed / LOCK_NAME).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        # issue 23: a second run into the same directory duplicated every row; now it is refused at once
+        second = subprocess.run([sys.executable, "-m", "ray_cotd.cli", "annotate", str(config)], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.startswith(f"ray-cotd annotate: error: output_dir {killed} is in use by annotate run "
+                                        f"pid {proc.pid} on host "), second.stderr
+        assert "Traceback" not in second.stderr
         while not list((killed / "ledger").glob("part-*.jsonl")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
@@ -391,6 +456,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(ray_cluster, tm
     committed_at_kill = len(_ledger(killed))
     assert 0 < committed_at_kill < 8
     assert not (killed / "stats.json").exists()
+    assert (killed / LOCK_NAME).exists()  # SIGKILL left its lock behind: stale, it must not block the resume
 
     resumed = run_annotate(AnnotateConfig(**settings, output_dir=str(killed)))
     assert resumed["this_run"]["rows_skipped_as_done"] == committed_at_kill

@@ -174,6 +174,23 @@ def test_cluster_stage_configs_chain_into_each_other():
     assert ood.split == "OOD"
 
 
+def test_a_stage_that_fails_on_bad_input_prints_one_line_and_fails_the_job(capsys):
+    """Issue 23: an annotation that keeps nothing (or any bad-input error found while the stage runs)
+    exits non-zero with one line, not 0 and not a bare traceback."""
+    from ray_cotd.teacher.annotate import NothingKept
+
+    common = _load_common()
+    stats = {"kept": 0}
+
+    def annotate(cfg):
+        raise NothingKept("annotate kept nothing: 0 rows kept of 14 planned; not kept: missing_field 14", stats)
+
+    code = common.run_stage("annotate", annotate, [str(JOBS / "configs" / "local" / "annotate.yaml")])
+    assert code == common.STAGE_ERROR_EXIT != 0
+    err = capsys.readouterr().err
+    assert err == "annotate failed: annotate kept nothing: 0 rows kept of 14 planned; not kept: missing_field 14\n"
+
+
 SECRETS = [".env", "config/.env.production", "deploy/tls.pem", "deploy/tls.key", "id_rsa", "home/id_ed25519.pub",
            ".aws/credentials", "gcp/credentials.json", "gcp/my-credentials-prod.json", "keys/store.p12", ".netrc",
            "ray_cotd/.env", ".git/config"]
