@@ -41,11 +41,21 @@ from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answe
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
+from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
 from ray_cotd.lm.generate import GenerationLimits, Generator
-from ray_cotd.lm.model import STUDENT_META, check_model, load_model_and_tokenizer, load_prompt_encoder, read_student_meta
+from ray_cotd.lm.model import (
+    STUDENT_META,
+    answers_through_label_task,
+    check_model,
+    context_length,
+    load_model_and_tokenizer,
+    load_prompt_encoder,
+    load_tokenizer,
+    read_student_meta,
+)
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
-from ray_cotd.scoring import Prediction, read_predictions, score, write_predictions
+from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, read_predictions, score, write_predictions
 from ray_cotd.tracking import stage_run
 
 SPLITS = ("IND", "OOD")
@@ -195,6 +205,50 @@ def load_few_shot(path: str | None = None) -> dict[str, list[tuple[str, str, str
     return demos
 
 
+def fit_prompts(questions: list[tuple[System, EvalSet, int, dict[str, Any]]], cfg: EvaluateConfig,
+                demos: dict[str, list[tuple[str, str, str]]]) -> dict[int, int]:
+    """Index (into `questions`: (system, set, position, record)) -> prompt tokens of every question
+    whose generation cannot fit its system's context, in tokens: the stage-1 prompt as the student is
+    fed it (its chat template, few-shot demonstrations, label-task prefix and P-Tuning virtual tokens,
+    as Generator.prompt_ids builds it) + max_rationale_tokens + the answer marker + max_answer_tokens,
+    against lm.model.context_length (the engine's vllm.max_model_len on the vLLM backend).
+
+    Such a question is not generated: one 1 MB question made evaluation allocate 32 GB and die
+    (issue 23). It is scored wrong with parse_error PROMPT_TOO_LONG instead (too_long_prediction).
+    """
+    room = cfg.max_rationale_tokens + cfg.max_answer_tokens
+    per_system: dict[str, tuple[Any, int | None, int, bool]] = {}
+    too_long = {}
+    for i, (system, ts, _, record) in enumerate(questions):
+        if system.name not in per_system:
+            tokenizer, encoder = load_tokenizer(system.model), load_prompt_encoder(system.model)
+            virtual = encoder.config.num_virtual_tokens if encoder is not None else 0
+            extra = room + len(encode(tokenizer, STAGE2_PREFIX)) + virtual
+            limit = context_length(system.model, cfg.vllm.max_model_len if cfg.backend == "vllm" else None)
+            per_system[system.name] = (tokenizer, limit, extra, answers_through_label_task(system.model))
+        tokenizer, limit, extra, label_task = per_system[system.name]
+        if limit is None:  # the model's config names no context length: nothing to check against
+            continue
+        few_shot = demos.get(ts.answer_type) if system.few_shot else None
+        prompt = prompt_text(tokenizer, record["question"], few_shot=few_shot or None,
+                             task="label" if label_task else None)
+        tokens = len(encode(tokenizer, prompt))
+        if tokens + extra > limit:
+            too_long[i] = tokens
+    return too_long
+
+
+def too_long_prediction(system: System, ts: EvalSet, position: int, record: dict[str, Any],
+                        prompt_tokens: int) -> Prediction:
+    """The Prediction of a question fit_prompts kept from the model: no text, scored wrong."""
+    return Prediction(
+        system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"], id=record["id"],
+        question=record["question"], gold=record["gold"], rationale="", answer_text="", predicted=None,
+        correct=False, parse_error=PROMPT_TOO_LONG, rationale_stop=PROMPT_TOO_LONG, prompt_tokens=prompt_tokens,
+        rationale_tokens=0, answer_tokens=0, stage1_s=0.0, stage2_s=0.0,
+    )
+
+
 # -- scoring (ray_cotd.scoring.score) and summaries: plain functions -----------------------------
 
 
@@ -314,6 +368,8 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
     counted on a progress bar as they come back."""
     import ray.data
 
+    if not rows:  # every question was too long for its model (fit_prompts)
+        return []
     limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
     ds = ray.data.from_items(rows)
     ds = ds.map_batches(
@@ -411,10 +467,12 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
     # 2. generate: one row per (system, test set, question), in this order
     questions = [(system, ts, position, record) for system in systems for ts in sets
                  for position, record in enumerate(ts.records)]
+    too_long = fit_prompts(questions, cfg, demos)  # never generated: scored wrong as prompt_too_long
+    fitting = [q for i, q in enumerate(questions) if i not in too_long]
     rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"]}
             for i, (system, ts, _, record) in enumerate(questions)]
     started = time.perf_counter()
-    generated = _run_actor_pool(rows, cfg, systems, demos)
+    generated = _run_actor_pool([row for row in rows if row["index"] not in too_long], cfg, systems, demos)
     generate_s = time.perf_counter() - started
     predictions = [
         Prediction(
@@ -426,15 +484,20 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
             rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
             stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
         )
-        for (system, ts, position, record), g in zip(questions, generated)
+        for (system, ts, position, record), g in zip(fitting, generated)
     ]
+    if too_long:  # back in question order, so each predictions file keeps its set's order
+        place = {(s.name, ts.name, position): i for i, (s, ts, position, _) in enumerate(questions)}
+        predictions = sorted(predictions + [too_long_prediction(*questions[i], n) for i, n in too_long.items()],
+                             key=lambda p: place[(p.system, p.test_set, p.position)])
 
     # 3. faithfulness: question i answered from the rationale of question i+1 of the same set
     faithfulness_s = 0.0
     if cfg.faithfulness and cfg.mode == "two_stage":
         groups: dict[tuple[str, str], list[int]] = {}  # (system, test set) -> indices into predictions
         for i, p in enumerate(predictions):
-            groups.setdefault((p.system, p.test_set), []).append(i)
+            if p.parse_error != PROMPT_TOO_LONG:  # never generated: no rationale to give or to answer from
+                groups.setdefault((p.system, p.test_set), []).append(i)
         swaps = [(i, group[(k + 1) % len(group)]) for group in groups.values() if len(group) >= 2
                  for k, i in enumerate(group)]  # (prediction, the one whose rationale it gets)
         answer_types = {ts.name: ts.answer_type for ts in sets}  # per set: which few-shot demonstrations
@@ -635,6 +698,7 @@ __all__ = [
     "build_systems",
     "load_few_shot",
     "load_predictions",
+    "fit_prompts",
     "markdown_table",
     "prepare_test_set",
     "evaluate_systems",
@@ -644,4 +708,5 @@ __all__ = [
     "score",
     "student_record",
     "summarize",
+    "too_long_prediction",
 ]

@@ -28,12 +28,18 @@ class Score(TypedDict):
 
     predicted: the answer normalized as its answer type (normalize_answer), None when unreadable.
     correct: predicted equals the normalized gold; an unreadable answer is wrong.
-    parse_error: why nothing could be read (a data.answers PARSE_FAILURE_REASONS value), else None.
+    parse_error: why nothing could be read (a data.answers PARSE_FAILURE_REASONS value), else None;
+        PROMPT_TOO_LONG for a question evaluation never generated.
     """
 
     predicted: str | None
     correct: bool
     parse_error: str | None
+
+
+# The parse_error of a question that was never generated, because its prompt and the tokens its
+# answer may take do not fit the model's context (ray_cotd.evaluate.fit_prompts): scored wrong.
+PROMPT_TOO_LONG = "prompt_too_long"
 
 
 def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str | None = None) -> Score:
@@ -137,4 +143,5 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     return predictions
 
 
-__all__ = ["PREDICTION_KEYS", "Prediction", "Score", "read_predictions", "score", "write_predictions"]
+__all__ = ["PREDICTION_KEYS", "PROMPT_TOO_LONG", "Prediction", "Score", "read_predictions", "score",
+           "write_predictions"]

@@ -150,6 +150,69 @@ def test_evaluate_end_to_end_on_shared_data(shared_data, ray_cluster, tmp_path):
         assert by_key[("run2/" + result["system"], result["test_set"])] == result["accuracy"]
 
 
+@pytest.mark.real_model
+def test_fit_prompts_counts_the_prompt_the_student_is_fed_against_the_context():
+    """The budget is exact: stage-1 prompt (few-shot demonstrations included) + max_rationale_tokens +
+    the answer marker + max_answer_tokens against the context (vllm.max_model_len here)."""
+    from ray_cotd.evaluate import EvalSet, System, fit_prompts, load_few_shot
+    from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
+    from ray_cotd.lm.model import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSpec())
+    record = {"question": "Kim has 3 apples and eats one. How many apples are left?", "gold": "2", "row": 0, "id": "q"}
+    ts = EvalSet("s", "IND", "s.json", "numeric", "all", [record])
+    systems = [System("untrained", "baseline", ModelSpec(), False), System("few_shot", "baseline", ModelSpec(), True)]
+    questions = [(system, ts, 0, record) for system in systems]
+    need = (len(encode(tokenizer, prompt_text(tokenizer, record["question"]))) + 8
+            + len(encode(tokenizer, STAGE2_PREFIX)) + 4)
+    demos = load_few_shot()
+
+    def fit(max_model_len):
+        cfg = EvaluateConfig(backend="vllm", vllm={"max_model_len": max_model_len}, max_rationale_tokens=8,
+                             max_answer_tokens=4)
+        return fit_prompts(questions, cfg, demos)
+
+    assert list(fit(need)) == [1]  # fits exactly; the few-shot prompt holds demonstrations too
+    assert list(fit(need - 1)) == [0, 1]
+    assert fit(need - 1)[0] == need - 8 - len(encode(tokenizer, STAGE2_PREFIX)) - 4
+    assert fit(8192) == {}
+
+
+ONE_MB_QUESTION = "How many apples are left? " + "An apple is red and round. " * 38_000  # 1.0 MB
+
+
+@pytest.mark.ray
+@pytest.mark.real_model
+def test_a_1mb_question_is_scored_wrong_as_prompt_too_long_and_the_others_are_evaluated(ray_cluster, tmp_path):
+    """Issue 23: one 1 MB question made evaluation allocate 32 GB and die after 49 s with no report.
+    Its prompt does not fit the student's context (in tokens, few-shot demonstrations included): it
+    is not generated, it is scored wrong as prompt_too_long and listed in unparseable.jsonl, and the
+    run goes on (faithfulness swaps only among the questions that were generated)."""
+    assert len(ONE_MB_QUESTION.encode()) > 1_000_000
+    path = _write(tmp_path / "big.json", [
+        {"question": "Kim has 3 apples and eats one. How many apples are left?", "answer": "2"},
+        {"question": ONE_MB_QUESTION, "answer": "3"},
+        {"question": "Tom has 5 pens and buys 2 more. How many pens does he have?", "answer": "7"},
+    ])
+    cfg = EvaluateConfig(students=[], baselines=["untrained", "few_shot"], max_rationale_tokens=8, max_answer_tokens=4,
+                         test_sets=[SetSpec(path=path, name="big", answer_type="numeric")], batch_size=4,
+                         output_dir=str(tmp_path / "run"))
+    report = run_evaluate(cfg)
+    predictions = load_predictions(cfg.output_dir)
+    assert len(predictions) == 6 and [p.position for p in predictions] == [0, 1, 2, 0, 1, 2]
+    too_long = [p for p in predictions if p.position == 1]
+    for p in too_long:
+        assert (p.parse_error, p.correct, p.predicted, p.rationale, p.answer_text) == ("prompt_too_long", False, None,
+                                                                                      "", "")
+        assert p.prompt_tokens > 200_000 and p.swapped_from is None
+    generated = [p for p in predictions if p.position != 1]
+    assert all(p.rationale_stop in ("eos", "marker", "length") and p.answer_tokens > 0 for p in generated)
+    assert all(p.swapped_from in (0, 2) for p in generated)  # swapped with each other, not with the 1 MB one
+    assert [r["unparseable"] >= 1 for r in report["results"]] == [True, True]
+    unparseable = [json.loads(line) for line in (Path(cfg.output_dir) / "unparseable.jsonl").read_text().splitlines()]
+    assert sum(u["parse_error"] == "prompt_too_long" for u in unparseable) == 2
+
+
 def test_report_files_from_saved_results_without_generating(tmp_path):
     """write_report + run_report on a hand-built report: table cells, PNGs, prefixed names."""
     from ray_cotd.evaluate import EvalSet, split_summary, summarize, write_report
