@@ -44,7 +44,7 @@ from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
 from ray_cotd.lm.format import encode, render_chat
-from ray_cotd.lm.model import context_length, load_tokenizer, resolve_source
+from ray_cotd.lm.model import check_model, context_length, load_tokenizer, resolve_source
 from ray_cotd.ray_session import connect
 from ray_cotd.teacher.engines import (
     OUTPUT_COLUMNS,
@@ -431,6 +431,8 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
 def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_choices(cfg.levels, cfg.formats)  # a bad level/format fails before any work starts
+    if cfg.engine != "openai":  # a teacher path that is not a model: one ModelLoadError line, before Ray starts
+        check_model(cfg.teacher)
     out = Path(cfg.output_dir)
     save_resolved(cfg, out)
 

@@ -274,6 +274,21 @@ def test_a_mapping_to_a_missing_column_fails_the_run_with_the_rejection_summary(
     assert json.loads((out / "stats.json").read_text())["kept"] == 0
 
 
+def test_a_teacher_path_that_does_not_exist_is_one_line_before_ray_starts(tmp_path):
+    """Issue 23: a teacher path that does not exist failed after 17-27 s with a 186-line Ray traceback.
+    The CLI and the job both print one line and exit 2, and no Ray instance is started."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    config = str(REPO / "jobs/configs/local/annotate.yaml")
+    for argv, prefix in ((["-m", "ray_cotd.cli", "annotate"], "ray-cotd annotate: error: "),
+                         ([str(REPO / "jobs/annotate.py")], "annotate failed: ")):
+        proc = subprocess.run([sys.executable, *argv, config, "teacher.source=/nonexistent/teacher",
+                               f"output_dir={tmp_path / 'out'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.splitlines()[-1] == prefix + "model path not found: /nonexistent/teacher", proc.stderr
+        assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.ray
 @pytest.mark.real_model
 def test_annotate_real_svamp_questions(ray_cluster, tmp_path, shared_data):
