@@ -102,8 +102,6 @@ def check_tune_config(cfg: TuneConfig, *, cluster_cpus: float | None = None,
     if cfg.search_alpha and "alpha" not in symbols:
         raise ConfigError(f"search_alpha: α only acts in the cascod objectives ({', '.join(objectives_using('alpha'))}), "
                           f"not {cfg.train.objective!r}")
-    if cfg.num_samples < 1 or cfg.max_concurrent_trials < 1:
-        raise ConfigError("num_samples and max_concurrent_trials must be >= 1")
     if cfg.train.val_every < 1:
         raise ConfigError("train.val_every: ASHA needs validation reports during a trial (>= 1 step)")
     if cfg.mlflow_uri and not cfg.mlflow:
