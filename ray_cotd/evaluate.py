@@ -55,7 +55,7 @@ from ray_cotd.lm.model import (
 )
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
 from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
-from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, read_predictions, score, write_predictions
+from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, read_predictions, score, scored_type, write_predictions
 from ray_cotd.tracking import stage_run
 
 SPLITS = ("IND", "OOD")
@@ -112,12 +112,10 @@ def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: 
     # it is compared as text, counted and reported. Given, every gold must read as it.
     answer_type = spec.answer_type or fit_answer_type(r["gold"] for r in records).answer_type
     for record in records:
-        record["answer_type"] = answer_type
-        if normalize_answer(record["gold"], answer_type) is None:
-            if spec.answer_type is not None:
-                raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
-                                path=spec.path, row=record["row"], field=gold_field)
-            record["answer_type"] = "text"
+        record["answer_type"] = scored_type(record["gold"], answer_type)
+        if record["answer_type"] != answer_type and spec.answer_type is not None:
+            raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
+                            path=spec.path, row=record["row"], field=gold_field)
     records = select_test_rows(records, holdout=spec.holdout, test_fraction=holdout_fraction, seed=split_seed,
                                offset=spec.offset, limit=spec.limit)
     if not records:

@@ -63,6 +63,13 @@ def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str
     return Score(predicted=predicted, correct=predicted == normalize_answer(gold, answer_type), parse_error=None)
 
 
+def scored_type(gold: str, answer_type: AnswerType) -> AnswerType:
+    """The type one question is scored as: its set's, or "text" for a gold that does not read as
+    that type (a set of mixed golds, whose type data.answers.fit_answer_type picked from most of
+    them; evaluation counts and reports such rows)."""
+    return answer_type if normalize_answer(gold, answer_type) is not None else "text"
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One system's answer to one test question, scored: a row of a predictions file.
@@ -144,4 +151,4 @@ def read_predictions(path: str | Path) -> list[Prediction]:
 
 
 __all__ = ["PREDICTION_KEYS", "PROMPT_TOO_LONG", "Prediction", "Score", "read_predictions", "score",
-           "write_predictions"]
+           "scored_type", "write_predictions"]

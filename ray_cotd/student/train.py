@@ -51,7 +51,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.configbase import to_dict
 from ray_cotd.console import step_line
-from ray_cotd.data.answers import infer_answer_type
+from ray_cotd.data.answers import fit_answer_type
 from ray_cotd.data.contamination import format_overlap
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
@@ -65,7 +65,7 @@ from ray_cotd.lm.prompt_encoder import (
     embed_inputs,
 )
 from ray_cotd.ray_session import connect
-from ray_cotd.scoring import score
+from ray_cotd.scoring import score, scored_type
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
 from ray_cotd.student.prada import DOMAIN_HEAD_WEIGHTS, DomainHead, lambda_at, pool_examples
@@ -403,15 +403,15 @@ def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str
     """Share of validation questions the student answers right by two-stage generation, scored by
     ray_cotd.scoring.score on the stage-2 text: the generation and the scoring evaluation uses, so
     a sweep selects on the accuracy the evaluation report shows."""
-    golds = [q["answer"] for q in questions]
-    answer_type = infer_answer_type(golds)
+    answer_type = fit_answer_type(q["answer"] for q in questions).answer_type  # as evaluate types a set
     generator = Generator(student.lm, tokenizer, prompt_encoder=student.prompt_encoder)
     student.eval()
     with torch.no_grad():
         results = generator.two_stage([q["question"] for q in questions],
                                       GenerationLimits(max_rationale_tokens=cfg.val_max_rationale_tokens))
     student.train()
-    return sum(score(r.answer_text, gold, answer_type)["correct"] for r, gold in zip(results, golds)) / len(golds)
+    return sum(score(r.answer_text, q["answer"], scored_type(q["answer"], answer_type), question=q["question"])["correct"]
+               for r, q in zip(results, questions)) / len(questions)
 
 
 def save_checkpoint(model: nn.Module, student: Student, cfg: TrainConfig, tokenizer: Any,

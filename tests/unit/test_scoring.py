@@ -91,3 +91,32 @@ def test_an_option_text_answer_scores_as_its_label():
     assert score(" populated areas.", "B", "multiple_choice")["parse_error"] == "unreadable_answer"  # no question
     assert score(" a big city", "B", "multiple_choice", question=question)["parse_error"] == "unreadable_answer"
     assert score(" (C) the desert", "(C)", "multiple_choice", question=question)["correct"] is True
+
+
+def test_tune_validation_types_and_reads_choices_as_evaluation_does(monkeypatch):
+    """Issue 19: val_accuracy types a mixed set as evaluate does (the type most golds read as, the
+    others compared as text) and reads an option's text as its label from the question."""
+    from types import SimpleNamespace
+
+    from ray_cotd.config import TrainConfig
+    from ray_cotd.lm.generate import make_result
+    from ray_cotd.scoring import scored_type
+    from ray_cotd.student import train
+
+    options = " Options: (A) iron (B) glass (C) wood"
+    texts = {"Q1" + options: " (A) iron.", "Q2" + options: " glass", "Q3" + options: " (C)", "Q4": " see above"}
+
+    class FakeGenerator:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def two_stage(self, questions, limits):
+            return [make_result(q, "r", texts[q], prompt_tokens=1, rationale_tokens=1, answer_tokens=1,
+                                stage1_s=0.0, stage2_s=0.0, rationale_stop="eos") for q in questions]
+
+    monkeypatch.setattr(train, "Generator", FakeGenerator)
+    student = SimpleNamespace(lm=None, prompt_encoder=None, eval=lambda: None, train=lambda: None)
+    golds = ["(A)", "(B)", "(B)", "see above"]  # three labels and one gold that is no label
+    questions = [{"question": q, "answer": g} for q, g in zip(texts, golds)]
+    assert train.val_accuracy(student, None, questions, TrainConfig()) == pytest.approx(3 / 4)
+    assert [scored_type(g, "multiple_choice") for g in golds] == ["multiple_choice"] * 3 + ["text"]
