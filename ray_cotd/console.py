@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import logging
 import re
 import sys
@@ -61,8 +62,12 @@ def progress_bar(total: int, desc: str, unit: str) -> Any:
 
 
 def _is_terminal_handler(handler: logging.Handler) -> bool:
-    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+    """A handler writing to the terminal: to a std stream (or what replaces it now), or to an object
+    that is no io stream at all, a wrapper that finds sys.stderr when it writes (MLflow's)."""
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = handler.stream
+    return stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or not isinstance(stream, io.IOBase)
 
 
 class Console:
@@ -157,7 +162,8 @@ class Console:
             (name, logger) for name, logger in logging.Logger.manager.loggerDict.items()
             if isinstance(logger, logging.Logger))
         for name, logger in loggers:
-            terminal = [h for h in logger.handlers if _is_terminal_handler(h) and h is not self.to_terminal]
+            ours = (self.to_file, self.to_terminal)
+            terminal = [h for h in logger.handlers if _is_terminal_handler(h) and h not in ours]
             if not terminal and not (name == "" and self.to_file not in logger.handlers):
                 continue
             self._saved.setdefault(name, (list(logger.handlers), logger.propagate))

@@ -120,7 +120,8 @@ def plot_headline(h: dict[str, Any], path: str | Path) -> None:
 
     from ray_cotd.metrics import error_bars
 
-    rates = [("untrained baseline", h["baseline_accuracy"]), (f"trained student\n({h['student']})", h["student_accuracy"])]
+    rates = [("untrained baseline", h["baseline_accuracy"]),
+             (f"trained student\n({h['student']})", h["student_accuracy"])]
     shown = [(label, r) for label, r in rates if r is not None]
     fig, ax = plt.subplots(figsize=(4.5, 4))
     if shown:

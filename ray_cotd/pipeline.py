@@ -252,7 +252,8 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
         corpus = str(Path(annotate_cfg.output_dir) / "corpus")  # annotate's kept rows (Parquet parts)
         train_cfg = dataclasses.replace(
             cfg.train, corpus=corpus, output_dir=str(run_dir / "train"),
-            contamination_sets=cfg.train.contamination_sets or cfg.evaluate.test_sets, **_tracked(cfg, tracked, run_dir))
+            contamination_sets=cfg.train.contamination_sets or cfg.evaluate.test_sets,
+            **_tracked(cfg, tracked, run_dir))
         trained = run_train(train_cfg)
         write_manifest(
             train_cfg.output_dir, stage="train", config=train_cfg, inputs=[train_cfg.corpus],

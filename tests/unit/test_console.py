@@ -4,6 +4,7 @@ and leaving restores everything. No Ray cluster (Ray's printer swap is skipped w
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import warnings
@@ -73,6 +74,29 @@ def test_worker_lines_go_to_the_file_and_step_lines_drive_the_train_bar(tmp_path
     assert "(RayTrainWorker pid=42) [train] step 2/2 loss=0.3" in text
     out = capsys.readouterr()
     assert "train" in out.err and "Loading weights" not in out.err + out.out and "Task X" not in out.err + out.out
+
+
+class StderrWrapper:
+    """Like MLflow's logging stream: no io object, it finds sys.stderr when it writes."""
+
+    def write(self, text):
+        sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+def test_wrappers_of_stderr_count_as_the_terminal_and_buffers_do_not(tmp_path, capsys):
+    wrapped, buffered = logging.getLogger("wrapped.framework"), logging.getLogger("buffered.framework")
+    for logger, stream in ((wrapped, StderrWrapper()), (buffered, io.StringIO())):
+        logger.propagate = False
+        logger.addHandler(logging.StreamHandler(stream))
+    log = tmp_path / "framework.log"
+    with Console(log):
+        wrapped.warning("creating tables")
+        buffered.warning("kept in memory")
+    assert "creating tables" in log.read_text() and "creating tables" not in capsys.readouterr().err
+    assert buffered.handlers[0].stream.getvalue() == "kept in memory\n"
 
 
 def test_verbose_changes_nothing(tmp_path, capsys):

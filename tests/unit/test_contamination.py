@@ -64,7 +64,8 @@ def test_examples_are_capped_but_counts_are_not():
 
 
 def _files(tmp_path):
-    rows = [(f"How many apples are in basket {i}?", f"Basket {i} holds {i} apples. The answer is {i}") for i in range(6)]
+    rows = [(f"How many apples are in basket {i}?", f"Basket {i} holds {i} apples. The answer is {i}")
+            for i in range(6)]
     corpus = tmp_path / "corpus.json"
     corpus.write_text(json.dumps([{"instruction": q, "output": out} for q, out in rows]))
     test = tmp_path / "test.jsonl"

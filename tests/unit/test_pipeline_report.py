@@ -21,7 +21,8 @@ def _summary(**extra) -> dict:
         "train": {"steps": 4, "first_loss": 0.68, "final_loss": 0.2506,
                   "data": {"train_rows": 11, "contamination": {
                       "ngram": 13, "train_rows": 11, "flagged_rows": 0, "decontaminate": "warn",
-                      "sets": [{"name": "word-problems", "test_questions": 60, "exact": 0, "ngram": 0, "examples": []}]}}},
+                      "sets": [{"name": "word-problems", "test_questions": 60, "exact": 0, "ngram": 0,
+                                "examples": []}]}}},
         **extra,
     }
 
