@@ -180,6 +180,12 @@ class AnnotateConfig(StageConfig):
     gpus_per_worker: float = doc(0.0, "GPUs reserved per engine replica", ge=0)
     wrong: Literal["keep", "drop", "aside"] = doc("aside", "what to do with rationales whose answer disagrees with gold")
     limit: Optional[int] = doc(None, "annotate only the first N questions (smoke runs)", ge=1)
+    holdout: Literal["all", "train"] = doc(
+        "all", "annotate every question, or only the training side of the fixed hold-out split (holdout_fraction, "
+               "split_seed: set them as in train and evaluate), so no teacher time goes to questions a student is "
+               "tested on")
+    holdout_fraction: float = doc(0.2, "holdout: train: the hold-out share (as train's)", gt=0, lt=1)
+    split_seed: int = doc(0, "holdout: train: the hold-out split's seed (as train's split_seed)", ge=0)
     openai: OpenAIEngineSpec = doc(factory=OpenAIEngineSpec, text="endpoint settings of the openai engine")
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="settings of the vllm engine")
 
@@ -235,6 +241,10 @@ class TrainConfig(StageConfig):
     val_fraction: float = doc(0.1, "share of training questions held out for validation", ge=0, lt=1)
     val_generate: int = doc(0, "validation questions scored by two-stage generation (val_accuracy); 0 = off", ge=0)
     val_max_rationale_tokens: int = doc(128, "stage-1 token limit when scoring validation questions", ge=1)
+    val_backend: GenerationBackend = doc(
+        "hf", "what generates the validation answers: hf = the training model itself; vllm = a vLLM engine on the "
+              "base model, started once, running each validation's LoRA adapter (peft: lora only)")
+    vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="engine settings of val_backend vllm")
     holdout_fraction: float = doc(0.2, "share of questions reserved as the test split (never trained on)", ge=0, lt=1)
     split_seed: int = doc(
         0, "seed of the hold-out split (and of the validation split carved from the rest), apart from `seed` so "
@@ -280,6 +290,9 @@ class TrainConfig(StageConfig):
     mlflow_parent_run_id: Optional[str] = doc(None, "MLflow run to nest this run under (the pipeline sets it)")
 
     def validate(self) -> None:
+        if self.val_backend == "vllm" and self.val_generate > 0 and self.peft != "lora":
+            raise ConfigError(f"val_backend: vllm runs a LoRA student's adapter on its base model; peft {self.peft!r} "
+                              "needs val_backend: hf")
         check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")

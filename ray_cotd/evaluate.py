@@ -38,6 +38,7 @@ from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec,
 from ray_cotd.configbase import to_dict
 from ray_cotd.console import progress_bar
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
+from ray_cotd.data.choices import parse_choices
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
@@ -250,6 +251,25 @@ def too_long_prediction(system: System, ts: EvalSet, position: int, record: dict
 # -- scoring (ray_cotd.scoring.score) and summaries: plain functions -----------------------------
 
 
+def question_choices(record: dict[str, Any]) -> list[str] | None:
+    """The labels of the options a multiple-choice question lists in its text ("A: ...", "(B) ...",
+    "(1) ..."; ray_cotd.data.choices), which stage 2 can be constrained to; None for other questions."""
+    if record.get("answer_type") != "multiple_choice":
+        return None
+    options = parse_choices(record["question"])
+    return list(options) if options else None
+
+
+def constrained_score(pick: str | None, record: dict[str, Any]) -> dict[str, Any]:
+    """Prediction's constrained fields: the choice picked at the answer position and whether it is
+    the gold (both None when the question lists no choices)."""
+    if pick is None:
+        return {"constrained_predicted": None, "constrained_correct": None}
+    return {"constrained_predicted": pick,
+            "constrained_correct": normalize_answer(pick, "multiple_choice") == normalize_answer(record["gold"],
+                                                                                                  "multiple_choice")}
+
+
 def summarize(predictions: list[Prediction], systems: list[str], sets: list[EvalSet]) -> list[dict[str, Any]]:
     """One result per (system, test set): accuracy with CI, unparseable count, faithfulness."""
     results = []
@@ -266,6 +286,10 @@ def summarize(predictions: list[Prediction], systems: list[str], sets: list[Eval
                 "answer_type": ts.answer_type,
                 "accuracy": accuracy([p.correct for p in rows]).to_dict(),
                 "unparseable": sum(1 for p in rows if p.parse_error is not None),
+                # constrained to the choices the question lists, on the rows that list them (else None)
+                "constrained_accuracy": (accuracy([p.constrained_correct for p in constrained]).to_dict()
+                                         if (constrained := [p for p in rows if p.constrained_correct is not None])
+                                         else None),
                 "faithfulness": (
                     answer_change_rate([p.predicted for p in swapped], [p.swapped_predicted for p in swapped]).to_dict()
                     if len(swapped) >= 2 else None
@@ -352,7 +376,8 @@ class GenerateActor:
             if swap:
                 results = gen.answer_from_rationales(questions, list(group["swapped_rationale"]), self.limits)
             elif self.mode == "two_stage":
-                results = gen.two_stage(questions, self.limits)
+                choices = [json.loads(c) for c in group["choices"]] if "choices" in group else None
+                results = gen.two_stage(questions, self.limits, choices)
             else:
                 results = gen.one_stage(questions, self.limits)
             for index, result in zip(group["index"], results):
@@ -467,8 +492,8 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
                  for position, record in enumerate(ts.records)]
     too_long = fit_prompts(questions, cfg, demos)  # never generated: scored wrong as prompt_too_long
     fitting = [q for i, q in enumerate(questions) if i not in too_long]
-    rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"]}
-            for i, (system, ts, _, record) in enumerate(questions)]
+    rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"],
+             "choices": json.dumps(question_choices(record))} for i, (system, ts, _, record) in enumerate(questions)]
     started = time.perf_counter()
     generated = _run_actor_pool([row for row in rows if row["index"] not in too_long], cfg, systems, demos)
     generate_s = time.perf_counter() - started
@@ -481,6 +506,7 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
             rationale_stop=g["rationale_stop"], prompt_tokens=int(g["prompt_tokens"]),
             rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
             stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
+            **constrained_score(g["constrained_answer"], record),
         )
         for (system, ts, position, record), g in zip(fitting, generated)
     ]
@@ -582,6 +608,21 @@ def markdown_table(report: dict) -> str:
         if any(p != "–" for p in pooled):
             lines.append(f"| **all {split}** | {split} | | " + " | ".join(pooled) + " |")
     lines += ["", "Answer types: " + "; ".join(answer_type_note(ts) for ts in report["test_sets"]) + "."]
+    constrained = [r for r in report["results"] if r.get("constrained_accuracy") is not None]
+    if constrained:
+        lines += [
+            "",
+            "Constrained to the question's choices: of the options the question lists, the one the student "
+            "scores highest at the answer position (free accuracy above lets it write any answer).",
+            "",
+            "| test set | " + " | ".join(systems) + " |",
+            "|---|" + "---|" * len(systems),
+        ]
+        for ts in report["test_sets"]:
+            row = [_pct(cell[(s, ts["name"])].get("constrained_accuracy")) if (s, ts["name"]) in cell else "–"
+                   for s in systems]
+            if any(r != "–" for r in row):
+                lines.append(f"| {ts['name']} | " + " | ".join(row) + " |")
     faith = [r for r in report["results"] if r["faithfulness"] is not None]
     if faith:
         lines += [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -80,6 +80,9 @@ class Prediction:
     ended ("eos", "marker" or "length"). predicted / correct / parse_error: `score` of answer_text.
     *_tokens: token counts of the prompt, rationale and answer; stage1_s / stage2_s: wall time of
     the generation batch the question ran in.
+    constrained_predicted / constrained_correct: for a question whose choices are known (listed
+    in its text), the choice the student scores highest at the answer position and whether it is
+    the gold; None for other questions (free-form answers, or no choices found).
     swapped_from / swapped_predicted / answer_changed: the faithfulness check (two-stage only):
     the position of the question whose rationale replaced this one's, the answer given from it,
     and whether that answer differs from `predicted`; None when not measured.
@@ -107,6 +110,8 @@ class Prediction:
     swapped_from: int | None = None
     swapped_predicted: str | None = None
     answer_changed: bool | None = None
+    constrained_predicted: str | None = None
+    constrained_correct: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The predictions-file row: every field, in field order."""
@@ -115,12 +120,13 @@ class Prediction:
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> Prediction:
         """A Prediction from a predictions-file row; DataError naming the keys it lacks. Keys it
-        does not know are ignored, so a file with added columns still reads."""
-        missing = [f.name for f in fields(cls) if f.name not in row]
+        does not know are ignored, so a file with added columns still reads; keys with a default
+        (added later, e.g. the constrained ones) may be missing, so older files still read."""
+        missing = [f.name for f in fields(cls) if f.name not in row and f.default is MISSING]
         if missing:
             raise DataError(f"prediction row lacks key(s) {', '.join(missing)}; has {', '.join(sorted(row))}",
                             field=missing[0])
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
 PREDICTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Prediction))

@@ -64,6 +64,7 @@ from ray_cotd.lm.prompt_encoder import (
     PromptEncoderConfig,
     embed_inputs,
 )
+from ray_cotd.names import OBJECTIVES
 from ray_cotd.ray_session import connect
 from ray_cotd.scoring import score, scored_type
 from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
@@ -399,13 +400,54 @@ def _validate(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, obj
     return total / max(count, 1.0)
 
 
-def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str]], cfg: TrainConfig) -> float:
+class VLLMValidation:
+    """Validation answers on vLLM (TrainConfig.val_backend: vllm), on rank 0: one engine on the base
+    model, started at the first validation with LoRA enabled; every validation saves the adapter
+    being trained and runs it as a new LoRA request (vLLM loads adapters per request), so the engine
+    never restarts. Only LoRA students (TrainConfig checks)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.engine: Any = None
+        self.adapters = Path(tempfile.mkdtemp(prefix="ray-cotd-val-adapters-"))
+        self.count = 0
+
+    def generator(self, student: Student, tokenizer: Any) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        from ray_cotd.lm.vllm import VLLMGenerator, check_engine, engine_kwargs, generation_eos, start_engine, \
+            student_plan
+
+        cfg = self.cfg
+        base = student_plan(ModelSpec(**{**asdict(cfg.student), "adapter": None}))
+        if self.engine is None:
+            check_engine(base.source, cfg.vllm, dtype=base.dtype, trust_remote_code=cfg.student.trust_remote_code)
+            self.engine = start_engine(engine_kwargs(base.source, cfg.vllm, dtype=base.dtype, lora_rank=cfg.lora_r,
+                                                     trust_remote_code=cfg.student.trust_remote_code), cfg.vllm)
+            self.eos_ids = generation_eos(base.source, tokenizer)
+        self.count += 1
+        adapter = self.adapters / f"step-{self.count}"
+        student.lm.save_pretrained(str(adapter))
+        shutil.rmtree(self.adapters / f"step-{self.count - 2}", ignore_errors=True)  # vLLM has loaded it by now
+        return VLLMGenerator(self.engine, tokenizer, self.eos_ids, lora=LoRARequest(adapter.name, self.count,
+                                                                                    str(adapter)),
+                             label_task=OBJECTIVES[cfg.objective].label_task)
+
+
+def val_accuracy(student: Student, tokenizer: Any, questions: list[dict[str, str]], cfg: TrainConfig,
+                 vllm: VLLMValidation | None = None) -> float:
     """Share of validation questions the student answers right by two-stage generation, scored by
     ray_cotd.scoring.score on the stage-2 text: the generation and the scoring evaluation uses, so
-    a sweep selects on the accuracy the evaluation report shows."""
+    a sweep selects on the accuracy the evaluation report shows. A step_by_step student answers
+    through its label task, as evaluation prompts it. vllm: generate there instead of with the
+    training model (TrainConfig.val_backend)."""
     answer_type = fit_answer_type(q["answer"] for q in questions).answer_type  # as evaluate types a set
-    generator = Generator(student.lm, tokenizer, prompt_encoder=student.prompt_encoder)
     student.eval()
+    if vllm is not None:
+        generator = vllm.generator(student, tokenizer)
+    else:
+        generator = Generator(student.lm, tokenizer, prompt_encoder=student.prompt_encoder,
+                              label_task=OBJECTIVES[cfg.objective].label_task)
     with torch.no_grad():
         results = generator.two_stage([q["question"] for q in questions],
                                       GenerationLimits(max_rationale_tokens=cfg.val_max_rationale_tokens))
@@ -563,6 +605,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # --- the loop
     model.train()
     metrics: dict[str, Any] = {}
+    vllm_validation: VLLMValidation | None = None
     for step in range(start_step + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         params = LossParams(alpha=cfg.alpha, lambda_=lambda_at(cfg.lambda_, cfg.lambda_schedule, (step - 1) / cfg.max_steps))
@@ -579,7 +622,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             metrics["val_loss"] = _validate(model, val_rows, cfg, objective, params, tokenizer.pad_token_id, world,
                                             device)
             if config["val_questions"] and rank == 0:
-                metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg)
+                if vllm_validation is None and cfg.val_backend == "vllm":
+                    vllm_validation = VLLMValidation(cfg)
+                metrics["val_accuracy"] = val_accuracy(student, tokenizer, config["val_questions"], cfg,
+                                                       vllm_validation)
         history.append(metrics)
         if rank == 0:
             progress(step_line(step, cfg.max_steps,

@@ -43,6 +43,7 @@ from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
+from ray_cotd.data.splits import holdout_split
 from ray_cotd.lm.format import encode, render_chat
 from ray_cotd.lm.model import check_model, context_length, load_tokenizer, resolve_source
 from ray_cotd.ray_session import connect
@@ -437,7 +438,12 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     save_resolved(cfg, out)
 
     read = read_questions(cfg.questions, cfg.mapping.field_mapping(), domain=cfg.domain, on_bad="collect")
-    records = read.records[: cfg.limit] if cfg.limit is not None else read.records
+    records = read.records
+    held_out = 0
+    if cfg.holdout == "train":  # the test side of the split train and evaluate use is never annotated
+        records, test_side = holdout_split(records, test_fraction=cfg.holdout_fraction, seed=cfg.split_seed)
+        held_out = len(test_side)
+    records = records[: cfg.limit] if cfg.limit is not None else records
     bad_questions = [_bad_question(b) for b in read.bad]
     records, repeated = unique_questions(records)
     bad_questions += repeated
@@ -502,6 +508,7 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         skipped=len(work) - len(todo) - len(too_long), generated=generated, gen_tokens=gen_tokens, gen_seconds=gen_seconds,
         wall=time.perf_counter() - started, answer_type=answer_type, orphans=store.recovered_orphans,
     )
+    stats["held_out_questions"] = held_out  # the hold-out split's test side, not annotated (holdout: train)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
 

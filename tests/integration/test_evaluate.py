@@ -242,3 +242,29 @@ def test_report_files_from_saved_results_without_generating(tmp_path):
     assert [s["name"] for s in merged["systems"]] == ["r1/a", "r1/b", "r2/a", "r2/b"]
     assert "r2/b" in (tmp_path / "cmp" / "report.md").read_text()
     assert (tmp_path / "cmp" / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.ray
+@pytest.mark.real_model
+def test_choice_questions_are_scored_free_and_constrained_to_their_options(ray_cluster, tmp_path):
+    """An invented multiple-choice set in the arc preset's format: every question lists its options,
+    so besides the free answer the report scores the option the student ranks first at the answer
+    position, in a table of its own."""
+    rows = [
+        {"input": "Where do you keep milk cold? (A) the fridge (B) the oven (C) a shoe (D) the roof", "target": "(A)"},
+        {"input": "Which animal says moo? (A) cat (B) cow (C) fish", "target": "(B)"},
+        {"input": "What do bees make? (1) honey (2) bricks (3) paper (4) glass", "target": "(1)"},
+        {"input": "What falls from clouds? (A) rain (B) chairs (C) rocks (D) cars", "target": "(A)"},
+    ]
+    path = _write(tmp_path / "arc.json", rows)
+    cfg = EvaluateConfig(students=[], baselines=["untrained"], faithfulness=False, max_rationale_tokens=24,
+                         max_answer_tokens=6, test_sets=[SetSpec(path=path, name="arc", mapping=MappingSpec(preset="arc"))],
+                         output_dir=str(tmp_path / "out"))
+    report = run_evaluate(cfg)
+    (result,) = report["results"]
+    assert result["answer_type"] == "multiple_choice"
+    assert result["constrained_accuracy"]["n"] == 4
+    predictions = load_predictions(tmp_path / "out")
+    labels = [["A", "B", "C", "D"], ["A", "B", "C"], ["1", "2", "3", "4"], ["A", "B", "C", "D"]]
+    assert [p.constrained_predicted in options for p, options in zip(predictions, labels)] == [True] * 4
+    assert "Constrained to the question's choices" in (tmp_path / "out" / "report.md").read_text()

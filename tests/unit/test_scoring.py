@@ -14,7 +14,8 @@ from ray_cotd.scoring import PREDICTION_KEYS, Prediction, read_predictions, scor
 # The keys (and their order) of every predictions/*.jsonl row written before Prediction existed.
 FILE_KEYS = ("system", "test_set", "split", "position", "row", "id", "question", "gold", "rationale", "answer_text",
              "predicted", "correct", "parse_error", "rationale_stop", "prompt_tokens", "rationale_tokens",
-             "answer_tokens", "stage1_s", "stage2_s", "swapped_from", "swapped_predicted", "answer_changed")
+             "answer_tokens", "stage1_s", "stage2_s", "swapped_from", "swapped_predicted", "answer_changed",
+             "constrained_predicted", "constrained_correct")
 
 
 def _prediction(**fields) -> Prediction:
@@ -34,6 +35,13 @@ def test_rows_keep_the_file_keys_and_read_back(tmp_path):
     assert [tuple(r) for r in rows] == [FILE_KEYS, FILE_KEYS]
     assert rows[0]["predicted"] == "4" and rows[0]["correct"] is True and rows[0]["answer_changed"] is None
     assert read_predictions(path) == predictions
+
+
+def test_rows_written_before_the_constrained_keys_still_read(tmp_path):
+    path = tmp_path / "p.jsonl"
+    old = {k: v for k, v in _prediction().to_dict().items() if not k.startswith("constrained_")}
+    path.write_text(json.dumps(old) + "\n")
+    assert read_predictions(path) == [_prediction()]
 
 
 def test_a_row_lacking_keys_is_named_with_its_line(tmp_path):
