@@ -234,7 +234,10 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
 
     with console.stage(1, total, f"annotate {cfg.annotate.questions} with the {cfg.annotate.engine} teacher"):
         started = dt.datetime.now(dt.timezone.utc)
-        annotate_cfg = dataclasses.replace(cfg.annotate, output_dir=str(run_dir / "annotate"))
+        # one hold-out split for the whole run: annotate's `holdout: train` skips train's test side
+        annotate_cfg = dataclasses.replace(cfg.annotate, output_dir=str(run_dir / "annotate"),
+                                           holdout_fraction=cfg.train.holdout_fraction,
+                                           split_seed=cfg.train.split_seed)
         with _child(cfg, tracked, run_dir, "annotate", to_dict(annotate_cfg)) as child:
             stats = run_annotate(annotate_cfg)
             child.log_metrics({k: v for k, v in stats.items() if k not in ("this_run", "tokens")})

@@ -71,11 +71,23 @@ def test_bad_config_fails_the_job_within_seconds(local_head, tmp_path):
     assert "annotate.questionz" in out and "valid keys under annotate" in out
 
 
+# The main job's pipeline at a size for the suite: the same stages, engines and wiring, a few questions
+# and steps (the full run takes ~15 minutes; its rows and steps are what this shrinks). Wrong
+# rationales are kept so that a handful of questions still gives rows to train on.
+SMALLER = [
+    "annotate.limit=12", "annotate.n_samples=2", "annotate.max_new_tokens=48", "annotate.wrong=keep",
+    "train.max_steps=2", "train.checkpoint_every=2",
+    "evaluate.test_sets=[{path: ray_cotd/assets/word_problems.jsonl, name: word_problems, answer_type: numeric,"
+    " holdout: test, limit: 6}]",
+    "evaluate.max_rationale_tokens=24",
+]
+
+
 def test_quickstart_pipeline_via_ray_job_submit(local_head, tmp_path):
     run_dir = tmp_path / "quickstart"
     result = subprocess.run(
         ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml",
-         "--", "python", "jobs/pipeline.py", "jobs/configs/quickstart.yaml", f"run_dir={run_dir}"],
+         "--", "python", "jobs/pipeline.py", "jobs/configs/quickstart.yaml", f"run_dir={run_dir}", *SMALLER],
         cwd=REPO, env=local_head, capture_output=True, text=True, timeout=1500,
     )
     log = result.stdout + result.stderr

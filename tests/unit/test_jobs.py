@@ -128,12 +128,15 @@ def test_every_example_config_loads(path, stage):
         pytest.fail(f"{path}: {err}")
 
 
-def test_quickstart_is_the_cpu_default_and_small():
+def test_quickstart_distils_from_correct_rationales_of_the_embedded_model():
     cfg = load_stage_config("pipeline", JOBS / "configs" / "quickstart.yaml")
     assert (REPO / cfg.annotate.questions).is_file()
     assert cfg.annotate.teacher.source == cfg.train.student.source == "default"
-    assert cfg.annotate.engine == "transformers" and not cfg.train.use_gpu
-    assert cfg.train.objective == "cascod" and cfg.train.peft == "lora" and cfg.train.max_steps <= 10
+    assert cfg.annotate.engine == "vllm" and cfg.evaluate.backend == "vllm" and not cfg.train.use_gpu
+    # rejection sampling: several samples per training question, only the right ones kept
+    assert cfg.annotate.n_samples > 1 and cfg.annotate.temperature > 0 and cfg.annotate.wrong == "drop"
+    assert cfg.annotate.holdout == "train"  # the pipeline gives it train's split
+    assert cfg.train.objective == "cascod" and cfg.train.peft == "lora" and cfg.train.max_steps <= 100
     assert cfg.evaluate.baselines == ["untrained"]
     # the evaluated questions are exactly the ones train held out
     (test_set,) = cfg.evaluate.test_sets
