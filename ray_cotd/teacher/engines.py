@@ -19,7 +19,8 @@ max_new_tokens. Output columns added (OUTPUT_COLUMNS): generated_text, finish_re
 completion_tokens, error (detail for "timeout"/"error", else "").
 
 One sample per request everywhere: Ray Data LLM keeps only the first of vLLM's `n` outputs
-(notes/ray-2.60.md §1), so n rationales per question are n rows with seeds seed+i, and the same
+(vLLMOutputData reads outputs[0]), and vLLM 0.32's CPU engine dies on a seeded n > 1 ("CPU
+Generator does not use offset"), so n rationales per question are n rows with seeds seed+i, and the same
 rows drive every engine, which keeps the row keys and resuming engine-independent.
 """
 
