@@ -16,8 +16,16 @@ cluster is not timed (a cluster outlives many annotate runs). The pipeline's own
 rate (stats.json this_run.tokens_per_s) is printed too.
 
 Each round runs the plain loop, then each pipeline layout; the ratios are of the medians.
+
+Then the engines side by side, `ray-cotd annotate` end to end on the same --engine-questions
+(default 200) questions, greedy, in the same dtype (--dtype, default bfloat16): the transformers
+engine in its recommended CPU layout (2x1) against the vLLM engine (Ray Data LLM, one replica with
+1 CPU; vLLM's threads use both cores), actor and engine start included, alternating, --engine-rounds
+rounds each.
+
 Last line: pipeline_over_plain=<median pipeline tokens/s / median plain tokens/s, end to end, in the
-recommended layout (--layout, default 2x1)>.
+recommended layout (--layout, default 2x1)> vllm_over_transformers=<median vLLM-engine tokens/s /
+median transformers-engine tokens/s, end to end>.
 """
 
 from __future__ import annotations
@@ -96,6 +104,26 @@ def pipeline(questions_path: Path, out_dir: Path, level: int, batch_size: int, m
     return stats["this_run"]["completion_tokens"], time.perf_counter() - start, stats
 
 
+def engine_run(questions_path: Path, out_dir: Path, engine: str, level: int, max_new_tokens: int,
+               dtype: str) -> tuple[int, float]:
+    """(completion tokens, seconds) of `ray-cotd annotate` with one engine, start included."""
+    from ray_cotd.config import AnnotateConfig, ModelSpec
+    from ray_cotd.teacher.annotate import run_annotate
+
+    teacher = ModelSpec(dtype=dtype)
+    if engine == "vllm":
+        cfg = AnnotateConfig(questions=str(questions_path), output_dir=str(out_dir), levels=[level], engine="vllm",
+                             teacher=teacher, max_new_tokens=max_new_tokens, batch_size=64, num_workers=1,
+                             cpus_per_worker=1.0, vllm={"max_model_len": 1024}, wrong="keep")
+    else:
+        cfg = AnnotateConfig(questions=str(questions_path), output_dir=str(out_dir), levels=[level],
+                             teacher=teacher, max_new_tokens=max_new_tokens, batch_size=8, num_workers=2,
+                             cpus_per_worker=1.0, wrong="keep")
+    start = time.perf_counter()
+    stats = run_annotate(cfg)
+    return stats["this_run"]["completion_tokens"], time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller run (< 5 minutes on 2 idle CPU cores)")
@@ -105,7 +133,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="rounds of plain + each layout, interleaved")
     parser.add_argument("--level", type=int, default=3)
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="2x1", help="the layout of the last line")
+    parser.add_argument("--engine-questions", type=int, default=200, help="questions of the engine comparison")
+    parser.add_argument("--engine-rounds", type=int, default=None, help="rounds of each engine, alternating")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="engine comparison dtype")
     args = parser.parse_args()
+    engine_rounds = args.engine_rounds or (1 if args.quick else 2)
     n = args.questions or (40 if args.quick else 96)
     max_new = args.max_new_tokens or (64 if args.quick else 96)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -135,6 +167,17 @@ def main() -> None:
                     print(f"round {rep}: pipeline {layout} {pipe_tokens} tokens in {pipe_s:.1f} s = "
                           f"{pipe_rates[layout][-1]:.1f} tok/s end to end (generate phase "
                           f"{gen_rates[layout][-1]:.1f} tok/s); same tokens: {pipe_tokens == plain_tokens}", flush=True)
+            engine_path = Path(tmp) / "engine-questions.jsonl"
+            engine_path.write_text("".join(json.dumps(q) + "\n" for q in make_questions(args.engine_questions, seed=1)))
+            engine_rates: dict[str, list[float]] = {"transformers": [], "vllm": []}
+            for rep in range(engine_rounds):
+                for engine in engine_rates:
+                    tokens, seconds = engine_run(engine_path, Path(tmp) / f"engine-{engine}-{rep}", engine, args.level,
+                                                 max_new, args.dtype)
+                    engine_rates[engine].append(tokens / seconds)
+                    print(f"engine round {rep}: {engine} {tokens} tokens in {seconds:.1f} s = "
+                          f"{engine_rates[engine][-1]:.1f} tok/s end to end ({args.engine_questions} questions, "
+                          f"{args.dtype})", flush=True)
         finally:
             ray.shutdown()
 
@@ -148,7 +191,11 @@ def main() -> None:
               f"tok/s generate phase; over plain {med / plain_med:.3f} "
               f"(per round {[round(p / q, 3) for p, q in zip(pipe_rates[layout], plain_rates)]})")
     print(f"pipeline kept {stats['kept']}/{stats['rows_in']} rows; dropped {stats['dropped_by_reason']}")
-    print(f"pipeline_over_plain={statistics.median(pipe_rates[args.layout]) / plain_med:.3f}")
+    vllm_med, tf_med = statistics.median(engine_rates["vllm"]), statistics.median(engine_rates["transformers"])
+    print(f"engines: vllm {vllm_med:.1f} tok/s, transformers (2x1) {tf_med:.1f} tok/s end to end, "
+          f"{args.engine_questions} questions, {args.dtype}, {engine_rounds} round(s)")
+    print(f"pipeline_over_plain={statistics.median(pipe_rates[args.layout]) / plain_med:.3f} "
+          f"vllm_over_transformers={vllm_med / tf_med:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Two-stage generation latency and evaluation throughput on the default student.
+"""Two-stage generation latency and evaluation throughput on the default student, HF and vLLM.
 
-    python bench/inference.py --quick        # < 5 minutes on 2 CPU cores
-    python bench/inference.py                # longer rationales, more repeats
+    python bench/inference.py --quick        # ~10 minutes on 2 CPU cores
+    python bench/inference.py                # longer rationales, more repeats, 100 questions
 
 1. Latency, batch 1 and 8: two-stage with KV reuse (Generator.two_stage), the naive two-stage
    (stage 2 re-encodes prompt + rationale), and ONE model.generate call forced to the same total
@@ -10,7 +10,18 @@
 2. Throughput of Generator.two_stage (what each evaluation actor runs) in questions/s at batch
    1, 8 and 32.
 
-The last line is `two_stage_over_single=<ratio> naive_over_single=<ratio>`, each the larger of the
+3. The two backends side by side (interleaved rounds, after a warm-up of each): two-stage answers
+   on the same questions (64 with --quick, else 100; the project's generated word problems), each
+   backend at its default settings: the HF backend (`Generator.two_stage`, fp32) at batch 32, the
+   vLLM backend (`VLLMGenerator.two_stage`, fp32, prefix caching, 32-token KV blocks) on all the
+   questions at once (its scheduler batches them). Questions/s of each, their ratio, and the share
+   of questions whose parsed answers agree (`answer_agreement`); the vLLM engine's start is timed
+   apart. Then batch-1 decoding on the vLLM engine: 64 tokens with EOS ignored, ms per token, over
+   the weight-read floor of this machine: reading the 538 MB of fp32 weights at 30-50 GB/s takes
+   11-18 ms per token; the upper end is the floor (`decode_ms_over_floor`).
+
+The last line is `two_stage_over_single=<ratio> naive_over_single=<ratio> vllm_over_hf=<ratio>
+answer_agreement=<share> decode_ms_over_floor=<ratio>`; the first two are the larger of the
 batch-1 and batch-8 ratios of medians (the target is two_stage_over_single <= 1.1).
 Questions are generated from our own templates (no dataset rows).
 """
@@ -23,8 +34,12 @@ import time
 
 import torch
 
+from ray_cotd.config import ModelSpec, VLLMEngineSpec
+from ray_cotd.data.wordproblems import SEED, generate
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import load_model_and_tokenizer
+
+FLOOR_MS = 18.0  # ms per token to read 538 MB of fp32 weights at 30 GB/s, the slow end measured here
 
 TEMPLATES = [
     "Ann has {a} apples and buys {b} more. How many apples does she have now?",
@@ -94,6 +109,49 @@ def throughput(gen: Generator, batch: int, n: int, limits: GenerationLimits) -> 
     return qps
 
 
+def backends(hf: Generator, n: int, limits: GenerationLimits, rounds: int) -> dict[str, float]:
+    """vLLM vs HF two-stage on the same n questions, each at its default settings (see module doc)."""
+    from ray_cotd.lm.vllm import VLLMGenerator
+
+    qs = [p["question"] for p in generate(n, SEED)]
+    start, vllm = timed(lambda: VLLMGenerator.from_spec(ModelSpec(), VLLMEngineSpec()))
+    print(f"vllm engine start: {start:.1f}s")
+
+    def run_hf() -> list:
+        return [r for i in range(0, n, 32) for r in hf.two_stage(qs[i:i + 32], limits)]
+
+    def run_vllm() -> list:
+        return vllm.two_stage(qs, limits)
+
+    run_hf(), run_vllm()  # warm-up
+    times: dict[str, list[float]] = {"hf": [], "vllm": []}
+    answers: dict[str, list] = {}
+    for _ in range(rounds):
+        for name, fn in (("hf", run_hf), ("vllm", run_vllm)):
+            t, results = timed(fn)
+            times[name].append(t)
+            answers[name] = results
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"two-stage {k}: {n / med[k]:.3f} questions/s, median {med[k]:.1f}s over {rounds} rounds "
+              f"(min {min(v):.1f}, max {max(v):.1f})")
+    agree = sum(a.answer == b.answer for a, b in zip(answers["hf"], answers["vllm"])) / n
+    same_rationale = sum(a.rationale == b.rationale for a, b in zip(answers["hf"], answers["vllm"])) / n
+    print(f"answers agree on {agree * n:.0f}/{n} questions ({agree:.3f}); rationales identical on "
+          f"{same_rationale * n:.0f}/{n}; vLLM stage 2 found {vllm.stats.stage2_cached_tokens} of "
+          f"{vllm.stats.stage2_prompt_tokens} prompt tokens in the prefix cache")
+
+    from vllm import SamplingParams
+
+    prompt = {"prompt_token_ids": vllm.stages.prompt_ids(qs[0])}
+    one = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
+    vllm.engine.generate([prompt], one, use_tqdm=False)  # warm-up
+    decode = statistics.median(timed(lambda: vllm.engine.generate([prompt], one, use_tqdm=False))[0] * 1000 / 64
+                               for _ in range(5))
+    print(f"vllm batch-1 decode: {decode:.1f} ms/token (median of 5 runs of 64 tokens); floor {FLOOR_MS} ms")
+    return {"vllm_over_hf": med["hf"] / med["vllm"], "answer_agreement": agree, "decode_ms_over_floor": decode / FLOOR_MS}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short rationales, 3 repeats (< 5 min on 2 cores)")
@@ -114,7 +172,11 @@ def main() -> None:
             print(f"ratio batch={batch} {k}_over_single={ratios[k][-1]:.3f}")
     for batch, n in ((1, 4 if args.quick else 16), (8, 8 if args.quick else 32), (32, 32 if args.quick else 64)):
         throughput(gen, batch, n, limits)
-    print(f"two_stage_over_single={max(ratios['two_stage']):.3f} naive_over_single={max(ratios['naive']):.3f}")
+    eval_limits = GenerationLimits(max_rationale_tokens=96 if args.quick else 128, max_answer_tokens=12)
+    vs = backends(gen, 64 if args.quick else 100, eval_limits, rounds=2 if args.quick else 3)
+    print(f"two_stage_over_single={max(ratios['two_stage']):.3f} naive_over_single={max(ratios['naive']):.3f} "
+          f"vllm_over_hf={vs['vllm_over_hf']:.3f} answer_agreement={vs['answer_agreement']:.3f} "
+          f"decode_ms_over_floor={vs['decode_ms_over_floor']:.3f}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,13 @@ POST /v1/reason from 1, 4 and 16 closed-loop clients (each sends its next reques
 returns). Then the same replica config is redeployed with max_batch_size=1 - one request at a time -
 and driven by 16 clients again. Every request in both modes is the same question mix and limits.
 
-Last line: `batched_over_sequential=<ratio> p99_ms_16=<ms>`: requests/s at 16 clients with dynamic
-batching over requests/s at 16 clients one at a time, and the batched p99 latency at 16 clients.
+Then the vLLM backend (`backend: vllm`, continuous batching instead of the batcher) is deployed
+with the same limits and driven by the same 16 clients.
+
+Last line: `batched_over_sequential=<ratio> p99_ms_16=<ms> vllm_over_hf=<ratio> vllm_p99_ms_16=<ms>`:
+requests/s at 16 clients with dynamic batching over requests/s at 16 clients one at a time, the
+batched p99 latency at 16 clients, requests/s of the vLLM backend over the batched HF backend at 16
+clients, and the vLLM backend's p99 there.
 
 `--load` (issue 23) deploys one batched replica and measures two things:
 1. The short request under streams: 7 long streams (sampled at temperature 2, so each runs to the
@@ -298,9 +303,10 @@ def main() -> None:
                   batch_wait_timeout_s=0.05, request_timeout_s=600.0)
     results: dict[str, list[dict]] = {}
     try:
-        runs = [("batched", args.batch_size, plan), ("sequential", 1, {16: sequential_per_client})]
-        for mode, batch_size, levels in runs:
-            cfg = ServeConfig(max_batch_size=batch_size, **common)
+        runs = [("batched", args.batch_size, "hf", plan), ("sequential", 1, "hf", {16: sequential_per_client}),
+                ("vllm", args.batch_size, "vllm", {16: plan[16]})]
+        for mode, batch_size, backend, levels in runs:
+            cfg = ServeConfig(max_batch_size=batch_size, backend=backend, vllm={"max_model_len": 1024}, **common)
             url = deploy(cfg)
             results[mode] = []
             for clients, per_client in levels.items():
@@ -322,10 +328,12 @@ def main() -> None:
                   f"{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}{r['p99_ms']:>9.0f}")
     batched16 = next(r for r in results["batched"] if r["clients"] == 16)
     ratio = batched16["rps"] / results["sequential"][0]["rps"]
+    vllm16 = results["vllm"][0]
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"limits": limits, "batch_size": args.batch_size, "num_cpus": args.num_cpus, **results}, f, indent=1)
-    print(f"batched_over_sequential={ratio:.2f} p99_ms_16={batched16['p99_ms']:.0f}")
+    print(f"batched_over_sequential={ratio:.2f} p99_ms_16={batched16['p99_ms']:.0f} "
+          f"vllm_over_hf={vllm16['rps'] / batched16['rps']:.2f} vllm_p99_ms_16={vllm16['p99_ms']:.0f}")
 
 
 if __name__ == "__main__":
