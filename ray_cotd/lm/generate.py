@@ -268,6 +268,12 @@ class StageRules:
                            answer_tokens=answer_tokens, stage1_s=stage1_s, stage2_s=stage2_s,
                            rationale_stop=rationale_stop, constrained_answer=constrained_answer)
 
+    def given(self, question: str, rationale: str, row: _Row, marker_tokens: int, seconds: float) -> TwoStageResult:
+        """The result of stage 2 run on a given rationale (row.prefix = prompt + rationale + marker)."""
+        return self.result(question, rationale.strip(), row.generated[: row.keep],
+                           prompt_tokens=len(row.prefix) - marker_tokens, rationale_tokens=0,
+                           answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=seconds, rationale_stop="given")
+
     def option_plan(self, choices: list[str] | None) -> tuple[list[int], list[int]] | None:
         """Where the choices' answer segments part ways, and with which tokens.
 
@@ -547,12 +553,7 @@ class Generator:
             s2 = _Decoder(self, rows, limits, rng, limits.max_answer_tokens, self.rules.stage2)
             s2.run()
             t2 = time.perf_counter() - t0
-        return [
-            self.rules.result(q, r.strip(), row.generated[: row.keep],
-                              prompt_tokens=len(row.prefix) - len(self.stage2_ids), rationale_tokens=0,
-                              answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
-            for q, r, row in zip(questions, rationales, rows)
-        ]
+        return [self.rules.given(q, r, row, len(self.stage2_ids), t2) for q, r, row in zip(questions, rationales, rows)]
 
     def one_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
         """One pass: the student writes rationale and answer itself; split with split_output.

@@ -406,12 +406,7 @@ class VLLMGenerator:
         rows, _ = self._stage2([stages.prompt_ids(q) + encode(self.tokenizer, r.strip()) + stages.stage2_ids
                                 for q, r in zip(questions, rationales)], limits, [None] * len(questions))
         t2 = time.perf_counter() - t0
-        return [
-            stages.rules.result(q, r.strip(), row.generated[: row.keep],
-                                prompt_tokens=len(row.prefix) - len(stages.stage2_ids), rationale_tokens=0,
-                                answer_tokens=len(row.generated), stage1_s=0.0, stage2_s=t2, rationale_stop="given")
-            for q, r, row in zip(questions, rationales, rows)
-        ]
+        return [stages.rules.given(q, r, row, len(stages.stage2_ids), t2) for q, r, row in zip(questions, rationales, rows)]
 
     def one_stage(self, questions: list[str], limits: GenerationLimits | None = None) -> list[TwoStageResult]:
         """One pass: the student writes rationale and answer itself (see Generator.one_stage)."""
