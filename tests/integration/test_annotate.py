@@ -180,6 +180,15 @@ def _cfg(tmp_path, **kw) -> AnnotateConfig:
     return AnnotateConfig(**{**base, **kw})
 
 
+def _stats(cfg: AnnotateConfig) -> dict:
+    """run_annotate's stats, also when the run kept nothing (NothingKept carries them): a tiny teacher
+    at a few dozen tokens often keeps nothing, and these tests check counts, not the corpus size."""
+    try:
+        return run_annotate(cfg)
+    except NothingKept as err:
+        return err.stats
+
+
 def _corpus(out: Path) -> list[dict]:
     parts = sorted((out / "corpus").glob("*.parquet"))
     return [row for p in parts for row in pq.read_table(p).to_pylist()]
@@ -246,10 +255,7 @@ def test_a_1mb_question_is_one_rejected_row_and_the_others_are_annotated(ray_clu
     lines = DEMO.read_text().splitlines()[:2] + [json.dumps({"question": ONE_MB_QUESTION, "answer": "3"})]
     questions.write_text("\n".join(lines) + "\n")
     cfg = _cfg(tmp_path, questions=str(questions), max_new_tokens=48, wrong="keep")
-    try:
-        stats = run_annotate(cfg)
-    except NothingKept as err:  # the two small questions may both fail to parse at 48 tokens; still no crash
-        stats = err.stats
+    stats = _stats(cfg)  # the two small questions may both fail to parse at 48 tokens; still no crash
     assert stats["rows_in"] == 3 and stats["rows_done"] == 3 and stats["this_run"]["rows_generated"] == 2
     assert stats["dropped_by_reason"]["prompt_too_long"] == 1
     rejected = [json.loads(line) for line in (Path(cfg.output_dir) / "rejected.jsonl").read_text().splitlines()]
@@ -294,7 +300,7 @@ def test_a_teacher_path_that_does_not_exist_is_one_line_before_ray_starts(tmp_pa
 def test_annotate_real_svamp_questions(ray_cluster, tmp_path, shared_data):
     cfg = _cfg(tmp_path, questions=str(shared_data / "svamp" / "train_answer_only.json"),
                mapping={"preset": "answer_only"}, domain="svamp", limit=3, formats=["cot", "symbolic"])
-    stats = run_annotate(cfg)
+    stats = _stats(cfg)  # at 40 tokens every reply may be cut off (kept 0 happens)
     assert stats["rows_in"] == 6 and stats["rows_done"] == 6 and stats["answer_type"] == "numeric"
     ledger = _ledger(Path(cfg.output_dir))
     assert {e["format"] for e in ledger.values()} == {"cot", "symbolic"}
