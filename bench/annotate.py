@@ -98,7 +98,7 @@ def pipeline(questions_path: Path, out_dir: Path, level: int, batch_size: int, m
     workers, cpus = LAYOUTS[layout]
     cfg = AnnotateConfig(questions=str(questions_path), output_dir=str(out_dir), levels=[level],
                          max_new_tokens=max_new_tokens, batch_size=batch_size, num_workers=workers,
-                         cpus_per_worker=cpus)
+                         cpus_per_worker=cpus, wrong="keep")  # a run that keeps nothing raises: keep all
     start = time.perf_counter()
     stats = run_annotate(cfg)
     return stats["this_run"]["completion_tokens"], time.perf_counter() - start, stats

@@ -42,7 +42,7 @@ from ray_cotd.data.choices import parse_choices
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
-from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
+from ray_cotd.lm.format import STAGE2_PREFIX, encode, student_prompt_ids
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import (
     STUDENT_META,
@@ -229,9 +229,8 @@ def fit_prompts(questions: list[tuple[System, EvalSet, int, dict[str, Any]]], cf
         if limit is None:  # the model's config names no context length: nothing to check against
             continue
         few_shot = demos.get(ts.answer_type) if system.few_shot else None
-        prompt = prompt_text(tokenizer, record["question"], few_shot=few_shot or None,
-                             task="label" if label_task else None)
-        tokens = len(encode(tokenizer, prompt))
+        tokens = len(student_prompt_ids(tokenizer, record["question"], few_shot=few_shot or None,
+                                        label_task=label_task))
         if tokens + extra > limit:
             too_long[i] = tokens
     return too_long

@@ -68,6 +68,14 @@ def prompt_text(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str,
     return render_chat(tokenizer, question_messages(question, few_shot=few_shot))
 
 
+def student_prompt_ids(tokenizer: Any, question: str, *, few_shot: list[tuple[str, str, str]] | None = None,
+                       label_task: bool = False) -> list[int]:
+    """The stage-1 prompt ids a student is fed (before any P-Tuning placeholders): prompt_text,
+    through its label task for a step_by_step student. Both generation backends and evaluation's
+    prompt-length check build the prompt with this."""
+    return encode(tokenizer, prompt_text(tokenizer, question, few_shot=few_shot, task="label" if label_task else None))
+
+
 def answer_value_text(answer: str) -> str:
     """The value segment after the marker: " {answer}."."""
     return " " + answer.strip() + ANSWER_SUFFIX
@@ -93,4 +101,5 @@ __all__ = [
     "prompt_text",
     "question_messages",
     "render_chat",
+    "student_prompt_ids",
 ]

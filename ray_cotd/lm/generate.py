@@ -36,7 +36,7 @@ from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTra
 
 from ray_cotd.config import ModelSpec
 from ray_cotd.data.answers import ANSWER_MARKER, ParsedOutput, ParseFailure, split_output
-from ray_cotd.lm.format import STAGE2_PREFIX, answer_value_text, encode, prompt_text
+from ray_cotd.lm.format import STAGE2_PREFIX, answer_value_text, encode, student_prompt_ids
 from ray_cotd.lm.model import answers_through_label_task, load_model_and_tokenizer, load_prompt_encoder
 from ray_cotd.lm.prompt_encoder import PromptEncoder, embed_inputs
 
@@ -413,8 +413,7 @@ class Generator:
 
     def prompt_ids(self, question: str) -> list[int]:
         """Prompt ids, after num_virtual_tokens placeholders for a P-Tuning student (the training layout)."""
-        ids = encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot,
-                                                 task="label" if self.label_task else None))
+        ids = student_prompt_ids(self.tokenizer, question, few_shot=self.few_shot, label_task=self.label_task)
         return [self.pad_id] * self.n_virtual + ids
 
     def embed_prefill(self, feed: torch.Tensor, pads: list[int], start: int) -> torch.Tensor:

@@ -252,7 +252,12 @@ def context_length(spec: ModelSpec, max_model_len: int | None = None) -> int | N
     """
     if max_model_len is not None:
         return max_model_len
-    config = AutoConfig.from_pretrained(resolve_source(spec), trust_remote_code=spec.trust_remote_code)
+    source = resolve_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except OSError as err:  # a hub id (or a relative path shaped like one) that cannot be fetched
+        raise ModelLoadError(f"cannot load the model config of {source}: not a local directory, and not a hub "
+                             f"model this machine can fetch ({type(err).__name__}: {err})") from err
     return getattr(config, "max_position_embeddings", None)
 
 

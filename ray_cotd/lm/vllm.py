@@ -35,7 +35,7 @@ import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from ray_cotd.config import ConfigError, ModelSpec, VLLMEngineSpec
-from ray_cotd.lm.format import STAGE2_PREFIX, encode, prompt_text
+from ray_cotd.lm.format import STAGE2_PREFIX, encode, student_prompt_ids
 from ray_cotd.lm.generate import GenerationLimits, StageRules, TwoStageResult, _Row, eos_token_ids, split_one_stage
 from ray_cotd.lm.model import (
     ADAPTER_CONFIG,
@@ -259,8 +259,7 @@ class TwoStages:
 
     def prompt_ids(self, question: str) -> list[int]:
         """The stage-1 prompt ids: exactly what the HF backend feeds (lm.format.prompt_text)."""
-        return encode(self.tokenizer, prompt_text(self.tokenizer, question, few_shot=self.few_shot,
-                                                  task="label" if self.label_task else None))
+        return student_prompt_ids(self.tokenizer, question, few_shot=self.few_shot, label_task=self.label_task)
 
     def params(self, limits: GenerationLimits, stage: int, seed_offset: int = 0, choices: list[str] | None = None) -> Any:
         """SamplingParams of stage 1 (rationale) or 2 (answer); sampled rows of one call draw with
