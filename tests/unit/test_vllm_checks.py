@@ -49,3 +49,19 @@ def test_cpu_engines_keep_prefills_whole_and_use_small_kv_blocks(monkeypatch):
     gpu = engine_kwargs("/models/x", VLLMEngineSpec(tensor_parallel_size=2), dtype="bfloat16")
     assert "enable_chunked_prefill" not in gpu and "block_size" not in gpu and not gpu["enforce_eager"]
     assert gpu["tensor_parallel_size"] == 2 and gpu["gpu_memory_utilization"] == 0.9
+
+
+def test_an_engine_stage_that_cannot_be_placed_is_an_error_before_work_starts():
+    from ray_cotd.config import AnnotateConfig, ConfigError
+    from ray_cotd.teacher.annotate import check_placement
+
+    cpu = AnnotateConfig(engine="vllm", num_workers=1, cpus_per_worker=1.0)
+    check_placement(cpu, {"CPU": 2.0})  # fits a 2-CPU cluster
+    with pytest.raises(ConfigError, match=r"the vllm engine needs 4 CPU \(2 replica\(s\) x 1 bundle\(s\)\), but the Ray "
+                                          r"cluster has 2"):
+        check_placement(AnnotateConfig(engine="vllm", num_workers=2, cpus_per_worker=2.0), {"CPU": 2.0})
+    gpu = AnnotateConfig(engine="vllm", num_workers=2, gpus_per_worker=1.0, vllm={"tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match=r"needs 4 GPU \(2 replica\(s\) x 2 bundle\(s\)\), but the Ray cluster has 2"):
+        check_placement(gpu, {"CPU": 64.0, "GPU": 2.0})
+    with pytest.raises(ConfigError, match=r"the transformers engine needs 3 CPU \(3 actor\(s\)\)"):
+        check_placement(AnnotateConfig(num_workers=3, cpus_per_worker=1.0), {"CPU": 2.0})
