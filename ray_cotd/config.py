@@ -188,6 +188,20 @@ class AnnotateConfig(StageConfig):
     split_seed: int = doc(0, "holdout: train: the hold-out split's seed (as train's split_seed)", ge=0)
     openai: OpenAIEngineSpec = doc(factory=OpenAIEngineSpec, text="endpoint settings of the openai engine")
     vllm: VLLMEngineSpec = doc(factory=VLLMEngineSpec, text="settings of the vllm engine")
+    chat_template_kwargs: dict[str, Any] = doc(
+        factory=dict, text="extra chat-template variables, e.g. {enable_thinking: false} for Qwen3: passed to "
+                           "apply_chat_template (transformers and vllm engines, rendered by ray-cotd) and sent as "
+                           "`chat_template_kwargs` in the HTTP payload (vLLM / SGLang servers read it)")
+    rationale_source: Literal["final", "trace", "both"] = doc(
+        "final", "what becomes the rationale of a reasoning teacher's reply: final = the explanation after its "
+                 "<think> trace (or the whole reply when it has none), trace = the trace (rows without one are "
+                 "rejected as no_trace), both = trace, a blank line, then the final explanation")
+    logprobs: Optional[int] = doc(
+        None, "vllm engine: record the teacher's top-k log-probabilities per generated token (k) for token-level "
+              "KD (train.kd_weight); 4 + 6k bytes per token in the corpus", ge=1)
+    logprobs_for: Optional[ModelSpec] = doc(
+        None, "the student the log-probabilities are for: its tokenizer must have the teacher's vocabulary, "
+              "checked before any work starts (training checks it again)")
 
     def validate(self) -> None:
         check_choices(self.levels, self.formats)
@@ -195,6 +209,11 @@ class AnnotateConfig(StageConfig):
             raise ConfigError("openai.base_url and openai.model: the openai engine needs both")
         if self.n_samples > 1 and self.temperature <= 0:
             raise ConfigError("temperature: n_samples > 1 needs temperature > 0 (greedy samples are identical)")
+        if self.logprobs is not None and self.engine != "vllm":
+            raise ConfigError(f"logprobs: teacher log-probabilities are recorded on the vllm engine only (Ray Data "
+                              f"LLM returns them); engine is {self.engine}")
+        if self.logprobs_for is not None and self.logprobs is None:
+            raise ConfigError("logprobs_for: names the student of recorded log-probabilities; set logprobs: k too")
 
 
 @dataclass

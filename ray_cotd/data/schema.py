@@ -74,6 +74,17 @@ class AnnotatedRecord:
     sampling: generation settings (temperature, top_p, seed, ...). Stored by `to_dict` as a JSON
         string with sorted keys, because Parquet/Arrow would otherwise need one struct type shared
         by every row; `from_dict` accepts the string or a dict.
+
+    The columns after `source` are optional (OPTIONAL_ANNOTATED_COLUMNS): rows written before them
+    read as None.
+    trace: a reasoning teacher's trace (<think>...</think> or the HTTP reasoning field,
+        ray_cotd.data.reasoning); None when the reply had none.
+    final_text: the reply after the trace (the whole reply when there is none): what the answer
+        was read from. rationale_source: which of the two the rationale is ("final", "trace" or
+        "both", AnnotateConfig.rationale_source).
+    teacher_tokens, topk_ids, topk_logprobs, topk_k, teacher_vocab: the teacher's top-k
+        log-probabilities per generated token (ray_cotd.data.logprobs: binary int32 / float16
+        arrays, 4 + 6k bytes per token); None unless annotated with `logprobs: k`.
     """
 
     id: str
@@ -93,6 +104,14 @@ class AnnotatedRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     source: str = ""
+    trace: str | None = None
+    final_text: str | None = None
+    rationale_source: str | None = None
+    teacher_tokens: bytes | None = None
+    topk_ids: bytes | None = None
+    topk_logprobs: bytes | None = None
+    topk_k: int | None = None
+    teacher_vocab: str | None = None
 
     def __post_init__(self) -> None:
         if self.sample_index < 0:
@@ -107,7 +126,7 @@ class AnnotatedRecord:
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> AnnotatedRecord:
-        values = _take_columns(row, ANNOTATED_COLUMNS, cls.__name__)
+        values = _take_columns(row, ANNOTATED_COLUMNS, cls.__name__, optional=OPTIONAL_ANNOTATED_COLUMNS)
         sampling = values["sampling"]
         if isinstance(sampling, str):
             try:
@@ -134,14 +153,17 @@ def annotated_id(
 
 QUESTION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(QuestionRecord))
 ANNOTATED_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AnnotatedRecord))
+# Columns added after corpora were first written (issue 22): a row without them reads them as None.
+OPTIONAL_ANNOTATED_COLUMNS: tuple[str, ...] = ANNOTATED_COLUMNS[ANNOTATED_COLUMNS.index("trace"):]
 
 
-def _take_columns(row: dict[str, Any], columns: tuple[str, ...], kind: str) -> dict[str, Any]:
-    missing = [c for c in columns if c not in row]
+def _take_columns(row: dict[str, Any], columns: tuple[str, ...], kind: str,
+                  optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    missing = [c for c in columns if c not in row and c not in optional]
     if missing:
         raise DataError(
             f"{kind} row lacks column(s) {', '.join(missing)}; has {', '.join(sorted(row))}",
             field=missing[0],
             choices=columns,
         )
-    return {c: row[c] for c in columns}
+    return {c: row.get(c) for c in columns}

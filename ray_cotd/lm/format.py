@@ -32,13 +32,19 @@ ANSWER_SUFFIX = "."
 TASK_PREFIXES = {"label": "[label] ", "rationale": "[rationale] "}
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def render_chat(tokenizer: Any, messages: list[dict[str, str]],
+                chat_template_kwargs: dict[str, Any] | None = None) -> str:
     """The prompt text a local model is fed for chat `messages`: its chat template, ending at the
     assistant turn's start. Models without a chat template get one plain layout with the same
     content: a system turn as its text, user turns as "Question: ...", assistant turns as
-    "Answer: ...", blank lines between, ending in "Answer: "."""
+    "Answer: ...", blank lines between, ending in "Answer: ".
+
+    chat_template_kwargs: extra variables for the template (e.g. Qwen3's {"enable_thinking": False}),
+    as `apply_chat_template(..., **kwargs)` takes them; a template that does not read one ignores it,
+    and so does the plain layout."""
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **(chat_template_kwargs or {}))
     labels = {"system": "", "user": "Question: ", "assistant": "Answer: "}
     return "".join(labels[m["role"]] + m["content"] + "\n\n" for m in messages) + "Answer: "
 

@@ -2,7 +2,13 @@
 
     read questions (bad rows set aside) -> plan work rows (question x level x format x sample)
       -> drop rows already committed -> Ray Data: engine stage (engines.generate_stage)
-      -> driver: judge each reply (parse, dedup, check against gold) -> commit the batch
+      -> driver: judge each reply (trace apart, parse, dedup, check against gold) -> commit the batch
+
+Reasoning teachers: a reply's trace (<think>...</think> text, or an HTTP reasoning field) is split
+from its final text (ray_cotd.data.reasoning); both go into the row (`trace`, `final_text`), the
+answer is read from the final text, and `rationale_source` (final | trace | both) says what the
+rationale is. With `logprobs: k` (vLLM) each kept row also holds the teacher's top-k
+log-probabilities per generated token (ray_cotd.data.logprobs).
 
 Output directory:
     corpus/part-*.parquet   kept rows, AnnotatedRecord columns (the annotated corpus)
@@ -13,9 +19,10 @@ Output directory:
     resolved_config.yaml    the config that ran
 
 Resuming. Every work row has a key, `id` = stable_id(annotated_id(question id, teacher, level,
-format, template version, sample index), sampling JSON), so changing the template wording, the
-answer type (its answer shape is part of the template version), the teacher or any sampling setting
-gives new keys and new rows. A batch is committed by writing its
+format, template version, sample index), sampling JSON[, "rationale_source=<s>" unless final]), so
+changing the template wording, the answer type (its answer shape is part of the template version),
+the teacher, any sampling setting (chat_template_kwargs and logprobs are in the sampling JSON when
+set) or the rationale source gives new keys and new rows. A batch is committed by writing its
 Parquet part(s) and then its ledger part, each to a temp file renamed into place; the ledger part
 is the commit point. On start, parts without a ledger part (a run killed between the renames) are
 deleted, and every key in the ledger is skipped, except rows that failed for a transient reason
@@ -36,11 +43,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from ray_cotd import dirlock
 from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save_resolved
 from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
+from ray_cotd.data.logprobs import LogprobFailure, TopK, vocab_difference
+from ray_cotd.data.reasoning import TraceFailure, prompt_opens_trace, split_reasoning
 from ray_cotd.data.readers import read_questions
 from ray_cotd.data.schema import ANNOTATED_COLUMNS, AnnotatedRecord, annotated_id, stable_id
 from ray_cotd.data.splits import holdout_split
@@ -67,6 +76,12 @@ REJECT_REASONS: dict[str, str] = {
     "empty_answer": "the answer line has nothing readable after the marker",
     "unreadable_answer": "the text after the marker is not of the answer type",
     "empty_rationale": "the reply is only an answer line, without reasoning",
+    "truncated_trace": "the reasoning trace never closes (<think> without </think>, or a reasoning field and no "
+                       "final text): the reply was cut off, or ended, inside it",
+    "multiple_traces": "more than one reasoning trace (two <think> blocks, a stray tag, or a reasoning field "
+                       "beside a tag in the text)",
+    "no_trace": "rationale_source is trace or both, and the reply has no reasoning trace",
+    "logprobs_mismatch": "the teacher's logprob record does not match its generated tokens",
     "not_text": "the reply is not text",
     "empty": "the reply is whitespace only",
     "duplicate_rationale": "the same rationale as a lower sample index of this question",
@@ -101,6 +116,9 @@ def arrow_schema() -> Any:
         "teacher": pa.string(), "level": pa.int64(), "format": pa.string(), "template_version": pa.string(),
         "sample_index": pa.int64(), "sampling": pa.string(), "prompt_tokens": pa.int64(),
         "completion_tokens": pa.int64(), "source": pa.string(),
+        "trace": pa.string(), "final_text": pa.string(), "rationale_source": pa.string(),
+        "teacher_tokens": pa.binary(), "topk_ids": pa.binary(), "topk_logprobs": pa.binary(),
+        "topk_k": pa.int64(), "teacher_vocab": pa.string(),
     }
     return pa.schema([(name, types[name]) for name in ANNOTATED_COLUMNS])
 
@@ -108,19 +126,30 @@ def arrow_schema() -> Any:
 # --------------------------------------------------------------------------- plan
 
 
+SAMPLING_REQUEST_KEYS = ("temperature", "top_p", "seed", "max_new_tokens")
+
+
 def sampling_of(cfg: AnnotateConfig, sample_index: int) -> dict[str, Any]:
-    """The sampling settings of one sample; part of its row key."""
-    return {
+    """The generation settings of one sample; part of its row key. chat_template_kwargs and logprobs
+    appear only when set, so rows planned before they existed keep their keys."""
+    sampling: dict[str, Any] = {
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "seed": cfg.seed + sample_index,
         "max_new_tokens": cfg.max_new_tokens,
     }
+    if cfg.chat_template_kwargs:
+        sampling["chat_template_kwargs"] = cfg.chat_template_kwargs
+    if cfg.logprobs is not None:
+        sampling["logprobs"] = cfg.logprobs
+    return sampling
 
 
 def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, answer_type: str) -> list[dict[str, Any]]:
     """Work rows in plan order: question, then level, format, sample (a question's samples adjacent)."""
     rows = []
+    # the same reply gives another row under another rationale source (final keeps the old keys)
+    source_part = () if cfg.rationale_source == "final" else (f"rationale_source={cfg.rationale_source}",)
     for record in records:
         for level in cfg.levels:
             for fmt in cfg.formats:
@@ -132,7 +161,7 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
                     sampling_json = json.dumps(sampling, sort_keys=True)
                     key = annotated_id(record["id"], teacher, level, fmt, version, i)
                     rows.append({
-                        "id": stable_id(key, sampling_json),
+                        "id": stable_id(key, sampling_json, *source_part),
                         "question_id": record["id"],
                         "question": record["question"],
                         "gold": record["gold"],
@@ -145,7 +174,7 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
                         "sample_index": i,
                         "sampling": sampling_json,
                         "messages": messages,
-                        **sampling,
+                        **{k: sampling[k] for k in SAMPLING_REQUEST_KEYS},
                     })
     return rows
 
@@ -170,30 +199,56 @@ def rationale_key(row: dict[str, Any], rationale: str) -> str:
     return hashlib.sha256("\x1f".join([*group, rationale]).encode("utf-8")).hexdigest()[:16]
 
 
-def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str]) -> Verdict:
-    """Parse, dedup and check one generated row. Adds a new rationale's key to `seen`."""
+# What becomes the rationale (AnnotateConfig.rationale_source), from the trace and the rationale
+# part of the final text (before its answer line). trace and both need a trace (else no_trace).
+RATIONALE_SOURCES: dict[str, Callable[[str | None, str], str]] = {
+    "final": lambda trace, final: final,
+    "trace": lambda trace, final: trace or "",
+    "both": lambda trace, final: "\n\n".join(part for part in (trace, final) if part),
+}
+
+
+def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str], *,
+          rationale_source: str = "final") -> Verdict:
+    """Split off a reasoning trace, parse, dedup and check one generated row. Adds a new
+    rationale's key to `seen`. The answer is read from the final text (after any trace)."""
     text = row["generated_text"] or ""
+    reasoning = row.get("reasoning")
     reason = FINISH_TO_REASON.get(row["finish_reason"])
     if reason in TRANSIENT_REASONS:
         return Verdict("rejected", reason, row.get("error") or "")
-    if not text.strip():
+    if not text.strip() and not (reasoning or "").strip():
         return Verdict("rejected", "empty_reply")
+    split = split_reasoning(text, reasoning, opened=bool(row.get("prompt_opens_trace")))
+    if isinstance(split, TraceFailure):
+        cut = f" (cut off at {row['completion_tokens']} tokens)" if reason == "truncated" else ""
+        return Verdict("rejected", split.reason, split.detail + cut)
     if reason == "truncated":
         return Verdict("rejected", "truncated", f"{row['completion_tokens']} tokens")
-    parsed = split_output(text, answer_type=answer_type, require_rationale=True)
+    if rationale_source != "final" and split.trace is None:
+        return Verdict("rejected", "no_trace", f"rationale_source {rationale_source} reads the reasoning trace")
+    if not split.final:
+        return Verdict("rejected", "empty_reply", "nothing after the reasoning trace")
+    parsed = split_output(split.final, answer_type=answer_type, require_rationale=rationale_source == "final")
     if isinstance(parsed, ParseFailure):
         return Verdict("rejected", parsed.reason, parsed.detail)
-    key = rationale_key(row, parsed.rationale)
+    topk = row.get("topk")
+    if isinstance(topk, LogprobFailure):
+        return Verdict("rejected", topk.reason, topk.detail)
+    rationale = RATIONALE_SOURCES[rationale_source](split.trace, parsed.rationale)
+    key = rationale_key(row, rationale)
     if key in seen:
         return Verdict("rejected", "duplicate_rationale", rationale_key=key)
     seen.add(key)
     correct = answers_match(parsed.answer, row["gold"], answer_type) if row["gold"] is not None else None
     record = AnnotatedRecord(
-        id=row["id"], question_id=row["question_id"], question=row["question"], rationale=parsed.rationale,
+        id=row["id"], question_id=row["question_id"], question=row["question"], rationale=rationale,
         answer=parsed.answer, gold=row["gold"], correct=correct, domain=row["domain"], teacher=row["teacher"],
         level=int(row["level"]), format=row["format"], template_version=row["template_version"],
         sample_index=int(row["sample_index"]), sampling=json.loads(row["sampling"]),
         prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"], source=row["source"],
+        trace=split.trace, final_text=split.final, rationale_source=rationale_source,
+        **(topk.columns() if isinstance(topk, TopK) else {}),
     )
     if correct is False and wrong != "keep":
         outcome: Outcome = "aside" if wrong == "aside" else "rejected"
@@ -276,6 +331,7 @@ class ShardStore:
             "rationale_key": v.rationale_key,
             # the raw reply of a row that is not kept, so rejected.jsonl shows what went wrong
             "reply": None if v.outcome == "kept" else row["generated_text"],
+            "reasoning": None if v.outcome == "kept" else row.get("reasoning"),
             "seq": self.seq,
         }
 
@@ -293,10 +349,15 @@ class ShardStore:
 
 
 def _outputs(row: dict[str, Any]) -> dict[str, Any]:
-    """The engine's output columns of one row; a token count that is missing (None/NaN) becomes None."""
+    """The engine's output columns of one row (and the vLLM engine's `topk` record when asked for);
+    a token count that is missing (None/NaN) becomes None, and so does a reasoning field that is not
+    text (an all-None column comes back from numpy batches as NaN)."""
     out = {k: row[k] for k in OUTPUT_COLUMNS}
     for k in ("prompt_tokens", "completion_tokens"):
         out[k] = int(out[k]) if isinstance(out[k], (int, float)) and out[k] == out[k] else None
+    out["reasoning"] = out["reasoning"] if isinstance(out["reasoning"], str) else None
+    if "topk" in row:
+        out["topk"] = row["topk"]
     return out
 
 
@@ -360,21 +421,23 @@ def summarize(store: ShardStore, *, questions_in: int, bad_questions: list[dict[
 
 
 def fit_prompts(work: list[dict[str, Any]], cfg: AnnotateConfig) -> list[dict[str, Any]]:
-    """Count every row's prompt in tokens (the teacher's chat rendering) and set `prompt_ids`;
-    return the rows whose prompt + max_new_tokens exceeds the engine's context, which are rejected
-    as "prompt_too_long" without reaching the engine. The HTTP engine's context is the server's
-    business: nothing is counted or dropped here for it.
+    """Count every row's prompt in tokens (the teacher's chat rendering, with chat_template_kwargs)
+    and set `prompt_ids` and `prompt_opens_trace` (the template ended inside a <think> trace, so the
+    reply starts in it); return the rows whose prompt + max_new_tokens exceeds the engine's context,
+    which are rejected as "prompt_too_long" without reaching the engine. The HTTP engine's context
+    and prompt are the server's business: nothing is counted or dropped here for it.
     """
     if cfg.engine == "openai":
         return []
     limit = context_length(cfg.teacher, cfg.vllm.max_model_len if cfg.engine == "vllm" else None)
     tokenizer = load_tokenizer(cfg.teacher)
-    ids: dict[str, list[int]] = {}
+    rendered: dict[str, tuple[list[int], bool]] = {}
     too_long = []
     for row in work:
-        if row["messages"] not in ids:  # the samples of a question share one prompt
-            ids[row["messages"]] = encode(tokenizer, render_chat(tokenizer, json.loads(row["messages"])))
-        row["prompt_ids"] = ids[row["messages"]]
+        if row["messages"] not in rendered:  # the samples of a question share one prompt
+            prompt = render_chat(tokenizer, json.loads(row["messages"]), cfg.chat_template_kwargs)
+            rendered[row["messages"]] = (encode(tokenizer, prompt), prompt_opens_trace(prompt))
+        row["prompt_ids"], row["prompt_opens_trace"] = rendered[row["messages"]]
         if limit is not None and len(row["prompt_ids"]) + cfg.max_new_tokens > limit:
             too_long.append(row)
     return too_long
@@ -434,6 +497,12 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     check_choices(cfg.levels, cfg.formats)  # a bad level/format fails before any work starts
     if cfg.engine != "openai":  # a teacher path that is not a model: one ModelLoadError line, before Ray starts
         check_model(cfg.teacher)
+    if cfg.logprobs_for is not None:  # token-level KD reads the teacher's ids as the student's: one vocabulary
+        check_model(cfg.logprobs_for)
+        difference = vocab_difference(load_tokenizer(cfg.teacher), load_tokenizer(cfg.logprobs_for))
+        if difference is not None:
+            raise ConfigError(f"logprobs_for: the teacher {cfg.teacher.source} and the student {cfg.logprobs_for.source} "
+                              f"do not share a tokenizer ({difference}); token-level KD needs one vocabulary")
     out = Path(cfg.output_dir)
     save_resolved(cfg, out)
 
@@ -490,7 +559,8 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
             ds = generate_stage(ray.data.from_items(requests), cfg)
             for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"):
                 rows = [{**by_id[result["id"]], **_outputs(shell.result(result))} for result in batch.to_pylist()]
-                verdicts = [judge(row, answer_type, cfg.wrong, seen) for row in rows]
+                verdicts = [judge(row, answer_type, cfg.wrong, seen, rationale_source=cfg.rationale_source)
+                            for row in rows]
                 store.commit(rows, verdicts)
                 generated += len(rows)
                 kept += sum(v.outcome == "kept" for v in verdicts)
@@ -526,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "NothingKept",
+    "RATIONALE_SOURCES",
     "REJECT_REASONS",
     "ShardStore",
     "TRANSIENT_REASONS",

@@ -16,7 +16,14 @@ rows plus the output columns, with each engine as a Ray Data stage:
 
 Request columns (REQUEST_COLUMNS): id, messages (JSON string), temperature, top_p, seed,
 max_new_tokens. Output columns added (OUTPUT_COLUMNS): generated_text, finish_reason (FINISH_REASONS), prompt_tokens,
-completion_tokens, error (detail for "timeout"/"error", else "").
+completion_tokens, error (detail for "timeout"/"error", else ""), reasoning (an HTTP reply's
+reasoning field, `reasoning_content` or `reasoning`; None elsewhere: transformers and vLLM replies
+carry a trace as <think> text, ray_cotd.data.reasoning reads both forms). The vLLM engine with
+`logprobs: k` also adds `topk` (a ray_cotd.data.logprobs.TopK record, read on the driver).
+
+Chat-template variables (AnnotateConfig.chat_template_kwargs, e.g. Qwen3's enable_thinking) reach
+every engine: `render_chat(..., chat_template_kwargs)` for transformers (in the actor) and vLLM (on
+the driver, annotate.fit_prompts), and a `chat_template_kwargs` field in the HTTP payload.
 
 One sample per request everywhere: Ray Data LLM keeps only the first of vLLM's `n` outputs
 (vLLMOutputData reads outputs[0]), and vLLM 0.32's CPU engine dies on a seeded n > 1 ("CPU
@@ -37,6 +44,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ray_cotd.config import DEFAULT_MODEL, AnnotateConfig, ModelSpec, OpenAIEngineSpec
+from ray_cotd.data.logprobs import topk_from_vllm, vocab_fingerprint
 from ray_cotd.lm.format import render_chat
 from ray_cotd.lm.generate import eos_token_ids, sample_tokens
 from ray_cotd.lm.model import load_model, load_tokenizer, resolve_source
@@ -50,7 +58,7 @@ FINISH_REASONS = (
     "error",  # 429/5xx/connection failures after every retry, or an unreadable reply body
 )
 REQUEST_COLUMNS = ("id", "messages", "temperature", "top_p", "seed", "max_new_tokens")
-OUTPUT_COLUMNS = ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+OUTPUT_COLUMNS = ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "reasoning")
 
 
 class EngineRequestError(RuntimeError):
@@ -80,11 +88,14 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Completion:
+    """text: the reply (HTTP: `content`); reasoning: an HTTP reply's reasoning field, else None."""
+
     text: str
     finish_reason: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str = ""
+    reasoning: str | None = None
 
 
 def teacher_name(cfg: AnnotateConfig) -> str:
@@ -130,7 +141,9 @@ def _seeded_sampler(temperatures: list[float], top_ps: list[float], seeds: list[
 class TransformersTeacher:
     """Batched `generate` with a Hugging Face causal LM (the embedded default: SmolLM2-135M-Instruct)."""
 
-    def __init__(self, spec: ModelSpec | None = None, *, num_threads: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, spec: ModelSpec | None = None, *, num_threads: int | None = None, device: str = "cpu",
+                 chat_template_kwargs: dict[str, Any] | None = None) -> None:
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if num_threads:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch must use all of them explicitly.
             torch.set_num_threads(num_threads)
@@ -142,7 +155,7 @@ class TransformersTeacher:
         self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        prompts = [render_chat(self.tokenizer, r.messages) for r in requests]
+        prompts = [render_chat(self.tokenizer, r.messages, self.chat_template_kwargs) for r in requests]
         # The chat template already holds the special tokens; adding BOS again would change the prompt.
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         limit = max(r.max_new_tokens for r in requests)
@@ -183,9 +196,12 @@ _HINTS = {
 }
 
 
-def chat_payload(request: GenerationRequest, model: str) -> dict[str, Any]:
-    """The /chat/completions body for one sample."""
-    return {
+def chat_payload(request: GenerationRequest, model: str,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The /chat/completions body for one sample. chat_template_kwargs (vLLM's and SGLang's extra
+    field, e.g. {"enable_thinking": false}) is sent only when there are any: endpoints that do not
+    know the field may refuse it."""
+    body = {
         "model": model,
         "messages": request.messages,
         "temperature": request.temperature,
@@ -194,13 +210,25 @@ def chat_payload(request: GenerationRequest, model: str) -> dict[str, Any]:
         "max_tokens": request.max_new_tokens,
         "n": 1,
     }
+    if chat_template_kwargs:
+        body["chat_template_kwargs"] = dict(chat_template_kwargs)
+    return body
+
+
+# Where OpenAI-compatible servers with a reasoning parser put the trace: vLLM and ray.serve.llm say
+# `reasoning_content`, newer vLLM and some others `reasoning`. The first non-empty one is read.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def parse_chat_response(body: Any) -> Completion:
-    """A Completion from a /chat/completions JSON body; an unreadable body is an "error" completion."""
+    """A Completion from a /chat/completions JSON body; an unreadable body is an "error" completion.
+    The reply's reasoning field (REASONING_FIELDS), if any, becomes Completion.reasoning."""
     try:
         choice = body["choices"][0]
-        text = choice["message"].get("content") or ""
+        message = choice["message"]
+        text = message.get("content") or ""
+        reasoning = next((message[f] for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]),
+                         None)
         usage = body.get("usage") or {}
         reason = choice.get("finish_reason")
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -210,6 +238,7 @@ def parse_chat_response(body: Any) -> Completion:
         "length" if reason == "length" else "stop",
         usage.get("prompt_tokens"),
         usage.get("completion_tokens"),
+        reasoning=reasoning,
     )
 
 
@@ -226,10 +255,12 @@ class OpenAITeacher:
     model or key, and every further request would fail the same way.
     """
 
-    def __init__(self, spec: OpenAIEngineSpec, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, spec: OpenAIEngineSpec, *, sleep: Callable[[float], None] = time.sleep,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> None:
         import requests
 
         self.spec = spec
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
         key = os.environ.get(spec.api_key_env)
@@ -241,7 +272,7 @@ class OpenAITeacher:
     def complete(self, request: GenerationRequest) -> Completion:
         import requests
 
-        payload = chat_payload(request, self.spec.model)
+        payload = chat_payload(request, self.spec.model, self.chat_template_kwargs)
         attempts = self.spec.max_retries + 1
         for attempt in range(attempts):
             wait = self.spec.backoff_s * 2**attempt
@@ -286,6 +317,8 @@ def _retry_after(header: str | None, default: float) -> float:
 
 # --------------------------------------------------------------------------- vLLM (Ray Data LLM)
 
+# vLLM's default max_logprobs: a request asking for more is refused unless the engine allows it.
+VLLM_MAX_LOGPROBS = 20
 # Columns the vLLM stages add; dropped again so every engine hands back the same row shape.
 _VLLM_COLUMNS = frozenset({
     "sampling_params", "generated_text", "generated_tokens", "num_generated_tokens", "num_input_tokens",
@@ -328,6 +361,8 @@ def vllm_processor_config(cfg: AnnotateConfig) -> Any:
     ranks = cfg.vllm.tensor_parallel_size * cfg.vllm.pipeline_parallel_size
     kwargs = engine_kwargs(source, cfg.vllm, dtype=cfg.teacher.dtype, seed=cfg.seed,
                            trust_remote_code=cfg.teacher.trust_remote_code)
+    if cfg.logprobs is not None and cfg.logprobs > VLLM_MAX_LOGPROBS:  # vLLM refuses more than max_logprobs per request
+        kwargs["max_logprobs"] = cfg.logprobs
     placement = None if vllm_on_gpu(cfg) else {"bundles": [{"CPU": cfg.cpus_per_worker} for _ in range(ranks)],
                                                "strategy": "PACK"}
     return vLLMEngineProcessorConfig(
@@ -348,39 +383,43 @@ def vllm_processor_config(cfg: AnnotateConfig) -> Any:
     )
 
 
-def vllm_request(row: dict[str, Any], eos_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
+def vllm_request(row: dict[str, Any], eos_ids: frozenset[int] = frozenset(),
+                 logprobs: int | None = None) -> dict[str, Any]:
     """Preprocess: a work row -> the vLLM stage's input (prompt token ids + per-row sampling_params).
 
     One sample per row with the row's own seed (vLLM's seeded n > 1 kills the CPU engine, and Ray
     Data LLM keeps only the first of n outputs anyway). stop_token_ids holds the same EOS ids the
-    transformers engine stops at.
+    transformers engine stops at. logprobs: k top log-probabilities per generated token (vLLM's raw
+    ones: the model's distribution before temperature and top-p).
     """
-    return {
-        **row,
-        "tokenized_prompt": list(row["prompt_ids"]),
-        "sampling_params": {
-            "temperature": float(row["temperature"]),
-            "top_p": float(row["top_p"]),
-            "seed": int(row["seed"]),
-            "max_tokens": int(row["max_new_tokens"]),
-            "stop_token_ids": sorted(eos_ids),
-            "n": 1,
-        },
+    params: dict[str, Any] = {
+        "temperature": float(row["temperature"]),
+        "top_p": float(row["top_p"]),
+        "seed": int(row["seed"]),
+        "max_tokens": int(row["max_new_tokens"]),
+        "stop_token_ids": sorted(eos_ids),
+        "n": 1,
     }
+    if logprobs is not None:
+        params["logprobs"] = logprobs
+    return {**row, "tokenized_prompt": list(row["prompt_ids"]), "sampling_params": params}
 
 
-def vllm_result(row: dict[str, Any], eos_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
-    """Postprocess: vLLM output -> the work row plus OUTPUT_COLUMNS.
+def vllm_result(row: dict[str, Any], eos_ids: frozenset[int] = frozenset(), logprobs: int | None = None,
+                vocab: str = "") -> dict[str, Any]:
+    """Postprocess: vLLM output -> the work row plus OUTPUT_COLUMNS (and `topk` with logprobs).
 
     Ray Data LLM reports no finish reason: the reply stopped ("stop") when its last token is an EOS
     id or it is shorter than max_tokens, else it hit max_tokens ("length": cut off). A row vLLM
-    failed on is an "error" completion with vLLM's message.
+    failed on is an "error" completion with vLLM's message. logprobs: the k best entries of each
+    generated token become a TopK record (the teacher tokenizer's `vocab` fingerprint with it), or
+    a LogprobFailure when vLLM's list does not match the generated tokens.
     """
     out = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS and k != "prompt_ids"}
     error = row.get("__inference_error__") or ""
     if error:
         out.update(generated_text="", finish_reason="error", prompt_tokens=len(row["prompt_ids"]),
-                   completion_tokens=0, error=f"vLLM: {error}"[:500])
+                   completion_tokens=0, error=f"vLLM: {error}"[:500], reasoning=None)
         return out
     tokens = [int(t) for t in (row.get("generated_tokens") if row.get("generated_tokens") is not None else [])]
     stopped = bool(tokens) and tokens[-1] in eos_ids or len(tokens) < int(row["max_new_tokens"])
@@ -390,7 +429,11 @@ def vllm_result(row: dict[str, Any], eos_ids: frozenset[int] = frozenset()) -> d
         prompt_tokens=int(row["num_input_tokens"]),
         completion_tokens=len(tokens),
         error="",
+        reasoning=None,  # vLLM's engine returns text: a trace arrives as <think> tags in it
     )
+    if logprobs is not None:
+        steps = row.get("logprobs")
+        out["topk"] = topk_from_vllm(tokens, list(steps) if steps is not None else None, logprobs, vocab)
     return out
 
 
@@ -407,14 +450,16 @@ def complete_batch(teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
     batch["prompt_tokens"] = [c.prompt_tokens for c in completions]  # None when an endpoint reports no usage
     batch["completion_tokens"] = [c.completion_tokens for c in completions]
     batch["error"] = [c.error for c in completions]
+    batch["reasoning"] = [c.reasoning for c in completions]
     return batch
 
 
 class TransformersStage:
     """Ray Data actor: one TransformersTeacher per actor, loaded once."""
 
-    def __init__(self, spec: ModelSpec, num_threads: int, device: str) -> None:
-        self.teacher = TransformersTeacher(spec, num_threads=num_threads, device=device)
+    def __init__(self, spec: ModelSpec, num_threads: int, device: str, chat_template_kwargs: dict[str, Any]) -> None:
+        self.teacher = TransformersTeacher(spec, num_threads=num_threads, device=device,
+                                           chat_template_kwargs=chat_template_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         return complete_batch(self.teacher, batch)
@@ -423,8 +468,8 @@ class TransformersStage:
 class OpenAIStage:
     """Ray Data actor: one OpenAITeacher (HTTP session + thread pool) per actor."""
 
-    def __init__(self, spec: OpenAIEngineSpec) -> None:
-        self.teacher = OpenAITeacher(spec)
+    def __init__(self, spec: OpenAIEngineSpec, chat_template_kwargs: dict[str, Any]) -> None:
+        self.teacher = OpenAITeacher(spec, chat_template_kwargs=chat_template_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         return complete_batch(self.teacher, batch)
@@ -436,7 +481,8 @@ def _transformers_stage(ds: Any, cfg: AnnotateConfig) -> Any:
     device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
     return ds.map_batches(
         TransformersStage,
-        fn_constructor_kwargs={"spec": cfg.teacher, "num_threads": max(1, int(cfg.cpus_per_worker)), "device": device},
+        fn_constructor_kwargs={"spec": cfg.teacher, "num_threads": max(1, int(cfg.cpus_per_worker)), "device": device,
+                               "chat_template_kwargs": cfg.chat_template_kwargs},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
@@ -450,7 +496,7 @@ def _openai_stage(ds: Any, cfg: AnnotateConfig) -> Any:
 
     return ds.map_batches(
         OpenAIStage,
-        fn_constructor_kwargs={"spec": cfg.openai},
+        fn_constructor_kwargs={"spec": cfg.openai, "chat_template_kwargs": cfg.chat_template_kwargs},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
@@ -489,8 +535,11 @@ def engine_rows(cfg: AnnotateConfig) -> EngineRows:
 
     from ray_cotd.lm.vllm import generation_eos
 
-    eos_ids = generation_eos(resolve_source(cfg.teacher), load_tokenizer(cfg.teacher))
-    return EngineRows(request=partial(vllm_request, eos_ids=eos_ids), result=partial(vllm_result, eos_ids=eos_ids))
+    tokenizer = load_tokenizer(cfg.teacher)
+    eos_ids = generation_eos(resolve_source(cfg.teacher), tokenizer)
+    vocab = vocab_fingerprint(tokenizer) if cfg.logprobs is not None else ""
+    return EngineRows(request=partial(vllm_request, eos_ids=eos_ids, logprobs=cfg.logprobs),
+                      result=partial(vllm_result, eos_ids=eos_ids, logprobs=cfg.logprobs, vocab=vocab))
 
 
 def generate_stage(ds: Any, cfg: AnnotateConfig) -> Any:
@@ -509,6 +558,7 @@ __all__ = [
     "GenerationRequest",
     "OUTPUT_COLUMNS",
     "OpenAITeacher",
+    "REASONING_FIELDS",
     "REQUEST_COLUMNS",
     "RETRY_STATUSES",
     "TransformersTeacher",

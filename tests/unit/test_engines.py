@@ -278,3 +278,59 @@ def test_vllm_request_and_result_round_trip_a_row():
     assert vllm_result({**full, "generated_tokens": [1] * 31 + [2]}, eos_ids=frozenset({2}))["finish_reason"] == "stop"
     failed = vllm_result({**engine_row, "__inference_error__": "ValueError: too long"}, eos_ids=frozenset({2}))
     assert failed["finish_reason"] == "error" and "too long" in failed["error"] and failed["generated_text"] == ""
+
+# --------------------------------------------------------------------------- reasoning teachers, chat-template
+# variables and the teacher's logprobs (issue 22)
+
+
+def test_chat_template_kwargs_go_into_the_http_payload_only_when_set():
+    body = chat_payload(_request(), "qwen3", {"enable_thinking": False})
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in chat_payload(_request(), "qwen3", {})
+
+
+def test_the_reasoning_field_of_an_http_reply_is_read_under_either_name():
+    for field in ("reasoning_content", "reasoning"):
+        body = {"choices": [{"message": {"content": "The answer is 5.", field: "2 + 3 = 5"}, "finish_reason": "stop"}]}
+        assert parse_chat_response(body) == Completion("The answer is 5.", "stop", reasoning="2 + 3 = 5")
+    none = {"choices": [{"message": {"content": "The answer is 5.", "reasoning_content": None}, "finish_reason": "stop"}]}
+    assert parse_chat_response(none).reasoning is None
+
+
+def test_render_chat_passes_chat_template_kwargs_to_the_template():
+    from ray_cotd.lm.format import render_chat
+
+    class _Templated:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kwargs):
+            return f"{messages[-1]['content']}|{sorted(kwargs.items())}"
+
+    assert render_chat(_Templated(), MESSAGES, {"enable_thinking": False}) == \
+        "What is 2 + 3?|[('enable_thinking', False)]"
+    assert render_chat(_Templated(), MESSAGES) == "What is 2 + 3?|[]"
+
+
+def test_vllm_logprobs_are_asked_for_and_read_into_a_record():
+    row = {"id": "r1", "messages": json.dumps(MESSAGES), "temperature": 0.0, "top_p": 1.0, "seed": 3,
+           "max_new_tokens": 32, "prompt_ids": [5, 6, 7]}
+    assert vllm_request(row, eos_ids=frozenset({2}), logprobs=5)["sampling_params"]["logprobs"] == 5
+    assert "logprobs" not in vllm_request(row, eos_ids=frozenset({2}))["sampling_params"]
+    steps = [{9: {"logprob": -0.1, "rank": 1, "decoded_token": "x"}, 4: {"logprob": -3.0, "rank": 2, "decoded_token": "y"}},
+             {2: {"logprob": -0.01, "rank": 1, "decoded_token": ""}, 8: {"logprob": -5.0, "rank": 2, "decoded_token": "z"}}]
+    engine_row = {**vllm_request(row, eos_ids=frozenset({2}), logprobs=2), "generated_text": "x",
+                  "generated_tokens": [9, 2], "num_input_tokens": 3, "logprobs": steps}
+    out = vllm_result(engine_row, eos_ids=frozenset({2}), logprobs=2, vocab="10:abc")
+    assert out["topk"].ids.tolist() == [[9, 4], [2, 8]] and out["topk"].vocab == "10:abc"
+    assert "logprobs" not in out and out["reasoning"] is None
+    short = vllm_result({**engine_row, "logprobs": steps[:1]}, eos_ids=frozenset({2}), logprobs=2, vocab="10:abc")
+    assert short["topk"].reason == "logprobs_mismatch"
+    assert "topk" not in vllm_result(engine_row, eos_ids=frozenset({2}))  # not asked for
+
+
+def test_logprobs_need_the_vllm_engine():
+    with pytest.raises(ConfigError, match="logprobs: teacher log-probabilities are recorded on the vllm engine only"):
+        AnnotateConfig(logprobs=5)
+    with pytest.raises(ConfigError, match="logprobs_for: .* set logprobs: k too"):
+        AnnotateConfig(engine="vllm", logprobs_for=ModelSpec())
+    assert AnnotateConfig(engine="vllm", logprobs=20).logprobs == 20
