@@ -1,6 +1,7 @@
 """Student training throughput on the real default student (SmolLM2-135M-Instruct).
 
     python bench/train.py [--quick] [--steps N] [--corpus PATH]
+    python bench/train.py --kd-only [--steps N] [--kd-rows 8] [--kd-k 20] [--device cpu|cuda]
 
 1. Peak: the machine's fp32 and bf16 matmul rate (torch.mm 2048², median), in this process, at the
    start and again at the end; MFU divides by the higher of the two (on these shared VMs one
@@ -26,12 +27,24 @@
    alternating.
 
 Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=<ratio>
+
+--kd-only: the cost of the token-level KD term (TrainConfig.kd_weight, objectives/kd.py) on cascod,
+LoRA bf16, one packed batch of --kd-rows real rows. Every target position gets a synthetic teacher
+top-k (--kd-k entries, the target first): the cost depends on how many positions and k, not on the
+values, and a real corpus aligns at most every target. Step time: kd_weight 0 and 1 alternate on one
+student for steps + 3 rounds, after one warm-up round; the overhead is the median of the per-round
+ratios. Memory: each mode runs alone in a child process, and the parent compares their peaks (CPU:
+peak RSS, which includes the loaded model; CUDA: torch.cuda.max_memory_allocated). The term keeps
+N x V fp32 student logits for its backward pass (N positions, V the vocabulary): printed beside.
+Last line: kd_step_overhead=<ratio> kd_memory_overhead=<ratio> kd_extra_mib=<MiB>
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +56,7 @@ import torch
 
 from ray_cotd.config import TrainConfig
 from ray_cotd.data.splits import holdout_split
-from ray_cotd.student.collate import Batch, collate, plan_batches
+from ray_cotd.student.collate import ROLE_NONE, Batch, collate, plan_batches
 from ray_cotd.student.corpus import read_training_rows
 from ray_cotd.lm.model import load_tokenizer
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
@@ -152,6 +165,84 @@ def through_ray_train(cfg: TrainConfig, batch: Batch, steps: int, threads: int) 
     return trainer.fit().return_value["times"]
 
 
+def with_synthetic_kd(batch: Batch, k: int, vocab: int, seed: int = 0) -> Batch:
+    """`batch` with a teacher top-k at every target position: k random ids with the target first,
+    log-probabilities of a random distribution, best first."""
+    positions = (batch.roles.flatten() != ROLE_NONE).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (len(positions), k), generator=g)
+    ids[:, 0] = batch.targets.flatten()[positions]
+    logprobs = torch.log_softmax(torch.randn(len(positions), k, generator=g) * 2, -1).sort(descending=True).values
+    return dataclasses.replace(batch, kd_index=positions, kd_ids=ids, kd_logprobs=logprobs)
+
+
+def kd_batch(corpus: str, rows: int, k: int) -> tuple[Batch, int]:
+    """One packed cascod batch of `rows` real rows with synthetic teacher top-k, and the vocabulary size."""
+    tokenizer = load_tokenizer(TrainConfig(corpus=corpus).student)
+    train_rows, _, _ = read_training_rows(corpus)
+    laid, _ = encode_rows(tokenizer, train_rows[:rows], OBJECTIVES["cascod"], max_seq_len=512)
+    batch = collate([s for ex in laid for s in ex], pad_id=tokenizer.pad_token_id, pack=True, capacity=512)
+    return with_synthetic_kd(batch, k, len(tokenizer)), len(tokenizer)
+
+
+def kd_steps(cfg: TrainConfig, batch: Batch, weights: tuple[float, ...], steps: int, device: str) -> dict[float, list[float]]:
+    """Seconds per optimizer step for each kd_weight in `weights`, their steps alternating on one
+    student (one warm-up round)."""
+    student = build_student(cfg).to(device)
+    student.train()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    scheduler = make_scheduler(optimizer, cfg)
+    batch = batch.to(device)
+    times: dict[float, list[float]] = {w: [] for w in weights}
+    for i in range(1 + steps):
+        for w in weights:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            train_step(student, student, optimizer, scheduler, [batch], OBJECTIVES["cascod"],
+                       LossParams(alpha=0.3, kd_weight=w), precision=cfg.precision)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= 1:
+                times[w].append(time.perf_counter() - t0)
+    return times
+
+
+def kd_child_peak(args: argparse.Namespace, weight: float) -> int:
+    """Peak memory in bytes of a child process that trains only with kd_weight `weight`."""
+    out = subprocess.run([sys.executable, __file__, "--kd-child", str(weight), "--corpus", args.corpus,
+                          "--kd-rows", str(args.kd_rows), "--kd-k", str(args.kd_k), "--device", args.device,
+                          "--steps", str(args.steps or 3)], env=dict(os.environ), check=True, capture_output=True,
+                         text=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def kd_section(args: argparse.Namespace) -> None:
+    lora = TrainConfig(peft="lora", precision="bfloat16", objective="cascod", max_steps=1000, lr_schedule="constant")
+    batch, vocab = kd_batch(args.corpus, args.kd_rows, args.kd_k)
+    if args.kd_child is not None:  # the child of kd_child_peak: one mode alone, then its peak
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        kd_steps(lora, batch, (args.kd_child,), args.steps or 3, args.device)
+        peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(peak)
+        return
+    n = int(batch.kd_index.numel())
+    print(f"KD: cascod, LoRA bf16 on {args.device}, {args.kd_rows} rows packed into {tuple(batch.input_ids.shape)}, "
+          f"{n} KD positions x top-{args.kd_k}; vocabulary {vocab}: the term keeps {n * vocab * 4 / 2**20:.0f} MiB of "
+          "fp32 logits for its backward pass", flush=True)
+    times = kd_steps(lora, batch, (0.0, 1.0), (args.steps or 5) + 3, args.device)
+    ratio = statistics.median(on / off for off, on in zip(times[0.0], times[1.0]))
+    print(f"step without KD {statistics.median(times[0.0]):.3f} s, with KD {statistics.median(times[1.0]):.3f} s "
+          f"(runs {', '.join(f'{t:.3f}' for t in times[1.0])}); median per-round ratio {ratio:.3f}", flush=True)
+    off_peak, on_peak = kd_child_peak(args, 0.0), kd_child_peak(args, 1.0)
+    kind = "max_memory_allocated" if args.device == "cuda" else "peak RSS"
+    print(f"{kind}: without KD {off_peak / 2**20:.0f} MiB, with KD {on_peak / 2**20:.0f} MiB", flush=True)
+    print(f"kd_step_overhead={ratio:.3f} kd_memory_overhead={on_peak / off_peak:.3f} "
+          f"kd_extra_mib={(on_peak - off_peak) / 2**20:.0f}")
+
+
 BATCHING_MODES = ("padded", "grouped", "packed")  # padded first: the baseline of each alternating round
 
 
@@ -216,10 +307,21 @@ def main() -> None:
                         help="only the batching comparison (section 4); its last line is packing_speedup=<ratio>")
     parser.add_argument("--malloc", choices=("cache", "stock"), default="cache",
                         help="cache: run with the training workers' glibc malloc tunables (default); stock: without")
+    parser.add_argument("--kd-only", action="store_true",
+                        help="only the token-level KD cost (step time and memory of kd_weight 1 vs 0); its last line is "
+                             "kd_step_overhead=<ratio> kd_memory_overhead=<ratio> kd_extra_mib=<MiB>")
+    parser.add_argument("--kd-rows", type=int, default=8, help="--kd-only: real rows in the batch")
+    parser.add_argument("--kd-k", type=int, default=20, help="--kd-only: teacher top-k per position")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="--kd-only: where the student trains")
     parser.add_argument("--plain-full-fp32", type=int, metavar="STEPS", help=argparse.SUPPRESS)
+    parser.add_argument("--kd-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.malloc == "cache" and os.environ.get("GLIBC_TUNABLES") != CPU_MALLOC_TUNABLES:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": CPU_MALLOC_TUNABLES})
+    if args.kd_only or args.kd_child is not None:
+        kd_section(args)
+        return
     if args.plain_full_fp32:  # the child of stock_malloc_step
         cfg = TrainConfig(peft="full", precision="float32", objective="std_cot", max_steps=1000, lr_schedule="constant")
         print(statistics.median(time_steps(cfg, [mfu_batch_and_rows(args.corpus)[3]], "std_cot", args.plain_full_fp32)))

@@ -226,6 +226,9 @@ class TrainConfig(StageConfig):
         "cascod", "training objective (docs/objectives.md maps each to its paper equation)"
     )
     alpha: float = doc(0.3, "CasCoD answer-loss weight: L = (1-α)·L_rationale + α·L_answer", ge=0, le=1)
+    kd_weight: float = doc(
+        0.0, "token-level KD: L = L_objective + kd_weight·KL(teacher top-k || student) on the targets the objective "
+             "trains (docs/objectives.md); needs a corpus annotated with logprobs: k (0 = off)", ge=0)
     lambda_: float = doc(0.1, "PRADA domain-loss weight λ in E = L_y − λ·(L_d(src) + L_d(tgt))", ge=0)
     lambda_schedule: Literal["constant", "dann"] = doc("constant", "constant λ or the DANN ramp 2/(1+exp(-10p))-1")
     peft: Literal["lora", "ptuning", "lora+ptuning", "full"] = doc("lora", "what is trained")

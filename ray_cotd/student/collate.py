@@ -18,10 +18,15 @@ Batches are rows of ids with position ids that restart at 0 for every example. W
 mask, transformers (masking_utils.find_packed_sequence_indices) turns those restarts into a
 block-diagonal causal mask, so packed examples never attend to each other; padding is a block of its
 own at the end of a row, with no targets.
+
+Token-level KD (TrainConfig.kd_weight): a Sequence may carry the teacher's top-k at some of its
+target positions (`TeacherTopK`, set by ray_cotd/student/kd.py); collate gathers them into the
+batch's kd_* tensors.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from collections.abc import Sequence as Seq
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ray_cotd.data.errors import DataError
@@ -60,6 +66,31 @@ class Segments:
 
 
 @dataclass
+class TeacherTopK:
+    """The teacher's top-k at some target positions of one Sequence (token-level KD).
+
+    positions: (n,) positions t whose target is the token the teacher generated there; ids: (n, k)
+    int32 token ids, best first; logprobs: (n, k) float16 log-probabilities, as the corpus stores
+    them (ray_cotd.data.logprobs). JSON form: base64 of the arrays (through Ray Data)."""
+
+    positions: list[int]
+    ids: np.ndarray
+    logprobs: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"positions": self.positions, "k": int(self.ids.shape[1]),
+                "ids": base64.b64encode(self.ids.astype("<i4").tobytes()).decode("ascii"),
+                "logprobs": base64.b64encode(self.logprobs.astype("<f2").tobytes()).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TeacherTopK:
+        shape = (len(data["positions"]), data["k"])
+        return cls(list(data["positions"]),
+                   np.frombuffer(base64.b64decode(data["ids"]), dtype="<i4").reshape(shape),
+                   np.frombuffer(base64.b64decode(data["logprobs"]), dtype="<f2").reshape(shape))
+
+
+@dataclass
 class Sequence:
     """One training sequence.
 
@@ -69,7 +100,8 @@ class Sequence:
     what PRADA's domain classifier pools; the positions before question_start (the P-Tuning
     placeholders, the chat template's system turn and the user turn's opening) are the same in
     every row, and so, under causal attention, are their hidden states. n_virtual: leading
-    P-Tuning placeholder positions whose embeddings the prompt encoder supplies.
+    P-Tuning placeholder positions whose embeddings the prompt encoder supplies. kd: the teacher's
+    top-k at aligned target positions (token-level KD), or None.
     """
 
     input_ids: list[int]
@@ -79,6 +111,7 @@ class Sequence:
     question_len: int
     n_virtual: int = 0
     domain: int = 0  # 0 = labeled source row, 1 = unlabeled target-domain question (PRADA)
+    kd: TeacherTopK | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -94,6 +127,12 @@ class EncodeStats:
     truncated_tokens: int = 0  # rationale tokens removed in total
     dropped_too_long: int = 0  # rows whose prompt + answer alone exceed max_seq_len
     dropped_examples: list[str] = field(default_factory=list)  # ids of dropped rows (first 20)
+    # token-level KD (student/kd.py): rows with a teacher record, target positions with the teacher's
+    # top-k, and target positions whose token the teacher's ids do not reproduce (no KD there)
+    kd_rows: int = 0
+    kd_tokens: int = 0
+    kd_unaligned_tokens: int = 0
+    kd_rows_unaligned: int = 0  # rows with a record but no aligned target at all
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -204,6 +243,9 @@ class Batch:
     virtual_index[r, t]: k for the k-th P-Tuning placeholder of an example, -1 elsewhere.
     question_mask: the positions PRADA pools over: each example's [question_start, question_len).
     domain: (E,) 0 = source, 1 = target.
+    kd_index: (N,) positions with the teacher's top-k, as flat indices into the R*T positions;
+    kd_ids: (N, k) their teacher token ids; kd_logprobs: (N, k) the teacher's log-probabilities
+    (float32). N = 0 without token-level KD.
     """
 
     input_ids: torch.Tensor
@@ -214,6 +256,9 @@ class Batch:
     virtual_index: torch.Tensor
     question_mask: torch.Tensor
     domain: torch.Tensor
+    kd_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    kd_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    kd_logprobs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
 
     @property
     def n_examples(self) -> int:
@@ -308,11 +353,18 @@ def collate(seqs: list[Sequence], *, pad_id: int, pack: bool, capacity: int) -> 
     example_index = torch.full(shape, -1, dtype=torch.long)
     virtual_index = torch.full(shape, -1, dtype=torch.long)
     question_mask = torch.zeros(shape, dtype=torch.bool)
+    kd_index: list[int] = []
+    kd_ids: list[np.ndarray] = []
+    kd_logprobs: list[np.ndarray] = []
     for r, row in enumerate(rows):
         start = 0
         for i in row:
             s = seqs[i]
             end = start + len(s)
+            if s.kd is not None:
+                kd_index.extend(r * width + start + t for t in s.kd.positions)
+                kd_ids.append(s.kd.ids)
+                kd_logprobs.append(s.kd.logprobs)
             input_ids[r, start:end] = torch.tensor(s.input_ids)
             position_ids[r, start:end] = torch.arange(len(s))
             targets[r, start:end] = torch.tensor(s.targets)
@@ -323,7 +375,12 @@ def collate(seqs: list[Sequence], *, pad_id: int, pack: bool, capacity: int) -> 
             start = end
         position_ids[r, start:] = torch.arange(width - start)
     domain = torch.tensor([s.domain for s in seqs], dtype=torch.long)
-    return Batch(input_ids, position_ids, targets, roles, example_index, virtual_index, question_mask, domain)
+    batch = Batch(input_ids, position_ids, targets, roles, example_index, virtual_index, question_mask, domain)
+    if kd_index:  # every record of a run is cut to one k (student/kd.py), so the rows stack
+        batch.kd_index = torch.tensor(kd_index, dtype=torch.long)
+        batch.kd_ids = torch.from_numpy(np.concatenate(kd_ids).astype(np.int64))
+        batch.kd_logprobs = torch.from_numpy(np.concatenate(kd_logprobs).astype(np.float32))
+    return batch
 
 
 def plan_batches(lengths: Seq[int], batch_size: int, *, batching: str, seed: int) -> list[list[int]]:
@@ -359,6 +416,7 @@ __all__ = [
     "EncodeStats",
     "Segments",
     "Sequence",
+    "TeacherTopK",
     "build_sequence",
     "collate",
     "fit_rationale",

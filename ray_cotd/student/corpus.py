@@ -7,7 +7,9 @@ Two kinds of input, told apart by their columns:
   is "<rationale> The answer is X", split here with `split_output`; or gold-only files, whose rows
   have no rationale).
 
-Every training row is {"id", "question", "rationale", "answer", "domain"}. Rows that cannot be used
+Every training row is {"id", "question", "rationale", "answer", "domain"}; an annotated row with the
+teacher's top-k log-probabilities also carries their columns (ray_cotd.data.logprobs.LOGPROB_COLUMNS)
+and completion_tokens, which token-level KD reads (ray_cotd/student/kd.py). Rows that cannot be used
 are counted by reason and kept (with file, row and field) for the caller to write aside.
 
 A rationale must not state the answer: it is what L_rationale trains (CasCoD's premise is a
@@ -36,6 +38,7 @@ from ray_cotd.config import ConfigError, MappingSpec, TestSetSpec
 from ray_cotd.data.answers import ParseFailure, split_output, without_restated_answer
 from ray_cotd.data.contamination import ContaminationReport, check_overlap
 from ray_cotd.data.errors import DataError
+from ray_cotd.data.logprobs import LOGPROB_COLUMNS
 from ray_cotd.data.readers import FieldMapping, detect_mapping, read_questions, read_rows
 from ray_cotd.data.splits import holdout_split, select_test_rows
 
@@ -88,9 +91,11 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
                 if missing is not None:
                     drop(str(file), index, missing, "missing_field")
                     continue
+                logprobs = ({c: r.get(c) for c in (*LOGPROB_COLUMNS, "completion_tokens")}
+                            if r.get("topk_ids") is not None else {})
                 rows.append({"id": r.get("id") or f"{file.name}:{index}", "question": r["question"],
                              "rationale": r["rationale"].strip(), "answer": r["answer"].strip(),
-                             "domain": r.get("domain"), "source": str(file), "row": index})
+                             "domain": r.get("domain"), "source": str(file), "row": index, **logprobs})
             continue
         result = read_questions(file, (mapping or MappingSpec()).field_mapping(), on_bad="collect")
         for b in result.bad:

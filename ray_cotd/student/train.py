@@ -54,6 +54,7 @@ from ray_cotd.console import step_line
 from ray_cotd.data.answers import fit_answer_type
 from ray_cotd.data.contamination import format_overlap
 from ray_cotd.data.errors import DataError
+from ray_cotd.data.logprobs import MISMATCH
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import STUDENT_META, load_model, load_tokenizer, write_student_meta
@@ -67,8 +68,11 @@ from ray_cotd.lm.prompt_encoder import (
 from ray_cotd.names import OBJECTIVES
 from ray_cotd.ray_session import connect
 from ray_cotd.scoring import score, scored_type
-from ray_cotd.student.collate import IGNORE, Batch, EncodeStats, Sequence, collate, plan_batches, prompt_sequence
+from ray_cotd.student.collate import (IGNORE, Batch, EncodeStats, Sequence, TeacherTopK, collate, plan_batches,
+                                      prompt_sequence, segments)
+from ray_cotd.student.kd import attach_teacher_targets, load_teacher_topk
 from ray_cotd.student.objectives import LossInputs, LossParams, Objective, Row, get_objective
+from ray_cotd.student.objectives.kd import kd_loss
 from ray_cotd.student.prada import DOMAIN_HEAD_WEIGHTS, DomainHead, lambda_at, pool_examples
 from ray_cotd.tracking import RunRef, attach, stage_run
 
@@ -88,11 +92,13 @@ def n_virtual(cfg: TrainConfig) -> int:
 
 
 def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], objective: Objective, *, max_seq_len: int,
-                num_virtual: int = 0) -> tuple[list[list[Sequence]], EncodeStats]:
+                num_virtual: int = 0, kd: bool = False) -> tuple[list[list[Sequence]], EncodeStats]:
     """Each row's sequences under the objective's layout; rationales cut to fit, never answers.
 
     Rows whose question + answer alone exceed max_seq_len are dropped and counted (their ids kept
-    in stats.dropped_examples for the report).
+    in stats.dropped_examples for the report). kd: give the sequences of rows with a teacher
+    record (row["topk"], student/kd.py load_teacher_topk) the teacher's top-k at their aligned
+    targets, counted in stats.kd_*.
     """
     stats = EncodeStats(rows=len(rows))
     examples = []
@@ -107,6 +113,13 @@ def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], objective: Objective
         if laid.truncated_tokens:
             stats.truncated_rationale += 1
             stats.truncated_tokens += laid.truncated_tokens
+        if kd and r.get("topk") is not None:
+            seg = segments(tokenizer, r["question"], r.get("rationale") or "", r["answer"])
+            aligned, unaligned = attach_teacher_targets(laid.sequences, seg, r["topk"])
+            stats.kd_rows += 1
+            stats.kd_tokens += aligned
+            stats.kd_unaligned_tokens += unaligned
+            stats.kd_rows_unaligned += aligned == 0
         stats.sequences += len(laid.sequences)
         examples.append(laid.sequences)
     return examples, stats
@@ -115,11 +128,13 @@ def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], objective: Objective
 def to_items(examples: list[list[Sequence]]) -> list[dict[str, Any]]:
     """Plain, Arrow-friendly rows for Ray Data (one per training row, its sequences as lists)."""
     return [{"seqs": json.dumps([[s.input_ids, s.targets, s.roles, s.question_start, s.question_len, s.n_virtual,
-                                  s.domain] for s in seqs])} for seqs in examples]
+                                  s.domain, s.kd.to_json() if s.kd is not None else None] for s in seqs])}
+            for seqs in examples]
 
 
 def from_item(item: dict[str, Any]) -> list[Sequence]:
-    return [Sequence(*fields) for fields in json.loads(item["seqs"])]
+    return [Sequence(*fields[:7], kd=TeacherTopK.from_json(fields[7]) if fields[7] is not None else None)
+            for fields in json.loads(item["seqs"])]
 
 
 class Student(nn.Module):
@@ -255,15 +270,21 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 def compute_loss(model: nn.Module, batch: Batch, objective: Objective, params: LossParams,
                  precision: str = "float32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward one collated batch and apply the objective. `model` is what to call: the DDP/FSDP
-    wrapper or the Student itself."""
+    """Forward one collated batch and apply the objective, plus kd_weight · L_KD at the batch's
+    teacher-aligned targets when params.kd_weight > 0 (objectives/kd.py). `model` is what to call:
+    the DDP/FSDP wrapper or the Student itself."""
     with _autocast(precision, batch.input_ids.device):
         logits, domain_logits = model(batch)
     inputs = LossInputs(token_logp=token_logprobs(logits, batch.targets), roles=batch.roles)
     if objective.domain_adversarial:
         inputs.domain_logits = domain_logits
         inputs.domain = batch.domain
-    return objective.loss(inputs, params)
+    loss, parts = objective.loss(inputs, params)
+    if params.kd_weight > 0:
+        kd = kd_loss(logits, batch.kd_index, batch.kd_ids, batch.kd_logprobs)
+        loss = loss + params.kd_weight * kd
+        parts = {**parts, "kd_loss": kd.detach()}
+    return loss, parts
 
 
 def train_step(model: nn.Module, student: Student, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
@@ -608,7 +629,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     vllm_validation: VLLMValidation | None = None
     for step in range(start_step + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
-        params = LossParams(alpha=cfg.alpha, lambda_=lambda_at(cfg.lambda_, cfg.lambda_schedule, (step - 1) / cfg.max_steps))
+        params = LossParams(alpha=cfg.alpha, lambda_=lambda_at(cfg.lambda_, cfg.lambda_schedule, (step - 1) / cfg.max_steps),
+                            kd_weight=cfg.kd_weight)
         micro = [stream.batch((step - 1) * cfg.grad_accum + i).to(device) for i in range(cfg.grad_accum)]
         values = train_step(model, student, optimizer, scheduler, micro, objective, params, precision=cfg.precision)
         values = _all_reduce_mean(values, world, device)
@@ -672,12 +694,24 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
         test_sets = contamination_questions(cfg.contamination_sets, holdout_fraction=cfg.holdout_fraction,
                                             split_seed=cfg.split_seed)
         contamination = decontaminate(corpus, test_sets, cfg.decontaminate)
+    kd = None
+    if cfg.kd_weight > 0:  # the teacher's records: a clear error here if there are none, or another vocabulary
+        corpus.train, kd_bad, kd = load_teacher_topk(corpus.train, tokenizer, corpus=cfg.corpus,
+                                                     student=cfg.student.source)
+        corpus.dropped[MISMATCH] += len(kd_bad)
+        corpus.bad.extend(kd_bad)
     nv = n_virtual(cfg)
-    train, stats = encode_rows(tokenizer, corpus.train, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
+    # validation rows carry no teacher targets: val_loss stays the objective's, comparable across kd_weight
+    train, stats = encode_rows(tokenizer, corpus.train, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv,
+                               kd=kd is not None)
     val, val_stats = encode_rows(tokenizer, corpus.val, objective, max_seq_len=cfg.max_seq_len, num_virtual=nv)
     if not train:
         raise DataError(f"all {stats.rows} training rows are longer than max_seq_len={cfg.max_seq_len} even with "
                         "the rationale cut to one token; raise max_seq_len", path=cfg.corpus, field="max_seq_len")
+    if kd is not None and stats.kd_tokens == 0:
+        raise DataError(f"kd_weight: none of the {stats.kd_tokens + stats.kd_unaligned_tokens} training targets of the "
+                        f"{stats.kd_rows} rows with teacher log-probabilities lines up with the teacher's tokens (the "
+                        "re-tokenized rationales do not reproduce its ids)", path=cfg.corpus, field="kd_weight")
     if len(train) < cfg.num_workers:
         raise DataError(f"{len(train)} training rows cannot feed {cfg.num_workers} workers", path=cfg.corpus)
     targets: list[list[Sequence]] = []
@@ -694,7 +728,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
                             f"{cfg.max_seq_len}; {cfg.num_workers} workers need at least one each",
                             path=cfg.target_questions, field="target_questions")
     return {"corpus": corpus, "train": train, "val": val, "targets": targets, "stats": stats, "val_stats": val_stats,
-            "target_stats": target_stats, "contamination": contamination}
+            "target_stats": target_stats, "contamination": contamination, "kd": kd}
 
 
 def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, str]:
@@ -769,6 +803,13 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None,
     data_report = {**corpus.summary(), "encode": stats.as_dict(), "val_encode": data["val_stats"].as_dict()}
     if data["target_stats"] is not None:
         data_report["target"] = data["target_stats"]
+    if data["kd"] is not None:
+        data_report["kd"] = {**data["kd"], "kd_weight": cfg.kd_weight}
+        kd_targets = stats.kd_tokens + stats.kd_unaligned_tokens
+        print(f"[train] token-level KD (kd_weight={cfg.kd_weight}, teacher top-{data['kd']['k']}): "
+              f"{data['kd']['rows_with_logprobs']} rows with teacher log-probabilities, "
+              f"{data['kd']['rows_without_logprobs']} without, {data['kd'][MISMATCH]} rejected ({MISMATCH}); "
+              f"{stats.kd_tokens} of {kd_targets} targets of those rows line up with the teacher's tokens", flush=True)
     print(f"[train] data: {len(corpus.train)} training rows, {len(corpus.val)} validation, {corpus.held_out} held "
           f"out as test; dropped {dict(corpus.dropped) or 'none'}; {stats.truncated_rationale} rationales cut to "
           f"fit, {stats.dropped_too_long} rows too long", flush=True)

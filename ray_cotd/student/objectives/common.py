@@ -56,10 +56,12 @@ class LossInputs:
 
 @dataclass(frozen=True)
 class LossParams:
-    """The paper symbols a loss may use: CasCoD's alpha, PRADA's lambda_ (already scheduled)."""
+    """The paper symbols a loss may use: CasCoD's alpha, PRADA's lambda_ (already scheduled), and the
+    weight of the token-level KD term any objective takes (objectives/kd.py; 0 = off)."""
 
     alpha: float = 0.3
     lambda_: float = 0.0
+    kd_weight: float = 0.0
 
 
 # loss(inputs, params) -> (scalar loss to minimize, {metric name: scalar tensor})
