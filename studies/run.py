@@ -1,36 +1,55 @@
-"""The distillation study (issue #9): objectives, granularity, teachers, tuned vs default.
+"""The distillation study (issues #9 and #21): objectives, granularity, teachers, tuned vs default,
+answer-only vs CoT.
 
-    python studies/run.py [--scale cpu|paper|smoke] [--only objectives,granularity,teachers,tune]
+    python studies/run.py [--scale cpu|cpu-power|paper|smoke] [--only EXPERIMENT,...]
                           [--out runs/study] [--data ../shared/data]
 
 Each experiment is a set of `ray-cotd train` / `evaluate` / `tune` runs, driven through the same
 functions those commands call (`load_stage_config` + `run_train` / `run_evaluate` / `run_tune`) on
-one local Ray cluster. A run whose output exists (train/tune: summary.json, evaluate: report.json)
-is skipped, so an interrupted study continues where it stopped. Every run's equivalent `ray-cotd`
-command goes to OUT/commands.sh and its wall time to OUT/timings.json; at the end the runner writes
-OUT/tables.md, OUT/study.json and the PNG plots (docs/study_*.png for the cpu and paper scales).
+one local Ray cluster (studies/gpu_run.py drives the same runs in one process on a GPU, without Ray).
+A run whose output exists (train/tune: summary.json, evaluate: report.json) is skipped, so an
+interrupted study continues where it stopped; a train run stopped half-way resumes from its last Ray
+Train checkpoint (same name and storage). Every run's equivalent `ray-cotd` command goes to
+OUT/commands.sh and its wall time to OUT/timings.json; at the end the runner writes OUT/tables.md,
+OUT/study.json and the PNG plots.
 
-    1. objectives   answer_only, std_cot, step_by_step, cascod, prada, cascod+prada on StrategyQA
+    answer_only_vs_cot  issue 21 item 3: answer_only vs std_cot on SVAMP chatgpt level 3, several seeds
+                        per arm, lr and LoRA rank chosen on validation rows, the whole SVAMP hold-out
+    1. objectives   answer_only, std_cot, step_by_step, cascod, da_lora, cascod+da_lora (domain-adversarial
+                    LoRA) and prada (P-Tuning + LoRA, three teachers' CoTs, DANN ramp) on StrategyQA
                     chatgpt level 1; StrategyQA test (IND) and CommonsenseQA test (OOD) + untrained
     2. granularity  std_cot and cascod on SVAMP chatgpt levels 1-6; the fixed SVAMP hold-out split
     3. teachers     cascod on the best level of item 2 from chatgpt, gemini, llama (llama: levels 1-4)
-    4. tune         Ray Tune over α, λ and level for cascod+prada; best_train.yaml trained and
-                    evaluated beside item 1's cascod+prada student
+    4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
+                    evaluated beside item 1's cascod+da_lora student
+
+The first two are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
+per seed of the scale (TrainConfig.seed; the hold-out split's split_seed stays fixed), optionally after
+a learning-rate / LoRA-rank sweep on validation rows, and is evaluated in its own run (so a stop loses
+at most one arm's evaluation). The design's comparisons and their rule (`decide`: the exact paired
+sign-flip test of ray_cotd.metrics.paired_sign_flip, two-sided at the stated alpha) are recorded in
+OUT/<experiment>/design.json at the first start; a later start with another design, seeds, grid,
+epochs or test limits is refused, so the rules are fixed before any result exists.
 
 Nothing trains or selects on a test set: StrategyQA and CommonsenseQA test files are only read by
 evaluate; PRADA's target questions are CommonsenseQA *train* questions; SVAMP questions on the test
-side of the hold-out split are removed by training and are the only ones evaluate scores.
+side of the hold-out split are removed by training and are the only ones evaluate scores; sweeps
+select on validation rows carved from the training side; item 3's level is chosen on hold-out rows
+apart from item 2's test rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import math
 import os
 import shlex
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -38,15 +57,19 @@ from typing import Any, Callable
 import yaml
 
 from ray_cotd import names
-from ray_cotd.metrics import accuracy, error_bars, mcnemar_exact
+from ray_cotd.metrics import accuracy, error_bars, mcnemar_exact, paired_mde, paired_sign_flip, seed_spread
 from ray_cotd.ray_session import start_local_cluster
 from ray_cotd.scoring import Prediction, read_predictions
 
 STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
-EXPERIMENTS = ("objectives", "granularity", "teachers", "tune")
-OBJECTIVES = tuple(names.OBJECTIVES)  # item 1 trains one student per objective
+# The fixed run order: teachers needs granularity's best level, tune item 1's cascod+da_lora student.
+EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity", "teachers", "tune")
+ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives")  # driven by studies/<experiment>/design.yaml
+SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
+ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
+              "objectives": "1. Objectives (IND vs OOD)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
@@ -65,7 +88,7 @@ class StudyError(RuntimeError):
 
 
 def slug(name: str) -> str:
-    """A directory name for a system name: "cascod+prada" -> "cascod_prada"."""
+    """A directory name for a system name: "cascod+da_lora" -> "cascod_da_lora"."""
     return name.replace("+", "_")
 
 
@@ -90,18 +113,172 @@ def is_done(kind: str, output_dir: Path) -> bool:
 
 
 def load_scale(name: str, path: Path = STUDY_DIR / "scales.yaml") -> dict[str, Any]:
+    """A preset of scales.yaml, checked: its experiments, levels, and the arm experiments' keys
+    (seeds, epochs, sweep, arms: against each design) name things that exist."""
     scales = yaml.safe_load(path.read_text())
     if name not in scales:
         raise StudyError(f"--scale {name!r}: not in {path} (choose from {', '.join(scales)})")
     scale = scales[name]
-    for key in ("train", "tune", "test_limits"):
+    for key in ("train", "test_limits"):
         if key not in scale:
             raise StudyError(f"{path}: scale {name!r} lacks {key!r}")
-    for key, valid in (("objectives", OBJECTIVES), ("levels", LEVELS)):
-        unknown = [v for v in scale.get(key, []) if v not in valid]
-        if unknown:
-            raise StudyError(f"{path}: scale {name!r}: {key} {unknown} not valid; choose from {list(valid)}")
+    experiments = scale.setdefault("experiments", list(EXPERIMENTS))
+    unknown = [e for e in experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise StudyError(f"{path}: scale {name!r}: experiments {unknown} not valid; choose from {list(EXPERIMENTS)}")
+    if "tune" in experiments and "tune" not in scale:
+        raise StudyError(f"{path}: scale {name!r} runs tune but lacks 'tune'")
+    unknown = [v for v in scale.get("levels", []) if v not in LEVELS]
+    if unknown:
+        raise StudyError(f"{path}: scale {name!r}: levels {unknown} not valid; choose from {list(LEVELS)}")
+    for key in ("seeds", "epochs", "sweep", "arms"):
+        wrong = [e for e in scale.get(key, {}) if e not in ARM_EXPERIMENTS]
+        if wrong:
+            raise StudyError(f"{path}: scale {name!r}: {key} for {wrong}; only the arm experiments "
+                             f"{list(ARM_EXPERIMENTS)} take it")
+    for experiment, arms in scale.get("arms", {}).items():
+        valid = list(load_design(experiment)["arms"])
+        if [a for a in arms if a not in valid]:
+            raise StudyError(f"{path}: scale {name!r}: arms {arms} of {experiment}; choose from {valid}")
+    for experiment, seeds in scale.get("seeds", {}).items():
+        if not seeds or len(set(seeds)) != len(seeds) or any(not isinstance(x, int) or x < 0 for x in seeds):
+            raise StudyError(f"{path}: scale {name!r}: seeds of {experiment} must be distinct integers >= 0: {seeds}")
+    for experiment, grid in scale.get("sweep", {}).items():
+        if not grid or [k for k in grid if k not in SWEEP_KEYS] or any(not v for v in grid.values()):
+            raise StudyError(f"{path}: scale {name!r}: sweep of {experiment} must give non-empty lists for "
+                             f"{list(SWEEP_KEYS)}: {grid}")
     return scale
+
+
+# -- arm experiments: design, sweep, epochs, pre-registration -----------------------------------
+
+SWEEP_KEYS = ("lr", "lora_r")  # what a sweep may vary; lora_alpha follows lora_r (alpha / r stays 2)
+SELECT_BY = {"val_loss": "min"}  # how a sweep's runs are ranked: summary key -> lower or higher is better
+
+
+def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
+    """studies/<experiment>/design.yaml, checked: arms with train overrides, comparisons between
+    arms that exist, a score in SCORES, 0 < alpha < 1, a known select_by."""
+    path = path or STUDY_DIR / experiment / "design.yaml"
+    design = yaml.safe_load(path.read_text())
+    for key in ("train", "evaluate", "arms", "comparisons", "select_by"):
+        if key not in design:
+            raise StudyError(f"{path}: lacks {key!r}")
+    if design["select_by"] not in SELECT_BY:
+        raise StudyError(f"{path}: select_by {design['select_by']!r}; choose from {list(SELECT_BY)}")
+    for arm, spec in design["arms"].items():
+        extra = [k for k in spec if k not in ("train", "corpora", "evaluate")]
+        if extra or not isinstance(spec.get("train"), list):
+            raise StudyError(f"{path}: arm {arm!r} needs a `train` list of overrides (optional: corpora, evaluate); "
+                             f"got keys {list(spec)}")
+    names_seen = set()
+    for c in design["comparisons"]:
+        missing = [k for k in ("name", "a", "b", "test_set", "score", "alpha") if k not in c]
+        if missing:
+            raise StudyError(f"{path}: comparison {c.get('name')!r} lacks {missing}")
+        if c["name"] in names_seen:
+            raise StudyError(f"{path}: two comparisons named {c['name']!r}")
+        names_seen.add(c["name"])
+        for side in ("a", "b"):
+            if c[side] not in design["arms"]:
+                raise StudyError(f"{path}: comparison {c['name']!r}: {side} = {c[side]!r} is no arm "
+                                 f"({list(design['arms'])})")
+        if c["score"] not in SCORES:
+            raise StudyError(f"{path}: comparison {c['name']!r}: score {c['score']!r}; choose from {list(SCORES)}")
+        if not 0 < c["alpha"] < 1:
+            raise StudyError(f"{path}: comparison {c['name']!r}: alpha {c['alpha']} not in (0, 1)")
+    return design
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a sweep grid, in the grid's order: {"lr": [a, b], "lora_r": [8]} ->
+    [{"lr": a, "lora_r": 8}, {"lr": b, "lora_r": 8}]."""
+    keys = [k for k in SWEEP_KEYS if k in grid]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A run directory name for a grid point: {"lr": 0.001, "lora_r": 8} -> "lr0.001_r8"."""
+    return "_".join(f"lr{point['lr']:g}" if k == "lr" else f"r{point['lora_r']}" for k in point)
+
+
+def point_overrides(point: dict[str, Any]) -> list[str]:
+    """TrainConfig overrides of a grid point. A rank also sets lora_alpha = 2 r, so LoRA's scale
+    alpha / r is the same at every rank and the rank alone changes."""
+    out = [f"lr={point['lr']}"] if "lr" in point else []
+    if "lora_r" in point:
+        out += [f"lora_r={point['lora_r']}", f"lora_alpha={2 * point['lora_r']}"]
+    return out
+
+
+def choose_point(runs: list[tuple[dict[str, Any], dict]], select_by: str) -> dict[str, Any]:
+    """The grid point whose run's summary is best by `select_by` (SELECT_BY: val_loss, lowest);
+    a tie goes to the earlier point. runs: (point, summary.json) in grid order."""
+    sign = 1 if SELECT_BY[select_by] == "min" else -1
+    scored = []
+    for i, (point, summary) in enumerate(runs):
+        value = summary.get(select_by)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise StudyError(f"sweep run {point_name(point)} has no {select_by} (set val_fraction > 0)")
+        scored.append((sign * value, i))
+    return runs[min(scored)[1]][0]
+
+
+def steps_for_epochs(rows: int, epochs: float, rows_per_step: int) -> int:
+    """Optimizer steps that cover `epochs` passes over `rows` training rows (at least one step)."""
+    return max(1, math.ceil(epochs * rows / rows_per_step))
+
+
+def epochs_of(run_dir: Path) -> float | None:
+    """Passes over its training rows a finished train run made: steps x batch_size x grad_accum x
+    num_workers / the rows it encoded (summary.json and resolved_config.yaml); None if unfinished."""
+    summary_path, config_path = run_dir / "summary.json", run_dir / "resolved_config.yaml"
+    if not summary_path.is_file() or not config_path.is_file():
+        return None
+    summary, cfg = json.loads(summary_path.read_text()), yaml.safe_load(config_path.read_text())
+    encode = summary.get("data", {}).get("encode", {})
+    rows = encode.get("rows", 0) - encode.get("dropped_too_long", 0)
+    if rows <= 0:
+        return None
+    return summary["steps"] * cfg["batch_size"] * cfg.get("grad_accum", 1) * cfg.get("num_workers", 1) / rows
+
+
+def combine_corpora(paths: list[Path], out: Path) -> Path:
+    """One JSON array of the rows of several release files (JSON arrays), in order, written once
+    to `out` (under the run directory, never the repository): several teachers' rationales of the
+    same questions as one corpus, PRADA's diverse CoTs."""
+    if out.is_file():
+        return out
+    rows: list[Any] = []
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise StudyError(f"{path}: not a JSON array of rows; cannot combine it into {out}")
+        rows += data
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def preregister(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write `record` (an arm experiment's design, seeds, sweep grid, epochs and test limits) to
+    `path` with the time, unless it is there already; raise StudyError naming what changed when the
+    recorded one differs: the comparisons' rules are fixed before the first run, not after results."""
+    record = json.loads(json.dumps(record))  # as it reads back: tuples are lists
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in {*record, *recorded} - {"recorded"} if recorded.get(k) != record.get(k))
+        if changed:
+            raise StudyError(f"{path}: this study started with another {', '.join(changed)} (recorded "
+                             f"{recorded.get('recorded')}); the rules are fixed once runs exist. Use a new --out, "
+                             "or restore the recorded design")
+        return recorded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
+    path.write_text(json.dumps(entry, indent=2))
+    return entry
 
 
 def accuracy_of(report: dict, system: str, test_set: str) -> dict | None:
@@ -157,8 +334,6 @@ def constant_answer(report: dict, test_set: str, run_dir: Path) -> tuple[str, di
     """The most common gold answer of `test_set` and the accuracy of always giving it, read from
     any system's predictions file (relative to the evaluate run's `run_dir`): the floor a trained
     student must clear (~50% on StrategyQA's yes/no questions). None without predictions."""
-    from collections import Counter
-
     golds = [p.gold for p in predictions(report, test_set, run_dir) or []]
     if not golds:
         return None
@@ -209,21 +384,191 @@ def paired_table(tests: dict[str, dict[int, dict]], best: dict[str, int]) -> str
                                 for o in objectives)], rows)
 
 
-def constant_answers(report: dict, run_dir: Path) -> dict[str, tuple[str, dict]]:
-    """constant_answer of item 1's two test sets, those that have one."""
-    return {t: ref for t in ("strategyqa", "commonsenseqa") if (ref := constant_answer(report, t, run_dir))}
+def system_name(arm: str, seed: int) -> str:
+    """An arm's student of one seed as its evaluate runs name it: ("cascod+da_lora", 0) -> "cascod+da_lora-s0"."""
+    return f"{arm}-s{seed}"
 
 
-def objectives_table(report: dict, refs: dict[str, tuple[str, dict]] | None = None) -> str:
-    """Item 1's table; `refs` (constant_answers) adds the constant-answer row."""
-    systems = [UNTRAINED, *OBJECTIVES]
-    rows = [[s, pct(accuracy_of(report, s, "strategyqa")), pct(accuracy_of(report, s, "commonsenseqa"))]
-            for s in systems if any(r["system"] == s for r in report["results"])]
+def merge_reports(run_dirs: list[Path]) -> dict | None:
+    """The finished ones of several evaluate runs (their report.json) as one report: their systems,
+    test sets (by name) and results, each result's predictions path made absolute (so `predictions`
+    reads it whatever run_dir it is given). None when none has finished."""
+    merged: dict[str, Any] = {"systems": [], "test_sets": [], "results": []}
+    sets: dict[str, dict] = {}
+    for run_dir in run_dirs:
+        path = run_dir / "report.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        merged["systems"] += report["systems"]
+        for ts in report["test_sets"]:
+            sets.setdefault(ts["name"], ts)
+        merged["results"] += [{**r, "predictions": str(run_dir / r["predictions"])} if r.get("predictions") else r
+                              for r in report["results"]]
+    merged["test_sets"] = list(sets.values())
+    return merged if merged["results"] else None
+
+
+def rate_of(report: dict, system: str, test_set: str, score: str = "free") -> dict | None:
+    """A system's accuracy record on a set: free (`accuracy`) or constrained to the question's
+    listed choices (`constrained_accuracy`, None for sets without choices)."""
+    for r in report["results"]:
+        if r["system"] == system and r["test_set"] == test_set:
+            return r["accuracy"] if score == "free" else r.get("constrained_accuracy")
+    return None
+
+
+def score_columns(report: dict) -> list[tuple[str, str]]:
+    """(test set, score) columns of an arm experiment's tables: every set's free accuracy, and its
+    constrained accuracy beside it where its questions list their choices."""
+    columns = []
+    for ts in report["test_sets"]:
+        columns.append((ts["name"], "free"))
+        if any(r["test_set"] == ts["name"] and r.get("constrained_accuracy") for r in report["results"]):
+            columns.append((ts["name"], "constrained"))
+    return columns
+
+
+def arm_rates(report: dict, arm: str, seeds: list[int], test_set: str, score: str) -> dict | None:
+    """One arm on one (set, score): each scored seed's accuracy record and the mean, sd, min and
+    max of their rates over seeds (ray_cotd.metrics.seed_spread). None when no seed is scored."""
+    per_seed = {seed: acc for seed in seeds if (acc := rate_of(report, system_name(arm, seed), test_set, score))}
+    if not per_seed:
+        return None
+    return {"per_seed": per_seed, **seed_spread([a["rate"] for a in per_seed.values()])}
+
+
+def correctness(report: dict, system: str, test_set: str, score: str) -> tuple[list[bool | None], list[str]] | None:
+    """Per question, in test-set order: whether `system` answered it right (free, or constrained:
+    None where the question lists no choices), and the question ids. None without predictions."""
+    rows = predictions(report, test_set, Path("."), system)
+    if rows is None:
+        return None
+    rows = sorted(rows, key=lambda p: p.position)
+    return [p.correct if score == "free" else p.constrained_correct for p in rows], [p.id for p in rows]
+
+
+def decide(test: dict, alpha: float) -> str:
+    """The rule every comparison of an arm experiment is held to, stated in its design.yaml before
+    any run: "a" when the exact paired sign-flip p is below alpha and arm a's mean accuracy over its
+    seeds is higher, "b" when p < alpha and b's is higher, else "unresolved"."""
+    if test["p"] < alpha and test["diff"] != 0:
+        return "a" if test["diff"] > 0 else "b"
+    return "unresolved"
+
+
+def compare(report: dict, comparison: dict, seeds: list[int]) -> dict | None:
+    """One design comparison on the scored predictions: paired_sign_flip over every seed of both
+    arms, question by question (questions without a constrained answer in some seed are left out and
+    counted), `decide`'s verdict, the exact McNemar test of each seed pair as a check that no single
+    seed carries the difference, and the smallest difference this n and the observed mean squared
+    difference could detect (paired_mde, power 0.8). None until every seed of both arms is scored."""
+    c = comparison
+    sides: dict[str, list[tuple[list[bool | None], list[str]]]] = {}
+    for side in ("a", "b"):
+        got = [correctness(report, system_name(c[side], seed), c["test_set"], c["score"]) for seed in seeds]
+        if any(g is None for g in got):
+            return None
+        sides[side] = got  # type: ignore[assignment]
+    ids = sides["a"][0][1]
+    if any(ids_ != ids for _, ids_ in (*sides["a"], *sides["b"])):
+        raise StudyError(f"comparison {c['name']}: the arms' seeds were scored on different questions of "
+                         f"{c['test_set']}")
+    keep = [i for i in range(len(ids)) if all(flags[i] is not None for flags, _ in (*sides["a"], *sides["b"]))]
+    if not keep:
+        return None
+    a = [[bool(flags[i]) for i in keep] for flags, _ in sides["a"]]
+    b = [[bool(flags[i]) for i in keep] for flags, _ in sides["b"]]
+    test = paired_sign_flip(a, b)
+    try:
+        mde = paired_mde(test["n"], test["mean_sq_diff"], alpha=c["alpha"]) if test["mean_sq_diff"] > 0 else None
+    except ValueError:
+        mde = None
+    return {"name": c["name"], "a": c["a"], "b": c["b"], "test_set": c["test_set"], "score": c["score"],
+            "alpha": c["alpha"], "primary": bool(c.get("primary")), "claim": c.get("claim"),
+            "test": test, "left_out": len(ids) - len(keep), "decision": decide(test, c["alpha"]),
+            "per_seed": {seed: mcnemar_exact(x, y) for seed, x, y in zip(seeds, a, b)}, "mde": mde}
+
+
+def pct_points(rate: float) -> str:
+    return f"{100 * rate:.1f}"
+
+
+def spread_cell(summary: dict | None) -> str:
+    """An arm's cell: with one seed its accuracy and Wilson CI (pct); with several the mean over
+    seeds ± their sd [min, max]."""
+    if summary is None:
+        return "–"
+    if summary["seeds"] == 1:
+        return pct(next(iter(summary["per_seed"].values())))
+    return (f"{pct_points(summary['mean'])} ± {pct_points(summary['sd'])} "
+            f"[{pct_points(summary['min'])}, {pct_points(summary['max'])}]")
+
+
+def column_name(report: dict, test_set: str, score: str) -> str:
+    ts = next((t for t in report["test_sets"] if t["name"] == test_set), {"split": "?", "n": "?"})
+    return f"{test_set} ({ts['split']}, n={ts['n']}{', constrained' if score == 'constrained' else ''})"
+
+
+def arms_table(report: dict, arms: list[str], seeds: list[int], training: dict[str, dict[int, dict]],
+               refs: dict[str, tuple[str, dict]] | None = None) -> str:
+    """An arm experiment's first table: per arm its seeds, epochs and lr / rank, and per (set,
+    score) column spread_cell; the untrained baseline and (refs: constant_answer per set) the score
+    of always giving the set's most common gold answer below."""
+    columns = score_columns(report)
+    rows = []
+    for arm in arms:
+        cells = [arm_rates(report, arm, seeds, t, sc) for t, sc in columns]
+        scored = max((c["seeds"] for c in cells if c), default=0)
+        info = training.get(arm, {})
+        epochs = [i["epochs"] for i in info.values() if i.get("epochs") is not None]
+        configs = sorted({f"{i['lr']:g}, {i['lora_r']}" for i in info.values() if "lr" in i})
+        rows.append([arm, f"{scored}" + (" (one seed)" if scored == 1 else ""),
+                     f"{min(epochs):.2f}" + (f"-{max(epochs):.2f}" if max(epochs) > min(epochs) + 0.005 else "")
+                     if epochs else "–", "; ".join(configs) or "–"] + [spread_cell(c) for c in cells])
+    if any(r["system"] == UNTRAINED for r in report["results"]):
+        rows.append([UNTRAINED, "–", "0", "–"] + [pct(rate_of(report, UNTRAINED, t, sc)) for t, sc in columns])
     if refs:
-        rows.append(["*always the most common answer*"]
-                    + [f'{pct(ref[1])}: always "{ref[0]}"' if (ref := refs.get(t)) else "–"
-                       for t in ("strategyqa", "commonsenseqa")])
-    return md_table(["system", "StrategyQA test (IND), % [95% CI]", "CommonsenseQA test (OOD), % [95% CI]"], rows)
+        rows.append(["*always the most common answer*", "–", "–", "–"]
+                    + [f'{pct(refs[t][1])}: always "{refs[t][0]}"' if t in refs and sc == "free" else "–"
+                       for t, sc in columns])
+    header = ["arm", "seeds", "epochs", "lr, LoRA r", *(f"{column_name(report, t, sc)}, %" for t, sc in columns)]
+    return md_table(header, rows)
+
+
+def seeds_table(report: dict, arms: list[str], seeds: list[int], training: dict[str, dict[int, dict]]) -> str:
+    """Every seed's accuracy with its Wilson CI (and its training: epochs, lr, rank, run)."""
+    columns = score_columns(report)
+    rows = []
+    for arm in arms:
+        for seed in seeds:
+            info = training.get(arm, {}).get(seed, {})
+            cells = [pct(rate_of(report, system_name(arm, seed), t, sc)) for t, sc in columns]
+            if all(c == "–" for c in cells):
+                continue
+            rows.append([arm, str(seed), f"{info['epochs']:.2f}" if info.get("epochs") is not None else "–",
+                         f"{info['lr']:g}, {info['lora_r']}" if "lr" in info else "–", *cells])
+    return md_table(["arm", "seed", "epochs", "lr, LoRA r", *(f"{column_name(report, t, sc)}, % [95% CI]"
+                                                              for t, sc in columns)], rows)
+
+
+def comparisons_table(results: list[dict]) -> str:
+    """Each design comparison: means, the paired test, its verdict under the stated rule, the
+    per-seed McNemar check and the smallest difference the run could detect."""
+    rows = []
+    for r in results:
+        t = r["test"]
+        verdict = {"a": f"**{r['a']}**", "b": f"**{r['b']}**", "unresolved": "unresolved"}[r["decision"]]
+        per_seed = ", ".join(f"s{seed}: {m['a_only']}/{m['b_only']} p={m['p']:.2g}"
+                             for seed, m in r["per_seed"].items())
+        rows.append([r["name"] + (" (primary)" if r["primary"] else ""), f"{r['a']} vs {r['b']}",
+                     f"{r['test_set']}, {r['score']}" + (f" ({r['left_out']} left out)" if r["left_out"] else ""),
+                     f"{t['n']}", pct_points(t["mean_a"]), pct_points(t["mean_b"]), f"{100 * t['diff']:+.1f}",
+                     f"{t['a_better']} / {t['b_better']}", f"{t['p']:.3g}", f"{r['alpha']:g}", verdict, per_seed,
+                     f"{100 * r['mde']:.1f}" if r["mde"] is not None else "–"])
+    return md_table(["comparison", "a vs b", "set, score", "n", "a, %", "b, %", "a - b, points",
+                     "questions a / b ahead", "exact sign-flip p", "α", "verdict (rule stated before the runs)",
+                     "per seed: a only / b only, McNemar p", "detectable at power 0.8, points"], rows)
 
 
 def granularity_table(report: dict, test_set: str = "svamp", rows_name: str = "") -> str:
@@ -295,19 +640,49 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_objectives(report: dict, path: Path, refs: dict[str, tuple[str, dict]] | None = None) -> None:
+def plot_arms(report: dict, arms: list[str], seeds: list[int], path: Path, title: str,
+              refs: dict[str, tuple[str, dict]] | None = None) -> None:
+    """An arm experiment's plot: per (set, score) column a group of bars, one per arm (and the
+    untrained baseline): the mean over seeds, its whiskers the seeds' min and max (one seed: its
+    Wilson CI), each seed a dot; the constant answer of a set as a dotted line."""
     plt = _pyplot()
-    systems = [s for s in (UNTRAINED, *OBJECTIVES) if any(r["system"] == s for r in report["results"])]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    _bars(ax, systems, {
-        f"StrategyQA test (IND, n={_n(report, 'strategyqa')})": [accuracy_of(report, s, "strategyqa") for s in systems],
-        f"CommonsenseQA test (OOD, n={_n(report, 'commonsenseqa')})":
-            [accuracy_of(report, s, "commonsenseqa") for s in systems],
-    })
-    if (ref := (refs or {}).get("strategyqa")) is not None:
-        ax.axhline(ref[1]["rate"], color="grey", linestyle=":", label=f"IND: always '{ref[0]}' ({ref[1]['rate']:.0%})")
-        ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Item 1: objectives, SmolLM2-135M LoRA on StrategyQA chatgpt level-1 rationales")
+    columns = score_columns(report)
+    systems = [*arms, *([UNTRAINED] if any(r["system"] == UNTRAINED for r in report["results"]) else [])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(systems)) ** 0.6 + 2), 4.2))
+    width = 0.8 / max(1, len(systems))
+    for i, system in enumerate(systems):
+        xs, ys, below, above, dots = [], [], [], [], []
+        for j, (test_set, sc) in enumerate(columns):
+            x = j - 0.4 + width * (i + 0.5)
+            if system == UNTRAINED:
+                acc = rate_of(report, UNTRAINED, test_set, sc)
+                summary = {"seeds": 1, "mean": acc["rate"], "per_seed": {0: acc}} if acc else None
+            else:
+                summary = arm_rates(report, system, seeds, test_set, sc)
+            if summary is None:
+                continue
+            rates = [a["rate"] for a in summary["per_seed"].values()]
+            low, high = ((min(rates), max(rates)) if summary["seeds"] > 1 else
+                         (next(iter(summary["per_seed"].values()))["ci_low"],
+                          next(iter(summary["per_seed"].values()))["ci_high"]))
+            xs.append(x)
+            ys.append(summary["mean"])
+            below.append(max(0.0, summary["mean"] - low))
+            above.append(max(0.0, high - summary["mean"]))
+            dots += [(x, r) for r in rates] if summary["seeds"] > 1 else []
+        bars = ax.bar(xs, ys, width, yerr=[below, above], capsize=3, label=system)
+        ax.bar_label(bars, labels=[f"{y:.0%}" for y in ys], fontsize=7, padding=2)
+        if dots:
+            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="black", zorder=3)
+    for j, (test_set, sc) in enumerate(columns):
+        if sc == "free" and (ref := (refs or {}).get(test_set)) is not None:
+            ax.hlines(ref[1]["rate"], j - 0.45, j + 0.45, colors="grey", linestyles=":")
+    ax.set_xticks(range(len(columns)), [column_name(report, t, sc).replace(" (", "\n(") for t, sc in columns],
+                  fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy (mean over seeds; whiskers: seeds' range, or Wilson CI for one seed)", fontsize=7)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    ax.set_title(title, fontsize=9)
     _save(plt, fig, path)
 
 
@@ -359,10 +734,18 @@ def plot_tuned(report: dict, path: Path) -> None:
 
 
 class Study:
+    """The study's runs under one directory. runners: stage -> the function that runs a loaded
+    config (default: the one `ray-cotd <stage>` calls, ray_cotd.cli.resolve_runner); studies/gpu_run.py
+    passes in-process ones that need no Ray."""
+
     def __init__(self, out: Path, data: Path, scale_name: str, plots_dir: Path | None = None, *,
-                 parallel: bool = False) -> None:
+                 parallel: bool = False, runners: dict[str, Callable[[Any], Any]] | None = None,
+                 evaluate_overrides: list[str] | None = None) -> None:
         self.out, self.data, self.scale_name, self.parallel = out, data, scale_name, parallel
+        self.runners = runners or {}
+        self.evaluate_overrides = evaluate_overrides or []  # after the scale's (gpu_run.py: larger batches)
         self.scale = load_scale(scale_name)
+        self._rows: dict[tuple, int] = {}  # corpus and split -> training rows (epochs -> steps)
         self.plots_dir = plots_dir or (REPO / self.scale["plots_dir"] if self.scale.get("plots_dir") else out)
         self.timings_path = out / "timings.json"
         self.timings: dict[str, Any] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
@@ -392,8 +775,11 @@ class Study:
     def _run(self, experiment: str, kind: str, yaml_path: Path | str, overrides: list[str], output_dir: Path,
              adjust: Callable[[Any], Any] | None = None) -> Any:
         """Load `kind`'s config like `ray-cotd KIND YAML OVERRIDES...`, run it unless its output
-        exists, and record its command and wall time. -> the run's summary / report."""
-        from ray_cotd.cli import resolve_runner
+        exists, and record its command and wall time. -> the run's summary / report.
+
+        A run is redone only when its final file is missing: an evaluate run stopped half-way starts
+        again, a train run stopped half-way resumes from its last checkpoint (Ray Train, same name
+        and storage under output_dir)."""
         from ray_cotd.config import load_stage_config
 
         overrides = [*overrides, f"output_dir={output_dir}"]
@@ -414,7 +800,7 @@ class Study:
             cfg = adjust(cfg)
         print(f"[study] {kind} {run_id}", flush=True)
         started = time.perf_counter()
-        result = resolve_runner(kind)(cfg)
+        result = self.runner(kind)(cfg)
         seconds = time.perf_counter() - started
         self.record_timing(run_id, {"experiment": experiment, "kind": kind, "seconds": round(seconds, 1),
                                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
@@ -422,36 +808,154 @@ class Study:
         print(f"[study] {kind} {run_id}: {seconds:.0f} s", flush=True)
         return result
 
+    def runner(self, kind: str) -> Callable[[Any], Any]:
+        if kind in self.runners:
+            return self.runners[kind]
+        from ray_cotd.cli import resolve_runner
+
+        return resolve_runner(kind)
+
     def train(self, experiment: str, yaml_name: str, run: str, overrides: list[str]) -> Path:
+        """One train run OUT/<experiment>/<run> of studies/<yaml_name> with the scale's overrides,
+        then `overrides`; with the scale's `epochs` for this experiment, max_steps is set to cover
+        that many passes over the run's training rows. -> its student directory."""
         output_dir = self.out / experiment / run
         scale = [*self.scale["train"], *self.scale.get("train_by_experiment", {}).get(experiment, [])]
-        self._run(experiment, "train", STUDY_DIR / yaml_name, [*scale, *overrides, "name=study"], output_dir)
+        overrides = [*scale, *overrides, "name=study"]
+        epochs = self.scale.get("epochs", {}).get(experiment)
+        if epochs is not None:
+            overrides.append(f"max_steps={self.steps_for(STUDY_DIR / yaml_name, overrides, epochs)}")
+        self._run(experiment, "train", STUDY_DIR / yaml_name, overrides, output_dir)
         return output_dir / "student"
 
-    def _limit_sets(self, cfg: Any) -> Any:
-        limits = self.scale["test_limits"]
-        sets = [dataclasses.replace(ts, limit=limits.get(ts.name, ts.limit)) for ts in cfg.test_sets]
-        return dataclasses.replace(cfg, test_sets=sets)
+    def steps_for(self, yaml_path: Path, overrides: list[str], epochs: float) -> int:
+        """max_steps for `epochs` passes over the training rows of the config `yaml_path` +
+        `overrides` resolves to: its corpus read and split as training reads and splits it."""
+        from ray_cotd.config import load_stage_config
+        from ray_cotd.student.corpus import load_corpus
 
-    def evaluate(self, experiment: str, yaml_name: str, students: dict[str, Path], run: str = "evaluate") -> dict | None:
+        cfg = rebase(load_stage_config("train", yaml_path, overrides), self.data)
+        needs_rationale = names.OBJECTIVES[cfg.objective].needs_rationale
+        key = (cfg.corpus, needs_rationale, cfg.holdout_fraction, cfg.val_fraction, cfg.split_seed)
+        if key not in self._rows:
+            self._rows[key] = len(load_corpus(cfg.corpus, cfg.mapping, needs_rationale=needs_rationale,
+                                              holdout_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction,
+                                              split_seed=cfg.split_seed).train)
+        return steps_for_epochs(self._rows[key], epochs, cfg.batch_size * cfg.grad_accum * cfg.num_workers)
+
+    def test_limits(self, experiment: str) -> dict[str, int | None]:
+        """The scale's test-set limits for one experiment (test_limits_by_experiment over test_limits)."""
+        return {**self.scale["test_limits"], **self.scale.get("test_limits_by_experiment", {}).get(experiment, {})}
+
+    def evaluate(self, experiment: str, yaml_name: str, students: dict[str, Path], run: str = "evaluate",
+                 extra: list[str] | None = None) -> dict | None:
+        """One evaluate run OUT/<experiment>/<run> of `students` (name -> student dir) with the
+        scale's overrides, then `extra`, and the experiment's test limits."""
         waiting = [name for name, path in students.items() if not is_done("train", path.parent)]
         if self.parallel and waiting:
-            print(f"[study] skip evaluate {experiment}: another runner still trains {waiting}", flush=True)
+            print(f"[study] skip evaluate {experiment}/{run}: another runner still trains {waiting}", flush=True)
             return None
         specs = [{"source": "default", "adapter": str(path), "dtype": "bfloat16"} for path in students.values()]
-        overrides = [*self.scale.get("evaluate", []), f"students={json.dumps(specs)}",
-                     f"student_names={json.dumps(list(students))}"]
+        overrides = [*self.scale.get("evaluate", []), *self.evaluate_overrides, *(extra or []),
+                     f"students={json.dumps(specs)}", f"student_names={json.dumps(list(students))}"]
+        limits = self.test_limits(experiment)
+
+        def limit_sets(cfg: Any) -> Any:
+            sets = [dataclasses.replace(ts, limit=limits.get(ts.name, ts.limit)) for ts in cfg.test_sets]
+            return dataclasses.replace(cfg, test_sets=sets)
+
         return self._run(experiment, "evaluate", STUDY_DIR / yaml_name, overrides, self.out / experiment / run,
-                         adjust=self._limit_sets)
+                         adjust=limit_sets)
 
-    # -- the four experiments ----------------------------------------------------------------
+    # -- the arm experiments (design.yaml) ---------------------------------------------------------
 
-    def objectives(self) -> dict:
-        students = {o: self.train("objectives", "objectives/train.yaml", slug(o), [f"objective={o}"])
-                    for o in self.scale.get("objectives", OBJECTIVES)}
-        return self.evaluate("objectives", "objectives/evaluate.yaml", students)
+    def seeds(self, experiment: str) -> list[int]:
+        return list(self.scale.get("seeds", {}).get(experiment, [0]))
 
-    def granularity(self) -> dict:
+    def arms(self, experiment: str, design: dict[str, Any]) -> list[str]:
+        return list(self.scale.get("arms", {}).get(experiment, design["arms"]))
+
+    def design_record(self, experiment: str, design: dict[str, Any]) -> dict[str, Any]:
+        """What is fixed before an arm experiment's first run: its design (arms, comparisons and
+        their rule's alpha, select_by) and the scale's arms, seeds, sweep grid, epochs, training
+        overrides and test limits."""
+        return {"design": design, "arms": self.arms(experiment, design), "seeds": self.seeds(experiment),
+                "sweep": self.scale.get("sweep", {}).get(experiment),
+                "epochs": self.scale.get("epochs", {}).get(experiment),
+                "train": [*self.scale["train"], *self.scale.get("train_by_experiment", {}).get(experiment, [])],
+                "test_limits": self.test_limits(experiment)}
+
+    def arm_experiment(self, experiment: str) -> None:
+        """Train every arm's seeds (after its sweep, where the scale gives one), then evaluate the
+        untrained baseline and each arm in runs of their own."""
+        design = load_design(experiment)
+        preregister(self.out / experiment / "design.json", self.design_record(experiment, design))
+        students = {arm: self.train_arm(experiment, design, arm, self.seeds(experiment))
+                    for arm in self.arms(experiment, design)}
+        if design.get("baseline"):
+            self.evaluate(experiment, design["evaluate"], {}, run=f"{UNTRAINED}/evaluate",
+                          extra=[f"baselines={json.dumps([UNTRAINED])}"])
+        for arm, by_seed in students.items():
+            if by_seed is not None:
+                self.evaluate(experiment, design["evaluate"], {system_name(arm, s): p for s, p in by_seed.items()},
+                              run=f"{slug(arm)}/evaluate",
+                              extra=["baselines=[]", *design["arms"][arm].get("evaluate", [])])
+
+    def train_arm(self, experiment: str, design: dict[str, Any], arm: str, seeds: list[int]) -> dict[int, Path] | None:
+        """An arm's students by seed. With a sweep grid: one run per grid point at the first seed
+        (OUT/<experiment>/<arm>/sweep/<point>), the point chosen by the design's select_by on their
+        validation rows (choice.json), whose run is the first seed's student; the other seeds train
+        with that choice (OUT/<experiment>/<arm>/seed<k>). None while a --parallel runner elsewhere
+        is still sweeping."""
+        spec = design["arms"][arm]
+        overrides = list(spec["train"])
+        if spec.get("corpora"):
+            combined = combine_corpora([Path(rebase(p, self.data)) for p in spec["corpora"]],
+                                       self.out / experiment / "corpora" / f"{slug(arm)}.json")
+            overrides.append(f"corpus={combined}")
+        first, rest = seeds[0], seeds[1:]
+        arm_dir = self.out / experiment / slug(arm)
+        grid = self.scale.get("sweep", {}).get(experiment)
+        chosen: list[str] = []
+        students: dict[int, Path] = {}
+        if grid:
+            runs = [(point, self.train(experiment, design["train"], f"{slug(arm)}/sweep/{point_name(point)}",
+                                       [*overrides, *point_overrides(point), f"seed={first}"]).parent)
+                    for point in grid_points(grid)]
+            if not all(is_done("train", run_dir) for _, run_dir in runs):
+                return None
+            point = choose_point([(p, json.loads((d / "summary.json").read_text())) for p, d in runs],
+                                 design["select_by"])
+            (arm_dir / "choice.json").write_text(json.dumps(
+                {"select_by": design["select_by"], "chosen": point, "run": point_name(point),
+                 "candidates": {point_name(p): json.loads((d / "summary.json").read_text()).get(design["select_by"])
+                                for p, d in runs}}, indent=2))
+            chosen = point_overrides(point)
+            students[first] = arm_dir / "sweep" / point_name(point) / "student"
+        else:
+            students[first] = self.train(experiment, design["train"], f"{slug(arm)}/seed{first}",
+                                         [*overrides, f"seed={first}"])
+        for seed in rest:
+            students[seed] = self.train(experiment, design["train"], f"{slug(arm)}/seed{seed}",
+                                        [*overrides, *chosen, f"seed={seed}"])
+        return students
+
+    def arm_train_dirs(self, experiment: str, arm: str, seeds: list[int]) -> dict[int, Path]:
+        """Where each seed of an arm trained (the chosen sweep run for the first seed, when swept)."""
+        arm_dir = self.out / experiment / slug(arm)
+        choice = arm_dir / "choice.json"
+        dirs = {seed: arm_dir / f"seed{seed}" for seed in seeds}
+        if choice.is_file():
+            dirs[seeds[0]] = arm_dir / "sweep" / json.loads(choice.read_text())["run"]
+        return dirs
+
+    def answer_only_vs_cot(self) -> None:
+        self.arm_experiment("answer_only_vs_cot")
+
+    def objectives(self) -> None:
+        self.arm_experiment("objectives")
+
+    def granularity(self) -> dict | None:
         students = {}
         for objective in GRANULARITY_OBJECTIVES:
             for level in self.scale.get("levels", LEVELS):
@@ -486,17 +990,85 @@ class Study:
                 ["objective=cascod", f"corpus={DATA_PREFIX}/svamp/train_{teacher}_level{level}.json"])
         return self.evaluate("teachers", "teachers/evaluate.yaml", students)
 
-    def tune(self) -> dict:
+    def tune(self) -> dict | None:
         tune_dir = self.out / "tune"
         summary = self._run("tune", "tune", STUDY_DIR / "tune" / "tune.yaml",
                             [*self.scale["tune"], f"train.output_dir={tune_dir / 'trials'}"], tune_dir)
         best_yaml = Path(summary["best_train_yaml"])
         best_dir = tune_dir / "best" / "train"
         self._run("tune", "train", best_yaml, self.scale.get("tune_best", []), best_dir)
-        default = self.train("objectives", "objectives/train.yaml", "cascod_prada", ["objective=cascod+prada"])
-        return self.evaluate("tune", "tune/evaluate.yaml", {"default": default, "tuned": best_dir / "student"})
+        # the default: item 1's cascod+da_lora arm (the same objective, α and λ), its first seed
+        defaults = self.train_arm("objectives", load_design("objectives"), "cascod+da_lora",
+                                  self.seeds("objectives")[:1])
+        if defaults is None:
+            return None
+        return self.evaluate("tune", "tune/evaluate.yaml",
+                             {"default": next(iter(defaults.values())), "tuned": best_dir / "student"})
 
     # -- tables, plots, timings ----------------------------------------------------------------
+
+    def training_info(self, run_dir: Path) -> dict[str, Any]:
+        """A finished train run's epochs, lr and LoRA rank ({} when unfinished)."""
+        config = run_dir / "resolved_config.yaml"
+        if not is_done("train", run_dir) or not config.is_file():
+            return {}
+        cfg = yaml.safe_load(config.read_text())
+        return {"epochs": epochs_of(run_dir), "lr": cfg["lr"], "lora_r": cfg["lora_r"], "run": self._show(run_dir)}
+
+    def training_rows(self) -> list[list[str]]:
+        """The training table: every finished train run under OUT."""
+        rows = []
+        for summary_path in sorted(self.out.glob("**/summary.json")):
+            run_dir = summary_path.parent
+            config = run_dir / "resolved_config.yaml"
+            if not config.is_file() or "ray" in run_dir.relative_to(self.out).parts:
+                continue
+            cfg, summary = yaml.safe_load(config.read_text()), json.loads(summary_path.read_text())
+            if "objective" not in cfg or "steps" not in summary:
+                continue  # a tune run's summary
+            encode = summary.get("data", {}).get("encode", {})
+            epochs = epochs_of(run_dir)
+            loss = summary.get("final_loss")
+            val = summary.get("val_loss")
+            kind = cfg["objective"] + (f" ({cfg['peft']})" if cfg.get("peft") != "lora" else "")
+            rows.append([self._show(run_dir), kind,
+                         str(summary["steps"]), str(encode.get("rows", "–")), f"{epochs:.2f}" if epochs else "–",
+                         f"{cfg['lr']:g}", str(cfg["lora_r"]), f"{loss:.3f}" if loss is not None else "–",
+                         f"{val:.3f}" if val is not None else "–"])
+        return rows
+
+    def arm_outputs(self, experiment: str) -> dict[str, Any] | None:
+        """An arm experiment's tables (arms, every seed, the comparisons), plot and study.json
+        entry from its finished evaluate runs; None before any has finished."""
+        design = load_design(experiment)
+        arms, seeds = self.arms(experiment, design), self.seeds(experiment)
+        exp_dir = self.out / experiment
+        report = merge_reports([exp_dir / UNTRAINED / "evaluate", *(exp_dir / slug(a) / "evaluate" for a in arms)])
+        if report is None:
+            return None
+        training = {arm: {seed: self.training_info(d)
+                          for seed, d in self.arm_train_dirs(experiment, arm, seeds).items()} for arm in arms}
+        refs = {ts["name"]: ref for ts in report["test_sets"]
+                if (ref := constant_answer(report, ts["name"], Path(".")))}
+        comparisons = [r for c in design["comparisons"] if c["a"] in arms and c["b"] in arms
+                       if (r := compare(report, c, seeds)) is not None]
+        recorded = exp_dir / "design.json"
+        when = json.loads(recorded.read_text())["recorded"] if recorded.is_file() else "–"
+        plot_arms(report, arms, seeds, self.plots_dir / f"study_{experiment}.png", f"{ARM_TITLES[experiment]} "
+                  f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} per arm)", refs)
+        markdown = ("Mean over seeds ± sd [min, max] in %; one seed: its accuracy with the Wilson 95% CI. "
+                    f"Seeds {seeds}; the design and its rules were recorded {when}.\n\n"
+                    + arms_table(report, arms, seeds, training, refs)
+                    + "\n\nEvery seed:\n\n" + seeds_table(report, arms, seeds, training))
+        if comparisons:
+            markdown += ("\n\nComparisons (design.yaml), each decided by its stated rule: the exact paired "
+                         "sign-flip test over every seed, question by question (ray_cotd.metrics.paired_sign_flip):\n\n"
+                         + comparisons_table(comparisons))
+        return {"markdown": markdown, "seeds": seeds, "arms": arms, "training": training,
+                "rates": {arm: {f"{t}:{sc}": arm_rates(report, arm, seeds, t, sc) for t, sc in score_columns(report)}
+                          for arm in arms},
+                "untrained": {f"{t}:{sc}": rate_of(report, UNTRAINED, t, sc) for t, sc in score_columns(report)},
+                "comparisons": comparisons, "results": report["results"]}
 
     def write_outputs(self) -> dict[str, Any]:
         self.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -506,11 +1078,10 @@ class Study:
             path = self.out / experiment / run / "report.json"
             return json.loads(path.read_text()) if path.is_file() else None
 
-        if (r := report("objectives")) is not None:
-            refs = constant_answers(r, self.out / "objectives" / "evaluate")  # read once, shown twice
-            plot_objectives(r, self.plots_dir / "study_objectives.png", refs)
-            sections.append("## 1. Objectives (IND vs OOD)\n\n" + objectives_table(r, refs))
-            study["objectives"] = r["results"]
+        for experiment, title in ARM_TITLES.items():
+            if (result := self.arm_outputs(experiment)) is not None:
+                sections.append(f"## {title}\n\n" + result.pop("markdown"))
+                study[experiment] = result
         if (r := report("granularity")) is not None:
             plot_granularity(r, self.plots_dir / "study_granularity.png")
             best = best_levels(r)
@@ -541,6 +1112,11 @@ class Study:
                             + ("\n\nTrials:\n\n" + trials.read_text() if trials.is_file() else ""))
             study["tune"] = {"best_params": tune_summary["best_params"], "summary": tune_summary,
                              "results": r["results"]}
+        if training := self.training_rows():
+            sections.append("## Training runs\n\nEvery finished train run: its steps, epochs over its training rows, "
+                            "learning rate, LoRA rank, last loss and validation loss.\n\n"
+                            + md_table(["run", "objective", "steps", "training rows", "epochs", "lr", "LoRA r",
+                                        "final loss", "val loss"], training))
         stage_s: dict[str, float] = {}
         for t in self.timings.values():
             stage_s[t["experiment"]] = stage_s.get(t["experiment"], 0.0) + t["seconds"]
@@ -574,10 +1150,50 @@ def init_ray() -> None:
     start_local_cluster(num_cpus=12, include_dashboard=True, log_to_driver=True)
 
 
+def parse_only(only: str | None, scale: dict[str, Any], scale_name: str) -> list[str]:
+    """--only as a list, the scale's experiments when not given; an experiment the scale does not
+    run is a StudyError naming those it does."""
+    chosen = [e.strip() for e in only.split(",") if e.strip()] if only else list(scale["experiments"])
+    unknown = [e for e in chosen if e not in EXPERIMENTS]
+    if unknown:
+        raise StudyError(f"--only: {unknown} not valid; choose from {', '.join(EXPERIMENTS)}")
+    outside = [e for e in chosen if e not in scale["experiments"]]
+    if outside:
+        raise StudyError(f"--only: scale {scale_name!r} does not run {outside} (it runs "
+                         f"{', '.join(scale['experiments'])}; scales.yaml says why)")
+    return chosen
+
+
+def run_study(study: Study, only: list[str], *, tables_only: bool = False) -> dict[str, Any]:
+    """Run `only`'s experiments in the fixed order (skipping finished runs), then write the tables."""
+    started = time.perf_counter()
+    if not tables_only:
+        for experiment in EXPERIMENTS:  # the fixed order: teachers needs granularity's best level
+            if experiment in only:
+                print(f"[study] === {experiment} ===", flush=True)
+                getattr(study, experiment)()
+    result = study.write_outputs()
+    print(f"[study] tables: {study.out / 'tables.md'}; plots: {study.plots_dir}/study_*.png", flush=True)
+    for experiment, seconds in study.session_s.items():
+        print(f"[study] {experiment}: {seconds / 60:.1f} min this session", flush=True)
+    print(f"[study] total wall: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    return result
+
+
+def check_data(data: Path) -> str | None:
+    """Why the study cannot run on `data` (the third-party data is not shipped), or None."""
+    if not (data / "strategyqa" / "test.json").is_file() or not (data / "svamp").is_dir():
+        return (f"the study needs the third-party reasoning data (SVAMP, StrategyQA, CommonsenseQA with teacher "
+                f"rationales), which this repository does not ship: not found at {data}. Point --data at it.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", default="cpu", help="a preset of studies/scales.yaml: cpu | paper | smoke")
-    parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ",".join(EXPERIMENTS))
+    parser.add_argument("--scale", default="cpu",
+                        help="a preset of studies/scales.yaml: cpu | cpu-power | paper | smoke")
+    parser.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(EXPERIMENTS)
+                        + " (default: the scale's experiments)")
     parser.add_argument("--out", default="runs/study", help="run directory (relative to the repository root)")
     parser.add_argument("--data", default=DATA_PREFIX, help="the shared data dir (relative to the repository root)")
     parser.add_argument("--plots", default=None, help="where the PNGs go (default: the scale's plots_dir)")
@@ -588,32 +1204,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.chdir(REPO)
-    only = [e.strip() for e in args.only.split(",") if e.strip()]
-    unknown = [e for e in only if e not in EXPERIMENTS]
-    if unknown:
-        parser.error(f"--only: {unknown} not valid; choose from {', '.join(EXPERIMENTS)}")
     data = Path(args.data).resolve()
-    if not (data / "strategyqa" / "test.json").is_file() or not (data / "svamp").is_dir():
-        print(f"studies/run.py: the study needs the third-party reasoning data (SVAMP, StrategyQA, CommonsenseQA "
-              f"with teacher rationales), which this repository does not ship: "
-              f"not found at {data}. Point --data at it.", file=sys.stderr)
+    if (problem := check_data(data)) is not None:
+        print(f"studies/run.py: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
+    try:
+        study = Study(out, data, args.scale, Path(args.plots).resolve() if args.plots else None, parallel=args.parallel)
+        only = parse_only(args.only, study.scale, args.scale)
+    except StudyError as err:
+        parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
-    study = Study(out, data, args.scale, Path(args.plots).resolve() if args.plots else None, parallel=args.parallel)
-
-    started = time.perf_counter()
     if not args.tables_only:
         init_ray()
-        for experiment in EXPERIMENTS:  # the fixed order: teachers needs granularity's best level
-            if experiment in only:
-                print(f"[study] === {experiment} ===", flush=True)
-                getattr(study, experiment)()
-    study.write_outputs()
-    print(f"[study] tables: {out / 'tables.md'}; plots: {study.plots_dir}/study_*.png", flush=True)
-    for experiment, seconds in study.session_s.items():
-        print(f"[study] {experiment}: {seconds / 60:.1f} min this session", flush=True)
-    print(f"[study] total wall: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    try:
+        run_study(study, only, tables_only=args.tables_only)
+    except StudyError as err:
+        print(f"studies/run.py: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "studies" / "run.py"
@@ -49,26 +51,38 @@ def _prediction_row(**fields) -> str:
     return json.dumps(Prediction(**{**base, **fields}).to_dict()) + "\n"
 
 
-@pytest.mark.parametrize("scale", ["cpu", "paper", "smoke"])
+SCALES = ["cpu", "cpu-power", "paper", "smoke"]
+
+
+@pytest.mark.parametrize("scale", SCALES)
 def test_every_experiment_config_loads(scale: str, tmp_path: Path) -> None:
     from ray_cotd.config import load_stage_config
     from ray_cotd.tune import check_tune_config
 
     s = run.load_scale(scale)
     data = tmp_path / "data"
-    for name in ("objectives", "granularity", "teachers"):
+    for name in ("objectives", "granularity", "teachers", "answer_only_vs_cot"):
         cfg = run.rebase(load_stage_config("train", run.STUDY_DIR / name / "train.yaml", s["train"]), data)
         assert cfg.corpus.startswith(str(data))
-        assert cfg.max_steps == int(next(o for o in s["train"] if o.startswith("max_steps=")).split("=")[1])
+        if any(o.startswith("max_steps=") for o in s["train"]):
+            assert cfg.max_steps == int(next(o for o in s["train"] if o.startswith("max_steps=")).split("=")[1])
         ev = run.rebase(load_stage_config("evaluate", run.STUDY_DIR / name / "evaluate.yaml",
-                                          ['students=[{"source": "default", "adapter": "x"}]', 'student_names=["a"]']),
-                        data)
+                                          [*s.get("evaluate", []), 'students=[{"source": "default", "adapter": "x"}]',
+                                           'student_names=["a"]']), data)
         assert all(ts.path.startswith(str(data)) for ts in ev.test_sets)
-    tune = run.rebase(load_stage_config("tune", run.STUDY_DIR / "tune" / "tune.yaml", s["tune"]), data)
-    assert all(p.startswith(str(data)) for p in tune.level_corpora.values())
-    assert tune.train.objective == "cascod+prada" and tune.metric == "val_accuracy"
-    with pytest.raises(Exception, match="corpus not found"):  # the fake data dir is empty
-        check_tune_config(tune, cluster_cpus=3)
+    for name in run.ARM_EXPERIMENTS:  # every arm's overrides load on its train YAML
+        design = run.load_design(name)
+        for arm, spec in design["arms"].items():
+            cfg = load_stage_config("train", run.STUDY_DIR / design["train"], [*s["train"], *spec["train"]])
+            assert cfg.objective in ("answer_only", "std_cot", "step_by_step", "cascod", "prada", "cascod+prada")
+            load_stage_config("evaluate", run.STUDY_DIR / design["evaluate"], [*s.get("evaluate", []),
+                                                                                *spec.get("evaluate", [])])
+    if "tune" in s["experiments"]:
+        tune = run.rebase(load_stage_config("tune", run.STUDY_DIR / "tune" / "tune.yaml", s["tune"]), data)
+        assert all(p.startswith(str(data)) for p in tune.level_corpora.values())
+        assert tune.train.objective == "cascod+prada" and tune.metric == "val_accuracy"
+        with pytest.raises(Exception, match="corpus not found"):  # the fake data dir is empty
+            check_tune_config(tune, cluster_cpus=3)
 
 
 def test_no_training_config_reads_a_test_file() -> None:
@@ -76,16 +90,21 @@ def test_no_training_config_reads_a_test_file() -> None:
 
     tune = load_stage_config("tune", run.STUDY_DIR / "tune" / "tune.yaml")
     trains = [tune.train] + [load_stage_config("train", run.STUDY_DIR / n / "train.yaml")
-                             for n in ("objectives", "granularity", "teachers")]
+                             for n in ("objectives", "granularity", "teachers", "answer_only_vs_cot")]
     paths = [*tune.level_corpora.values()] + [p for t in trains for p in (t.corpus, t.target_questions) if p]
+    for name in run.ARM_EXPERIMENTS:
+        for spec in run.load_design(name)["arms"].values():
+            paths += spec.get("corpora", []) + [o.split("=", 1)[1] for o in spec["train"]
+                                                 if o.split("=")[0] in ("corpus", "target_questions")]
     assert paths and not [p for p in paths if p.endswith("test.json")]
     assert all(t.target_questions is None or t.target_questions.endswith("commonsenseqa/train_answer_only.json")
                for t in trains)
 
 
 def test_item3_level_is_selected_on_rows_no_scale_reports() -> None:
-    """Item 3's level comes from SVAMP hold-out rows after every scale's test rows: nothing is
-    selected on a reported test question."""
+    """Item 3's level comes from SVAMP hold-out rows after item 2's test rows at every scale that
+    runs item 2: nothing is selected on a reported test question. A scale that scores the whole
+    hold-out (cpu-power) does not run items 2-3."""
     from ray_cotd.config import load_stage_config
 
     select = load_stage_config("evaluate", run.STUDY_DIR / "granularity" / "select.yaml")
@@ -93,9 +112,16 @@ def test_item3_level_is_selected_on_rows_no_scale_reports() -> None:
     (sel,), (tst,) = select.test_sets, test.test_sets
     assert sel.name == run.SELECT_SET and (sel.path, sel.holdout, sel.mapping) == (tst.path, tst.holdout, tst.mapping)
     assert (select.holdout_fraction, select.split_seed) == (test.holdout_fraction, test.split_seed)
-    for name in ("cpu", "paper", "smoke"):
-        limit = run.load_scale(name)["test_limits"].get("svamp")
-        assert limit is not None and limit <= sel.offset, f"scale {name}: svamp test rows reach the selection rows"
+    for name in SCALES:
+        scale = run.load_scale(name)
+        study = run.Study(Path("/nonexistent"), Path("/nonexistent"), name)
+        limit = study.test_limits("granularity").get("svamp")
+        if "granularity" in scale["experiments"] or "teachers" in scale["experiments"]:
+            assert limit is not None and limit <= sel.offset, f"scale {name}: svamp test rows reach the selection rows"
+        else:
+            assert limit is None  # the whole hold-out: items 2-3 cannot run here
+    with pytest.raises(run.StudyError, match="does not run"):
+        run.parse_only("granularity", run.load_scale("cpu-power"), "cpu-power")
 
 
 def test_rebase_only_moves_data_paths(tmp_path: Path) -> None:
@@ -133,11 +159,6 @@ def test_best_level_and_teacher_levels() -> None:
 
 
 def test_tables_and_plots_from_fake_reports(tmp_path: Path) -> None:
-    sets = {"strategyqa": 100, "commonsenseqa": 100}
-    objectives = _report({(s, t): (40 + i, 100) for i, s in enumerate(["untrained", *run.OBJECTIVES]) for t in sets},
-                         sets)
-    table = run.objectives_table(objectives)
-    assert table.count("\n") == 1 + 7 and "cascod+prada" in table and "(40/100)" in table
     granularity = _report({(f"{o}-L{lv}", "svamp"): (10 * lv, 80) for o in run.GRANULARITY_OBJECTIVES
                            for lv in run.LEVELS} | {("untrained", "svamp"): (5, 80)}, {"svamp": 80})
     assert "60/80" in run.granularity_table(granularity)
@@ -145,30 +166,66 @@ def test_tables_and_plots_from_fake_reports(tmp_path: Path) -> None:
     teachers = _report({("chatgpt-L6", "svamp"): (50, 80), ("gemini-L6", "svamp"): (45, 80),
                         ("llama-L4", "svamp"): (40, 80)}, {"svamp": 80})
     assert "| llama | 4 |" in run.teachers_table(teachers, levels)
+    sets = {"strategyqa": 100, "commonsenseqa": 100}
     tuned = _report({(s, t): (50, 100) for s in ("default", "tuned") for t in sets}, sets)
     assert "α=0.5" in run.tuned_table(tuned, {"alpha": 0.5, "lambda_": 0.02, "level": 2},
                                       {"alpha": 0.3, "lambda_": 0.1, "level": 1})
     pytest.importorskip("matplotlib")
-    run.plot_objectives(objectives, tmp_path / "o.png")
     run.plot_granularity(granularity, tmp_path / "g.png")
     run.plot_teachers(teachers, levels, tmp_path / "t.png")
     run.plot_tuned(tuned, tmp_path / "u.png")
-    for name in ("o", "g", "t", "u"):
+    for name in ("g", "t", "u"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _write_eval_run(run_dir: Path, correct: dict[str, dict[str, list]],
+                    golds: dict[str, list[str]] | None = None) -> None:
+    """A finished evaluate run: report.json and one predictions file per (system, set); correct:
+    system -> set -> per-question free correctness, or (free, constrained) pairs."""
+    from ray_cotd.metrics import accuracy
+
+    results, sets = [], {}
+    for system, by_set in correct.items():
+        for test_set, flags in by_set.items():
+            pairs = [f if isinstance(f, tuple) else (f, None) for f in flags]
+            gold = (golds or {}).get(test_set) or ["1"] * len(pairs)
+            path = run_dir / "predictions" / system / f"{test_set}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(_prediction_row(system=system, test_set=test_set, position=i, id=f"q{i}",
+                                                    gold=gold[i], correct=c, constrained_correct=cc)
+                                    for i, (c, cc) in enumerate(pairs)))
+            constrained = [cc for _, cc in pairs if cc is not None]
+            results.append({"system": system, "test_set": test_set,
+                            "accuracy": accuracy([c for c, _ in pairs]).to_dict(),
+                            "constrained_accuracy": accuracy(constrained).to_dict() if constrained else None,
+                            "predictions": f"predictions/{system}/{test_set}.jsonl"})
+            sets[test_set] = len(pairs)
+    report = {"systems": [{"name": s} for s in correct], "results": results,
+              "test_sets": [{"name": t, "split": "OOD" if t == "commonsenseqa" else "IND", "n": n}
+                            for t, n in sets.items()]}
+    (run_dir / "report.json").write_text(json.dumps(report))
 
 
 def test_write_outputs_from_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sets = {"strategyqa": 10, "commonsenseqa": 10}
-    report = _report({(s, t): (5, 10) for s in ("untrained", "cascod") for t in sets}, sets)
-    (out / "objectives" / "evaluate").mkdir(parents=True)
-    (out / "objectives" / "evaluate" / "report.json").write_text(json.dumps(report))
+    _write_eval_run(out / "objectives" / "untrained" / "evaluate",
+                    {"untrained": {"strategyqa": [True, False] * 5, "commonsenseqa": [(False, True)] * 10}})
+    # smoke's arms: answer_only, cascod+da_lora, prada
+    _write_eval_run(out / "objectives" / "cascod_da_lora" / "evaluate",
+                    {"cascod+da_lora-s0": {"strategyqa": [True] * 5 + [False] * 5,
+                                           "commonsenseqa": [(False, False)] * 10}})
     (out / "timings.json").write_text(json.dumps({"x": {"experiment": "objectives", "kind": "train", "seconds": 60}}))
     study = run.Study(out, tmp_path, "smoke", plots_dir=tmp_path / "plots")
     result = study.write_outputs()
     assert result["stage_seconds"] == {"objectives": 60}
     assert (tmp_path / "plots" / "study_objectives.png").is_file()
-    assert "## 1. Objectives" in (out / "tables.md").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "## 1. Objectives" in tables
+    # constrained-choice accuracy beside free accuracy for the multiple-choice set
+    assert "commonsenseqa (OOD, n=10, constrained), %" in tables
+    assert "| untrained | – | 0 | – | 50.0 [23.7, 76.3] (5/10) | 0.0 [0.0, 27.8] (0/10) | 100.0" in tables
+    assert "| cascod+da_lora | 1 (one seed) |" in tables and "| answer_only | 0 |" in tables
+    assert result["objectives"]["rates"]["cascod+da_lora"]["strategyqa:free"]["mean"] == 0.5
 
 
 def test_missing_data_exits_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -189,30 +246,24 @@ def test_parallel_runners_skip_started_runs_and_wait_to_evaluate(tmp_path: Path,
 
 
 def test_constant_answer_reference_row(tmp_path: Path) -> None:
-    """The objectives table and plot show what always giving the most common gold answer scores
-    (the floor on yes/no StrategyQA), read from a system's predictions file."""
-    sets = {"strategyqa": 10, "commonsenseqa": 10}
-    report = _report({(s, t): (5, 10) for s in ("untrained", "cascod") for t in sets}, sets)
+    """The arm table and plot show what always giving the most common gold answer scores (the
+    floor on yes/no StrategyQA), read from a system's predictions file."""
+    run_dir = tmp_path / "run"
     golds = {"strategyqa": ["True"] * 6 + ["False"] * 4, "commonsenseqa": list("AABCDEEEBC")}
-    for r in report["results"]:
-        r["predictions"] = f"predictions/{r['system']}/{r['test_set']}.jsonl"
-    for name, values in golds.items():
-        path = tmp_path / "predictions" / "cascod" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(_prediction_row(gold=g, predicted="x") for g in values))
-    assert run.constant_answer(report, "strategyqa", tmp_path)[0] == "True"
-    assert run.constant_answer(report, "strategyqa", tmp_path)[1]["k"] == 6
-    assert run.constant_answer(report, "commonsenseqa", tmp_path)[:1] == ("E",)
-    refs = run.constant_answers(report, tmp_path)
-    assert set(refs) == {"strategyqa", "commonsenseqa"}
-    table = run.objectives_table(report, refs)
+    _write_eval_run(run_dir, {"cascod-s0": {t: [False] * 10 for t in golds}}, golds)
+    report = run.merge_reports([run_dir, tmp_path / "unfinished"])
+    assert run.constant_answer(report, "strategyqa", Path("."))[0] == "True"
+    assert run.constant_answer(report, "strategyqa", Path("."))[1]["k"] == 6
+    assert run.constant_answer(report, "commonsenseqa", Path("."))[:1] == ("E",)
+    refs = {t: run.constant_answer(report, t, Path(".")) for t in golds}
+    table = run.arms_table(report, ["cascod"], [0], {}, refs)
     row = table.splitlines()[-1]
     assert row.startswith("| *always the most common answer* |")
     assert '(6/10): always "True"' in row and '(3/10): always "E"' in row
-    assert "always" not in run.objectives_table(report)  # no references: no reference row
-    assert run.constant_answer(report, "strategyqa", tmp_path / "elsewhere") is None
+    assert "always" not in run.arms_table(report, ["cascod"], [0], {})  # no references: no reference row
+    assert run.merge_reports([tmp_path / "unfinished"]) is None
     pytest.importorskip("matplotlib")
-    run.plot_objectives(report, tmp_path / "o.png", refs)
+    run.plot_arms(report, ["cascod"], [0], tmp_path / "o.png", "t", refs)
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -243,3 +294,169 @@ def test_selection_table_shows_both_objectives() -> None:
     table = run.granularity_table(report, run.SELECT_SET, " on the selection rows")
     assert "| 6 | 10.5" in table and table.count("(6/57)") == 2
     assert run.best_level(report, test_set=run.SELECT_SET) == 6
+
+
+def _fake_runners(calls: list, correct: Callable[[str, int], bool], n: int = 10) -> dict:
+    """In-process stand-ins for run_train / run_evaluate that write what the real ones write last
+    (summary.json with the data report, resolved_config.yaml; report.json and predictions), so the
+    runner's arm machinery runs without Ray or a model. The fake val_loss grows with LoRA rank."""
+    from ray_cotd.configbase import save_resolved
+
+    def train(cfg) -> dict:
+        calls.append(("train", cfg))
+        out = Path(cfg.output_dir)
+        (out / "student").mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, out)
+        summary = {"steps": cfg.max_steps, "final_loss": 0.5, "val_loss": 1.0 + cfg.lora_r / 100,
+                   "data": {"encode": {"rows": 2 * cfg.max_steps * cfg.batch_size, "dropped_too_long": 0}}}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    def evaluate(cfg) -> dict:
+        calls.append(("evaluate", cfg))
+        systems = [*cfg.student_names, *cfg.baselines]
+        _write_eval_run(Path(cfg.output_dir), {s: {ts.name: [correct(s, i) for i in range(n)] for ts in cfg.test_sets}
+                                               for s in systems})
+        return json.loads((Path(cfg.output_dir) / "report.json").read_text())
+
+    return {"train": train, "evaluate": evaluate}
+
+
+def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> None:
+    """answer_only_vs_cot at the smoke scale with stand-in runners: per arm a sweep over LoRA rank at
+    seed 0 (the lower val_loss, r 8, wins and is seed 0's student), seed 1 trained with the choice,
+    one evaluate run per arm and one for the untrained baseline; a second start runs nothing; an
+    evaluate run stopped before its report.json is redone; the comparison is decided by its rule."""
+    calls: list = []
+    # std_cot right on questions 0-7 in both seeds, answer_only on 0-1: six questions with d_i = 1,
+    # so T* = +-2 x 6 (L = 2) reaches |T| = 12 only with all signs alike: p = 2 / 2^6
+    runners = _fake_runners(calls, lambda s, i: i < (8 if s.startswith("std_cot") else 2))
+    out = tmp_path / "out"
+    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
+    study.scale = {**study.scale, "epochs": {}}  # no corpus to count rows in here (steps_for: shared-data test)
+    study.answer_only_vs_cot()
+    trains = [c for kind, c in calls if kind == "train"]
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert len(trains) == 6 and len(evaluates) == 3  # 2 arms x (2 sweep points + seed 1); baseline + 2 arms
+    arm_dir = out / "answer_only_vs_cot" / "std_cot"
+    choice = json.loads((arm_dir / "choice.json").read_text())
+    assert choice["chosen"] == {"lr": 0.001, "lora_r": 8} and choice["run"] == "lr0.001_r8"
+    seed1 = next(c for c in trains if c.output_dir == str(arm_dir / "seed1"))
+    assert (seed1.seed, seed1.lora_r, seed1.lora_alpha, seed1.split_seed) == (1, 8, 16, 0)
+    std_eval = next(c for c in evaluates if c.output_dir == str(arm_dir / "evaluate"))
+    assert std_eval.student_names == ["std_cot-s0", "std_cot-s1"] and std_eval.baselines == []
+    assert [s.adapter for s in std_eval.students] == [str(arm_dir / "sweep" / "lr0.001_r8" / "student"),
+                                                      str(arm_dir / "seed1" / "student")]
+    baseline = next(c for c in evaluates if c.output_dir.endswith("untrained/evaluate"))
+    assert baseline.students == [] and baseline.baselines == ["untrained"]
+    recorded = json.loads((out / "answer_only_vs_cot" / "design.json").read_text())
+    assert recorded["seeds"] == [0, 1] and recorded["design"]["comparisons"][0]["alpha"] == 0.05
+
+    calls.clear()
+    again = run.Study(out, tmp_path / "data", "smoke", runners=runners)
+    again.scale = study.scale
+    again.answer_only_vs_cot()
+    assert calls == []  # every run finished: nothing is redone
+    (arm_dir / "evaluate" / "report.json").unlink()  # stopped before its report: the run is redone
+    again.answer_only_vs_cot()
+    assert [(k, c.output_dir) for k, c in calls] == [("evaluate", str(arm_dir / "evaluate"))]
+
+    result = again.write_outputs()["answer_only_vs_cot"]
+    (comparison,) = result["comparisons"]
+    assert comparison["decision"] == "a" and comparison["test"]["p"] == pytest.approx(2 / 2**6)
+    assert (comparison["test"]["a_better"], comparison["test"]["b_better"]) == (6, 0)
+    assert comparison["per_seed"][0] == {"a_only": 6, "b_only": 0, "p": pytest.approx(2 / 2**6)}
+    assert result["training"]["std_cot"][0]["lora_r"] == 8 and result["training"]["std_cot"][1]["epochs"] == 0.5
+    tables = (out / "tables.md").read_text()
+    assert "| std_cot | 2 | 0.50 | 0.001, 8 | 80.0 ± 0.0 [80.0, 80.0] |" in tables
+    assert ("| cot_vs_answer_only (primary) | std_cot vs answer_only | svamp, free | 10 | 80.0 | 20.0 | +60.0 |"
+            in tables)
+    assert "**std_cot**" in tables and "## Training runs" in tables
+
+    again.scale = {**again.scale, "seeds": {"answer_only_vs_cot": [0, 1, 2]}}
+    with pytest.raises(run.StudyError, match="another seeds"):  # the rules are fixed once runs exist
+        again.answer_only_vs_cot()
+
+
+def test_sweep_and_epoch_helpers(tmp_path: Path) -> None:
+    grid = {"lora_r": [8, 32], "lr": [3e-4, 1e-3]}
+    points = run.grid_points(grid)
+    assert points == [{"lr": 3e-4, "lora_r": 8}, {"lr": 3e-4, "lora_r": 32}, {"lr": 1e-3, "lora_r": 8},
+                      {"lr": 1e-3, "lora_r": 32}]
+    assert run.point_name(points[1]) == "lr0.0003_r32"
+    assert run.point_overrides(points[1]) == ["lr=0.0003", "lora_r=32", "lora_alpha=64"]
+    summaries = [{"val_loss": 1.2}, {"val_loss": 1.1}, {"val_loss": 1.1}, {"val_loss": 1.3}]
+    assert run.choose_point(list(zip(points, summaries)), "val_loss") == points[1]  # a tie: the earlier point
+    with pytest.raises(run.StudyError, match="no val_loss"):
+        run.choose_point([(points[0], {"val_loss": None})], "val_loss")
+    assert run.steps_for_epochs(507, 1, 4) == 127 and run.steps_for_epochs(507, 0.001, 4) == 1
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    assert run.epochs_of(run_dir) is None
+    (run_dir / "summary.json").write_text(json.dumps({"steps": 127, "data": {"encode": {"rows": 510,
+                                                                                         "dropped_too_long": 3}}}))
+    (run_dir / "resolved_config.yaml").write_text("batch_size: 4\ngrad_accum: 1\nnum_workers: 1\n")
+    assert run.epochs_of(run_dir) == pytest.approx(127 * 4 / 507)
+
+
+def test_combined_corpus_and_preregistration(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{"instruction": "q1", "output": "r The answer is 1"}]))
+    b.write_text(json.dumps([{"instruction": "q1", "output": "s The answer is 1"}]))
+    out = run.combine_corpora([a, b], tmp_path / "out" / "c.json")
+    assert [r["output"][0] for r in json.loads(out.read_text())] == ["r", "s"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(run.StudyError, match="not a JSON array"):
+        run.combine_corpora([tmp_path / "bad.json"], tmp_path / "out" / "d.json")
+    record = tmp_path / "design.json"
+    first = run.preregister(record, {"seeds": (0, 1), "design": {"alpha": 0.05}})
+    assert run.preregister(record, {"seeds": [0, 1], "design": {"alpha": 0.05}})["recorded"] == first["recorded"]
+    with pytest.raises(run.StudyError, match="another design"):
+        run.preregister(record, {"seeds": [0, 1], "design": {"alpha": 0.1}})
+
+
+@pytest.mark.parametrize("experiment", run.ARM_EXPERIMENTS)
+def test_designs_state_their_rules_and_power(experiment: str) -> None:
+    """Every comparison names two arms, a score, alpha and, where it states one, the smallest
+    difference its n detects: the numbers in the YAML are paired_mde's."""
+    from ray_cotd.metrics import paired_mde
+
+    design = run.load_design(experiment)
+    assert sum(1 for c in design["comparisons"] if c.get("primary")) == 1
+    for c in design["comparisons"]:
+        if "power" in c:
+            p = c["power"]
+            assert p["mde_points"] == [round(100 * paired_mde(p["n"], q, alpha=c["alpha"]), 1)
+                                       for q in p["mean_sq_diff"]]
+    if experiment == "objectives":  # issue 19 item 7: the domain-adversarial LoRA rows are not called PRADA
+        arms = design["arms"]
+        assert arms["da_lora"]["train"] == ["objective=prada"]
+        assert {"peft=lora+ptuning", "lambda_schedule=dann"} <= set(arms["prada"]["train"])
+        assert len(arms["prada"]["corpora"]) == 3 and arms["prada"]["evaluate"] == ["backend=hf"]
+
+
+def test_bad_designs_and_scales_fail_with_the_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "design.yaml"
+    bad.write_text(yaml.safe_dump({"train": "t", "evaluate": "e", "select_by": "val_loss", "arms": {"x": {"train": []}},
+                                   "comparisons": [{"name": "c", "a": "x", "b": "y", "test_set": "s", "score": "free",
+                                                    "alpha": 0.05}]}))
+    with pytest.raises(run.StudyError, match="is no arm"):
+        run.load_design("x", bad)
+    scales = tmp_path / "scales.yaml"
+    base = {"train": [], "test_limits": {}, "experiments": ["objectives"]}
+    scales.write_text(yaml.safe_dump({"s": {**base, "seeds": {"granularity": [0]}}}))
+    with pytest.raises(run.StudyError, match="only the arm experiments"):
+        run.load_scale("s", scales)
+    scales.write_text(yaml.safe_dump({"s": {**base, "seeds": {"objectives": [0, 0]}}}))
+    with pytest.raises(run.StudyError, match="distinct"):
+        run.load_scale("s", scales)
+
+
+def test_steps_cover_the_epochs_of_the_real_training_rows(shared_data: Path, tmp_path: Path) -> None:
+    """cpu-power trains each answer_only_vs_cot run for one epoch of its rows: 507 SVAMP level-3
+    rows with a rationale (std_cot), 512 with or without (answer_only), after the hold-out and
+    validation splits; 4 rows a step."""
+    study = run.Study(tmp_path / "out", shared_data, "cpu-power")
+    train = run.STUDY_DIR / "answer_only_vs_cot" / "train.yaml"
+    assert study.steps_for(train, [*study.scale["train"], "objective=std_cot"], 1) == 127
+    assert study.steps_for(train, [*study.scale["train"], "objective=answer_only"], 1) == 128
