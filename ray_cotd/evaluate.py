@@ -411,8 +411,6 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=cfg.cpus_per_worker,
         num_gpus=cfg.gpus_per_worker,
-        **({"runtime_env": {"worker_process_setup_hook": "ray_cotd.lm.vllm.quiet_resource_tracker"}}
-           if cfg.backend == "vllm" else {}),
     )
     by_index = {}
     with progress_bar(len(rows), desc, "answer") as bar:

@@ -16,6 +16,16 @@ import socket
 from typing import Any
 
 _PINNED = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")
+# Every worker of a ray-cotd job runs this at start (a clean end of runs with vLLM engines in actors,
+# see ray_cotd/worker_hooks.py); jobs/runtime_env.yaml names it for `ray job submit`.
+WORKER_SETUP_HOOK = "ray_cotd.worker_hooks.setup"
+# Set in the driver of a job submitted with `ray job submit`: its runtime env is the submission's.
+_SUBMITTED_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def job_runtime_env(runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The runtime env a ray-cotd driver gives its job: `runtime_env` plus the worker set-up hook."""
+    return {"worker_process_setup_hook": WORKER_SETUP_HOOK, **(runtime_env or {})}
 
 
 def free_port() -> int:
@@ -39,6 +49,7 @@ def start_local_cluster(**init_kwargs: Any) -> Any:
     address = f"{ray.util.get_node_ip_address()}:{port}"  # [ray]
     saved = {name: os.environ.get(name) for name in _PINNED}
     os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
+    init_kwargs["runtime_env"] = job_runtime_env(init_kwargs.get("runtime_env"))
     try:
         ctx = ray.init(address="local", **init_kwargs)  # [ray] "local" starts a new cluster, ignoring RAY_ADDRESS
     finally:
@@ -66,5 +77,7 @@ def connect() -> None:
     # new local cluster. Not address="auto": that also joins any other process's local cluster.
     if canonicalize_bootstrap_address(None) is None:  # [ray]
         start_local_cluster()
-    else:
+    elif os.environ.get(_SUBMITTED_JOB):  # the submission's runtime env (jobs/runtime_env.yaml) holds the hook
         ray.init()  # [ray]
+    else:
+        ray.init(runtime_env=job_runtime_env())  # [ray]

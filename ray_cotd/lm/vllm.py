@@ -137,29 +137,6 @@ def engine_env(vspec: VLLMEngineSpec) -> dict[str, str]:
     return env
 
 
-def quiet_resource_tracker() -> None:
-    """Ray worker setup hook (`runtime_env["worker_process_setup_hook"]`) for actors that run a
-    vLLM engine: a clean end of a successful run.
-
-    When a Ray worker exits, Ray kills its child processes, Python's multiprocessing resource
-    tracker among them, while the worker may still be finalizing vLLM's shared memory. Its
-    unregister calls then start a fresh tracker, which prints a KeyError traceback for every name
-    it never saw. Here an unregister is dropped once the tracker is dead: the segment itself is
-    already unlinked by its owner, and a dead tracker has nothing left to clean.
-    """
-    from multiprocessing import resource_tracker
-
-    tracker = resource_tracker._resource_tracker  # private, on purpose: the module offers no switch
-    send = tracker._send
-
-    def _send(cmd: str, name: str, rtype: str) -> None:
-        if cmd == "UNREGISTER" and tracker._fd is not None and not tracker._check_alive():
-            return
-        send(cmd, name, rtype)
-
-    tracker._send = _send
-
-
 def check_engine(source: str, vspec: VLLMEngineSpec, *, dtype: str, trust_remote_code: bool = False) -> int:
     """What makes a vLLM engine fail to start, checked before it starts; returns the context length.
 
@@ -491,7 +468,6 @@ __all__ = [
     "engine_env",
     "engine_kwargs",
     "generation_eos",
-    "quiet_resource_tracker",
     "stage_params",
     "start_engine",
     "student_plan",

@@ -27,9 +27,9 @@ from ray_cotd.lm.vllm import (
     engine_env,
     engine_kwargs,
     generation_eos,
-    quiet_resource_tracker,
     student_plan,
 )
+from ray_cotd.worker_hooks import setup as setup_worker
 
 
 class VLLMBackend:
@@ -120,7 +120,7 @@ def replica_backend(cfg: ServeConfig) -> VLLMBackend:
 
     plan = student_plan(cfg.student)
     check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=cfg.student.trust_remote_code)
-    quiet_resource_tracker()  # a replica is a Ray worker: its engine's shutdown must log no traceback
+    setup_worker()  # a replica is a Ray worker (the job's hook ran already when ray-cotd started the job)
     os.environ.update(engine_env(cfg.vllm))
     kwargs = engine_kwargs(plan.source, cfg.vllm, dtype=plan.dtype, lora_rank=plan.lora_rank,
                            trust_remote_code=cfg.student.trust_remote_code)

@@ -378,8 +378,7 @@ def vllm_processor_config(cfg: AnnotateConfig) -> Any:
         detokenize_stage=False,
         should_continue_on_error=True,
         log_engine_metrics=False,
-        runtime_env={"env_vars": engine_env(cfg.vllm),
-                     "worker_process_setup_hook": "ray_cotd.lm.vllm.quiet_resource_tracker"},
+        runtime_env={"env_vars": engine_env(cfg.vllm)},
     )
 
 
