@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -384,6 +385,25 @@ class GenerateActor:
         return pd.DataFrame(out)
 
 
+def actor_kwargs(cfg: EvaluateConfig, systems: list[System], demos: dict) -> dict[str, Any]:
+    """GenerateActor's constructor arguments for `cfg` (plain data: they travel to Ray actors)."""
+    limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
+    return {
+        "systems": [{"name": s.name, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
+        "mode": cfg.mode,
+        "limits": asdict(limits),
+        "demos": {k: [list(d) for d in v] for k, v in demos.items()},
+        "threads": int(cfg.cpus_per_worker),
+        "use_gpu": cfg.gpus_per_worker > 0,
+        "backend": cfg.backend,
+        "vllm": asdict(cfg.vllm),
+    }
+
+
+# generate(rows, cfg, systems, demos, desc) -> one GenerateActor result per row, in row order
+GenerateFn = Callable[[list[dict], EvaluateConfig, list[System], dict, str], list[dict]]
+
+
 def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict,
                     desc: str = "evaluate") -> list[dict]:
     """One Ray Data pass of GenerateActor over `rows` (row i has "index": i); the results in row order,
@@ -392,20 +412,10 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
 
     if not rows:  # every question was too long for its model (fit_prompts)
         return []
-    limits = GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens, max_answer_tokens=cfg.max_answer_tokens)
     ds = ray.data.from_items(rows)
     ds = ds.map_batches(
         GenerateActor,
-        fn_constructor_kwargs={
-            "systems": [{"name": s.name, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems],
-            "mode": cfg.mode,
-            "limits": asdict(limits),
-            "demos": {k: [list(d) for d in v] for k, v in demos.items()},
-            "threads": int(cfg.cpus_per_worker),
-            "use_gpu": cfg.gpus_per_worker > 0,
-            "backend": cfg.backend,
-            "vllm": asdict(cfg.vllm),
-        },
+        fn_constructor_kwargs=actor_kwargs(cfg, systems, demos),
         batch_size=cfg.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
@@ -453,8 +463,10 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
-    """run_evaluate without tracking: prepare, generate, score, write the report; report.json's content."""
+def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool) -> dict[str, Any]:
+    """run_evaluate without tracking: prepare, generate, score, write the report; report.json's content.
+    `generate` runs GenerateActor over rows: a Ray Data actor pool by default (studies/gpu_run.py passes
+    one that calls it in its own process)."""
     if not cfg.test_sets:
         raise ConfigError("test_sets: give at least one test set")
     # 1. prepare: all bad input fails here, before any model generates
@@ -492,7 +504,7 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
     rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"],
              "choices": json.dumps(question_choices(record))} for i, (system, ts, _, record) in enumerate(questions)]
     started = time.perf_counter()
-    generated = _run_actor_pool([row for row in rows if row["index"] not in too_long], cfg, systems, demos)
+    generated = generate([row for row in rows if row["index"] not in too_long], cfg, systems, demos, "evaluate")
     generate_s = time.perf_counter() - started
     predictions = [
         Prediction(
@@ -528,7 +540,7 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
                           "answer_type": answer_types[predictions[i].test_set], "question": predictions[i].question,
                           "swapped_rationale": predictions[donor].rationale} for n, (i, donor) in enumerate(swaps)]
             started = time.perf_counter()
-            swapped = _run_actor_pool(swap_rows, cfg, systems, demos, desc="faithfulness")
+            swapped = generate(swap_rows, cfg, systems, demos, "faithfulness")
             faithfulness_s = time.perf_counter() - started
             for (i, donor), g in zip(swaps, swapped):
                 p = predictions[i]
@@ -559,7 +571,8 @@ def evaluate_systems(cfg: EvaluateConfig) -> dict[str, Any]:
         "splits": split_summary(predictions, system_names),
         "throughput": {"questions": len(rows), "generate_s": generate_s,
                        "questions_per_s": len(rows) / generate_s if generate_s > 0 else None,
-                       "faithfulness_s": faithfulness_s},
+                       "faithfulness_s": faithfulness_s,
+                       "prompt_too_long": len(too_long)},
     }
     write_report(report, out_dir)
     return report

@@ -32,8 +32,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +55,13 @@ def train_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
     from ray_cotd.student.train import (
         METRICS_LOG,
         BatchStream,
-        _validate,  # the training loop's own validation task loss (world size 1: no collective)
         build_student,
         make_scheduler,
         param_groups,
         prepare_data,
         save_student,
         train_step,
+        validation_loss,  # the training loop's own validation task loss (world size 1: no collective)
     )
 
     out = Path(cfg.output_dir)
@@ -95,7 +93,7 @@ def train_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
                         "tokens": sum(b.real_tokens for b in micro), "step_s": time.perf_counter() - t0})
         if objective.domain_adversarial:
             history[-1]["lambda"] = params.lambda_
-    val_loss = (_validate(student, data["val"], cfg, objective, params, tokenizer.pad_token_id, 1, torch.device(device))
+    val_loss = (validation_loss(student, data["val"], cfg, objective, params, tokenizer.pad_token_id, 1, torch.device(device))
                 if data["val"] else None)
     if val_loss is not None:
         history.append({"step": cfg.max_steps, "val_loss": val_loss})
@@ -117,106 +115,36 @@ def train_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
 
 def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
     """run_evaluate's outputs (report.json, report.md, accuracy.png, predictions/, unparseable.jsonl)
-    from one process on `device`: ray_cotd.evaluate's steps with its GenerateActor called here on
-    batches of cfg.batch_size rows instead of in a Ray Data actor pool (no faithfulness pass)."""
+    from one process on `device`: ray_cotd.evaluate.evaluate_systems with its GenerateActor called here
+    on batches of cfg.batch_size rows instead of in a Ray Data actor pool."""
     import pandas as pd
     import torch
 
-    from ray_cotd.configbase import save_resolved
-    from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
-    from ray_cotd.evaluate import (
-        GenerateActor,
-        build_systems,
-        constrained_score,
-        fit_prompts,
-        load_few_shot,
-        prepare_test_set,
-        question_choices,
-        split_summary,
-        student_record,
-        summarize,
-        too_long_prediction,
-        write_report,
-    )
-    from ray_cotd.lm.generate import GenerationLimits
-    from ray_cotd.lm.model import check_model
-    from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, score, write_predictions
+    from ray_cotd.evaluate import GenerateActor, actor_kwargs, evaluate_systems, write_report
 
-    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, split_seed=cfg.split_seed)
-            for ts in cfg.test_sets]
-    systems = build_systems(cfg)
-    for system in systems:
-        check_model(system.model)
-    split, test_side = HoldoutSplit(cfg.split_seed, cfg.holdout_fraction), any(ts.holdout == "test" for ts in sets)
-    records = {s.name: student_record(s.model, split, test_side=test_side) for s in systems if s.kind == "student"}
-    demos = load_few_shot(cfg.few_shot_file)
-    out_dir = Path(cfg.output_dir)
-    save_resolved(cfg, out_dir)
+    actors: list[Any] = []  # one GenerateActor, built on the first call (it loads every system's model)
 
-    questions = [(system, ts, position, record) for system in systems for ts in sets
-                 for position, record in enumerate(ts.records)]
-    too_long = fit_prompts(questions, cfg, demos)
-    fitting = [q for i, q in enumerate(questions) if i not in too_long]
-    rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"],
-             "choices": json.dumps(question_choices(record))} for i, (system, ts, _, record) in enumerate(questions)
-            if i not in too_long]
-    actor = GenerateActor(
-        systems=[{"name": s.name, "model": asdict(s.model), "few_shot": s.few_shot} for s in systems], mode=cfg.mode,
-        limits=asdict(GenerationLimits(max_rationale_tokens=cfg.max_rationale_tokens,
-                                       max_answer_tokens=cfg.max_answer_tokens)),
-        demos={k: [list(d) for d in v] for k, v in demos.items()},
-        threads=torch.get_num_threads(),  # this process's own: GenerateActor sets torch's threads to it
-        use_gpu=device == "cuda", backend=cfg.backend, vllm=asdict(cfg.vllm))
+    def generate(rows: list[dict], cfg: Any, systems: list, demos: dict, desc: str) -> list[dict]:
+        if not actors:
+            actors.append(GenerateActor(**{
+                **actor_kwargs(cfg, systems, demos),
+                "threads": torch.get_num_threads(),  # this process's own: GenerateActor sets torch's threads to it
+                "use_gpu": device == "cuda"}))
+        by_index: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(rows), cfg.batch_size):
+            for result in actors[0](pd.DataFrame(rows[start : start + cfg.batch_size])).to_dict("records"):
+                # pandas reads a column of None and strings (constrained_answer) back with NaN for None
+                by_index[int(result["index"])] = {k: None if isinstance(v, float) and math.isnan(v) else v
+                                                  for k, v in result.items()}
+        return [by_index[row["index"]] for row in rows]
+
     started = time.perf_counter()
-    by_index: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(rows), cfg.batch_size):
-        for result in actor(pd.DataFrame(rows[start : start + cfg.batch_size])).to_dict("records"):
-            # pandas reads a column of None and strings (constrained_answer) back with NaN for None
-            by_index[int(result["index"])] = {k: None if isinstance(v, float) and math.isnan(v) else v
-                                              for k, v in result.items()}
-    generate_s = time.perf_counter() - started
-    generated = [by_index[row["index"]] for row in rows]
-    predictions = [
-        Prediction(
-            system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"],
-            id=record["id"], question=record["question"], gold=record["gold"], rationale=g["rationale"],
-            answer_text=g["answer_text"],
-            **score(g["answer_text"], record["gold"], record["answer_type"], question=record["question"]),
-            rationale_stop=g["rationale_stop"], prompt_tokens=int(g["prompt_tokens"]),
-            rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
-            stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
-            **constrained_score(g["constrained_answer"], record),
-        )
-        for (system, ts, position, record), g in zip(fitting, generated)
-    ]
-    predictions += [too_long_prediction(*questions[i], n) for i, n in too_long.items()]
-    predictions.sort(key=lambda p: (p.system, p.test_set, p.position))
-    names = [s.name for s in systems]
-    for system in names:
-        for ts in sets:
-            write_predictions(out_dir / "predictions" / system / f"{ts.name}.jsonl",
-                              [p for p in predictions if p.system == system and p.test_set == ts.name])
-    write_predictions(out_dir / "unparseable.jsonl", [p for p in predictions if p.parse_error is not None])
-    report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_dirs": [str(out_dir)],
-        "mode": cfg.mode,
-        "limits": {"max_rationale_tokens": cfg.max_rationale_tokens, "max_answer_tokens": cfg.max_answer_tokens},
-        "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot,
-                     SPLIT_KEY: (records.get(s.name) or {}).get(SPLIT_KEY)} for s in systems],
-        "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
-                       "answer_type_from": ts.answer_type_from, "golds_not_fitting": ts.not_fitting,
-                       "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
-        "results": summarize(predictions, names, sets),
-        "splits": split_summary(predictions, names),
-        "throughput": {"questions": len(questions), "generate_s": generate_s,
-                       "questions_per_s": len(rows) / generate_s if generate_s > 0 else None, "faithfulness_s": 0.0,
-                       "device": device, "prompt_too_long": sum(1 for p in predictions
-                                                                if p.parse_error == PROMPT_TOO_LONG)},
-    }
-    write_report(report, out_dir)
-    print(f"[gpu_run] evaluated {out_dir.parent.name}/{out_dir.name}: {len(rows)} answers in {generate_s:.0f} s",
-          flush=True)
+    report = evaluate_systems(cfg, generate=generate)
+    report["throughput"]["device"] = device
+    out_dir = Path(cfg.output_dir)
+    write_report(report, out_dir)  # again, with the device
+    print(f"[gpu_run] evaluated {out_dir.parent.name}/{out_dir.name}: {report['throughput']['questions']} answers "
+          f"in {time.perf_counter() - started:.0f} s", flush=True)
     return report
 
 

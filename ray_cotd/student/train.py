@@ -396,8 +396,8 @@ def _all_reduce_mean(values: dict[str, float], world: int, device: torch.device)
     return {k: float(v) / world for k, v in zip(keys, t)}
 
 
-def _validate(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, objective: Objective,
-              params: LossParams, pad_id: int, world: int, device: torch.device) -> float:
+def validation_loss(model: nn.Module, val: list[list[Sequence]], cfg: TrainConfig, objective: Objective,
+                    params: LossParams, pad_id: int, world: int, device: torch.device) -> float:
     """Mean task loss over this worker's validation rows, averaged over all workers' batches.
 
     Under FSDP every forward is a collective: Ray Train splits datasets equally, so every worker
@@ -641,7 +641,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if objective.domain_adversarial:
             metrics["lambda"] = params.lambda_
         if config["has_val"] and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps):
-            metrics["val_loss"] = _validate(model, val_rows, cfg, objective, params, tokenizer.pad_token_id, world,
+            metrics["val_loss"] = validation_loss(model, val_rows, cfg, objective, params, tokenizer.pad_token_id, world,
                                             device)
             if config["val_questions"] and rank == 0:
                 if vllm_validation is None and cfg.val_backend == "vllm":
