@@ -81,7 +81,7 @@ def test_directory_that_is_not_a_model(tmp_path):
 
 
 def test_adapter_dir_without_adapter_config(tmp_path):
-    with pytest.raises(ModelLoadError, match="is not an adapter directory"):
+    with pytest.raises(ModelLoadError, match="is not an adapter student directory"):
         load_model(ModelSpec(adapter=str(tmp_path)))
 
 
