@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+# --durations: the slowest tests are printed, so the suite can be kept under its 30-minute budget.
+exec .venv/bin/python -m pytest --durations=25 "$@"
