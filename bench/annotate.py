@@ -47,17 +47,28 @@ SHAPES = [
 
 
 def make_questions(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """n distinct invented word problems with gold answers (division always comes out even)."""
+    """n distinct invented word problems with gold answers (division always comes out even).
+
+    The division shape has 121 distinct questions in its first range: once 50 draws in a row repeat
+    questions already made, that draw's numbers come from a wider range (so n in the thousands
+    works). Runs that never reach 50 repeats in a row (n of a few hundred) get the questions they
+    always got."""
     rng = random.Random(seed)
-    rows, seen = [], set()
+    rows, seen, misses = [], set(), 0
     while len(rows) < n:
         text, solve = SHAPES[len(rows) % len(SHAPES)]
+        wide = misses >= 50
         b = rng.randint(2, 12)
-        a = b * rng.randint(2, 12) if "shared" in text else rng.randint(b + 1, 99)
+        a = b * rng.randint(2, 99 if wide else 12) if "shared" in text else rng.randint(b + 1, 999 if wide else 99)
         question = text.format(a=a, b=b)
-        if question not in seen:
-            seen.add(question)
-            rows.append({"question": question, "answer": str(solve(a, b))})
+        if question in seen:
+            misses += 1
+            if misses > 10_000:
+                raise ValueError(f"cannot make {n} distinct questions from {len(SHAPES)} shapes")
+            continue
+        seen.add(question)
+        rows.append({"question": question, "answer": str(solve(a, b))})
+        misses = 0
     return rows
 
 
