@@ -164,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="cap every test set at N questions (smoke tests)")
     args = parser.parse_args(argv)
 
-    # On a CPU: OpenMP threads sleep instead of spinning while they wait (as studies/run.py's workers),
-    # which matters on a shared box. Read when torch loads its OpenMP runtime, so set before the import.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     os.chdir(study_run.REPO)
