@@ -47,6 +47,7 @@ from ray_cotd.lm.format import STAGE2_PREFIX, encode, student_prompt_ids
 from ray_cotd.lm.generate import GenerationLimits, Generator
 from ray_cotd.lm.model import (
     STUDENT_META,
+    StudentRecordWarning,
     answers_through_label_task,
     check_model,
     context_length,
@@ -56,7 +57,7 @@ from ray_cotd.lm.model import (
     read_student_meta,
 )
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
-from ray_cotd.names import BASELINES  # baseline name -> whether its prompt carries few-shot demonstrations
+from ray_cotd.names import BASELINES, OBJECTIVES  # BASELINES: name -> whether its prompt carries few-shot demos
 from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, read_predictions, score, scored_type, write_predictions
 from ray_cotd.tracking import stage_run
 
@@ -137,10 +138,6 @@ def _student_name(spec: ModelSpec) -> str:
     return "default-student" if spec.source == "default" else Path(spec.source).name
 
 
-class StudentRecordWarning(UserWarning):
-    """A student directory that does not record what evaluation checks (made before issue 19)."""
-
-
 def student_record(spec: ModelSpec, split: HoldoutSplit, *, test_side: bool) -> dict[str, Any] | None:
     """What a student's directory (its adapter, else a local source) records of its training, checked
     against this evaluation: the hold-out split it was trained beside and its objective. None for a
@@ -156,8 +153,9 @@ def student_record(spec: ModelSpec, split: HoldoutSplit, *, test_side: bool) -> 
         return None
     meta = read_student_meta(directory) or {}
     record: dict[str, Any] = {"student_dir": str(directory), "objective": meta.get("objective"), SPLIT_KEY: None}
-    if "objective" not in meta:
-        warnings.warn(f"{directory} records no objective in {STUDENT_META}: assumed a student that answers in two "
+    if (objective := meta.get("objective")) not in OBJECTIVES:
+        what = "no objective" if objective is None else f"an objective this version does not know ({objective!r})"
+        warnings.warn(f"{directory} records {what} in {STUDENT_META}: assumed a student that answers in two "
                       "stages (not through a step_by_step label task)", StudentRecordWarning, stacklevel=2)
     if SPLIT_KEY in meta:
         trained = HoldoutSplit.from_dict(meta[SPLIT_KEY], path=directory / STUDENT_META)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,35 @@ def write_student_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
     return path
 
 
+class StudentRecordWarning(UserWarning):
+    """A student directory that does not record something that decides how it is run or checked;
+    the warning names the directory and what is assumed instead."""
+
+
+def warn_if_objective_unrecorded(spec: ModelSpec, *, stacklevel: int = 2) -> None:
+    """Warn (StudentRecordWarning) when `spec` loads a trained student whose student.json records no
+    objective, or one this version does not know: it is then run in two stages (rationale, then
+    answer), which is wrong for a step_by_step student. A trained student is an adapter directory,
+    or a local source directory with a student.json; a local base model (no student.json) is not
+    warned about."""
+    from ray_cotd.names import OBJECTIVES
+
+    for directory, is_adapter in ((spec.adapter, True), (spec.source, False)):
+        if not directory or not Path(directory).is_dir():
+            continue
+        meta = read_student_meta(directory)
+        if meta is None and not is_adapter:
+            return
+        objective = (meta or {}).get("objective")
+        if objective in OBJECTIVES:
+            return
+        what = "no objective" if objective is None else f"an objective this version does not know ({objective!r})"
+        warnings.warn(f"{directory} records {what} in {STUDENT_META}: assumed a student that answers in two stages "
+                      "(rationale, then answer), not through a step_by_step label task", StudentRecordWarning,
+                      stacklevel=stacklevel + 1)
+        return
+
+
 def answers_through_label_task(spec: ModelSpec) -> bool:
     """Whether the student of `spec` was trained to answer through a task-prefixed label prompt,
     with no rationale (step_by_step), by its student.json's objective. Base models and students
@@ -273,6 +303,7 @@ __all__ = [
     "DTYPES",
     "ModelLoadError",
     "STUDENT_META",
+    "StudentRecordWarning",
     "check_adapter",
     "check_model",
     "context_length",
@@ -287,5 +318,6 @@ __all__ = [
     "read_student_meta",
     "resolve_source",
     "spec_for_student_dir",
+    "warn_if_objective_unrecorded",
     "write_student_meta",
 ]

@@ -101,10 +101,11 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
     """
     from ray import serve
 
-    from ray_cotd.lm.model import resolve_source
+    from ray_cotd.lm.model import resolve_source, warn_if_objective_unrecorded
 
     # Fail here on a bad path rather than in every replica; also converts a GGUF once, not per replica.
     resolve_source(cfg.student)
+    warn_if_objective_unrecorded(cfg.student)  # said once, in the terminal, not in each replica's log
     if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
         from ray_cotd.lm.vllm import check_engine, student_plan
 

@@ -99,3 +99,39 @@ def test_models_without_a_local_directory_are_not_students_of_a_split():
         warnings.simplefilter("error")
         assert student_record(ModelSpec(), SPLIT, test_side=True) is None
         assert student_record(ModelSpec(source="HuggingFaceTB/SmolLM2-135M-Instruct"), SPLIT, test_side=True) is None
+
+
+@pytest.mark.parametrize("meta, what", [
+    ({"base": "default", "peft": "lora"}, "records no objective"),
+    (None, "records no objective"),  # an adapter directory with no student.json at all
+    ({"base": "default", "objective": "rationale_first"}, "an objective this version does not know ('rationale_first')"),
+])
+def test_serving_a_student_with_no_known_objective_warns_what_is_assumed(tmp_path, meta, what):
+    from ray_cotd.lm.model import warn_if_objective_unrecorded
+
+    spec, directory = _student_dir(tmp_path, meta)
+    with pytest.warns(StudentRecordWarning) as caught:
+        warn_if_objective_unrecorded(spec)
+    (message,) = [str(w.message) for w in caught]
+    assert str(directory) in message and what in message and "answers in two stages" in message
+
+
+def test_a_recorded_objective_or_a_local_base_model_is_served_without_a_warning(tmp_path):
+    from ray_cotd.lm.model import warn_if_objective_unrecorded
+
+    spec, _ = _student_dir(tmp_path, {"base": "default", "objective": "step_by_step"})
+    base = tmp_path / "base-model"
+    base.mkdir()
+    (base / "config.json").write_text("{}")  # a local base model: no student.json, not a student
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_objective_unrecorded(spec)
+        warn_if_objective_unrecorded(ModelSpec(source=str(base)))
+        warn_if_objective_unrecorded(ModelSpec())  # the embedded default
+
+
+def test_evaluate_names_an_unknown_recorded_objective(tmp_path):
+    spec, directory = _student_dir(tmp_path, {"base": "default", "objective": "rationale_first",
+                                              SPLIT_KEY: SPLIT.as_dict()})
+    with pytest.warns(StudentRecordWarning, match="does not know \\('rationale_first'\\)"):
+        student_record(spec, SPLIT, test_side=True)
