@@ -103,8 +103,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ray_cotd.data.errors import DataError
     from ray_cotd.lm.model import ModelLoadError
     from ray_cotd.teacher.annotate import NothingKept
+    from ray_cotd.teacher.engines import EngineRequestError
 
-    return (ConfigError, DataError, ModelLoadError, FileNotFoundError, NothingKept)
+    return (ConfigError, DataError, ModelLoadError, FileNotFoundError, NothingKept, EngineRequestError)
 
 
 def _run_stage(args: argparse.Namespace) -> int:

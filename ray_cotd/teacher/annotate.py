@@ -59,6 +59,7 @@ from ray_cotd.ray_session import connect
 from ray_cotd.teacher.engines import (
     OUTPUT_COLUMNS,
     REQUEST_COLUMNS,
+    OpenAITeacher,
     engine_rows,
     generate_stage,
     teacher_name,
@@ -89,10 +90,12 @@ REJECT_REASONS: dict[str, str] = {
     "prompt_too_long": "the rendered prompt plus max_new_tokens does not fit the engine's context (in tokens)",
     "timeout": "the HTTP engine did not answer within timeout_s, after every retry",
     "engine_error": "the engine failed (HTTP 429/5xx or connection errors after every retry)",
+    "request_refused": "the HTTP endpoint refused this request (HTTP 400/413/422, e.g. a prompt over its context); "
+                       "not retried",
 }
 # Failures a re-run should try again instead of skipping as done.
 TRANSIENT_REASONS = frozenset({"timeout", "engine_error"})
-FINISH_TO_REASON = {"timeout": "timeout", "error": "engine_error", "length": "truncated"}
+FINISH_TO_REASON = {"timeout": "timeout", "error": "engine_error", "refused": "request_refused", "length": "truncated"}
 
 Outcome = Literal["kept", "aside", "rejected"]
 
@@ -215,7 +218,7 @@ def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str], *,
     text = row["generated_text"] or ""
     reasoning = row.get("reasoning")
     reason = FINISH_TO_REASON.get(row["finish_reason"])
-    if reason in TRANSIENT_REASONS:
+    if reason in TRANSIENT_REASONS or reason == "request_refused":
         return Verdict("rejected", reason, row.get("error") or "")
     if not text.strip() and not (reasoning or "").strip():
         return Verdict("rejected", "empty_reply")
@@ -535,6 +538,8 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
                                 for r in too_long])
         done = store.done
     todo = [row for row in work if row["id"] not in done]
+    if todo and cfg.engine == "openai":  # a wrong URL, model or key, or a server that is down: one line, before Ray
+        OpenAITeacher(cfg.openai, chat_template_kwargs=cfg.chat_template_kwargs).check()
     generated = gen_tokens = kept = 0
     gen_started = time.perf_counter()
     if todo:

@@ -16,7 +16,7 @@ rows plus the output columns, with each engine as a Ray Data stage:
 
 Request columns (REQUEST_COLUMNS): id, messages (JSON string), temperature, top_p, seed,
 max_new_tokens. Output columns added (OUTPUT_COLUMNS): generated_text, finish_reason (FINISH_REASONS), prompt_tokens,
-completion_tokens, error (detail for "timeout"/"error", else ""), reasoning (an HTTP reply's
+completion_tokens, error (detail for "timeout"/"error"/"refused", else ""), reasoning (an HTTP reply's
 reasoning field, `reasoning_content` or `reasoning`; None elsewhere: transformers and vLLM replies
 carry a trace as <think> text, ray_cotd.data.reasoning reads both forms). The vLLM engine with
 `logprobs: k` also adds `topk` (a ray_cotd.data.logprobs.TopK record, read on the driver).
@@ -56,13 +56,15 @@ FINISH_REASONS = (
     "length",  # it hit max_new_tokens: the reply is cut off
     "timeout",  # an HTTP request that never answered within timeout_s, after every retry
     "error",  # 429/5xx/connection failures after every retry, or an unreadable reply body
+    "refused",  # the HTTP endpoint refused this one request (REFUSED_STATUSES), e.g. a prompt over its context
 )
 REQUEST_COLUMNS = ("id", "messages", "temperature", "top_p", "seed", "max_new_tokens")
 OUTPUT_COLUMNS = ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "reasoning")
 
 
 class EngineRequestError(RuntimeError):
-    """The endpoint refused a request with a 4xx status: retrying cannot help, so the run stops."""
+    """The endpoint cannot serve this run: a wrong URL, model or key (401/403/404 and other 4xx
+    outside REFUSED_STATUSES), or a one-token probe it refused or never answered. The run stops."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,10 @@ class TransformersTeacher:
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+# Statuses about one request's content (a prompt over the endpoint's context, a body it cannot
+# process): that row is rejected and the run goes on. Other 4xx are about the run (EngineRequestError).
+REFUSED_STATUSES = frozenset({400, 413, 422})
+PROBE = [{"role": "user", "content": "Reply with OK."}]
 _HINTS = {
     401: "check the API key in the environment variable named by openai.api_key_env",
     403: "check the API key in the environment variable named by openai.api_key_env",
@@ -251,8 +257,11 @@ class OpenAITeacher:
 
     429, 408, 5xx, timeouts and dropped connections are retried (Retry-After honoured, else
     backoff_s doubling); when retries run out the sample becomes a "timeout"/"error" completion
-    and the run goes on. Any other 4xx raises EngineRequestError at once: it means a wrong URL,
-    model or key, and every further request would fail the same way.
+    and the run goes on. 400, 413 and 422 refuse that one request (a prompt over the endpoint's
+    context, say): a "refused" completion, not retried. Any other 4xx raises EngineRequestError at
+    once: it means a wrong URL, model or key, and every further request would fail the same way.
+    `check()` sends one one-token request first, so those, and an endpoint that does not answer,
+    stop the run before any row is sent.
     """
 
     def __init__(self, spec: OpenAIEngineSpec, *, sleep: Callable[[float], None] = time.sleep,
@@ -288,6 +297,8 @@ class OpenAITeacher:
                         return parse_chat_response(resp.json())
                     except ValueError:
                         return Completion("", "error", error=f"reply is not JSON: {resp.text[:200]}")
+                if resp.status_code in REFUSED_STATUSES:
+                    return Completion("", "refused", error=f"HTTP {resp.status_code} {resp.reason}: {resp.text[:300]}")
                 if resp.status_code not in RETRY_STATUSES:
                     hint = _HINTS.get(resp.status_code, "the request itself was refused; retrying cannot help")
                     raise EngineRequestError(
@@ -300,6 +311,18 @@ class OpenAITeacher:
                 self.sleep(wait)
         tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
         return Completion("", failure.finish_reason, error=f"{failure.error} (after {tries})")
+
+    def check(self) -> None:
+        """One one-token request (PROBE, greedy) before any row is sent. Raises EngineRequestError
+        naming the endpoint when it refuses it (any 4xx: for so small a request a 400 means a
+        setting such as chat_template_kwargs, not a row) or does not answer after every retry."""
+        got = self.complete(GenerationRequest(PROBE, 0.0, 1.0, 0, 1))
+        if got.finish_reason == "refused":
+            raise EngineRequestError(f"teacher endpoint {self.url} refused a one-token request: {got.error} (check "
+                                     "openai.model and the request settings, e.g. chat_template_kwargs)")
+        if got.finish_reason in ("timeout", "error"):
+            raise EngineRequestError(f"teacher endpoint {self.url} did not answer a one-token request: {got.error} "
+                                     "(check openai.base_url and that the server is up)")
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
         """All requests with at most `max_concurrency` in flight; results in request order."""

@@ -371,7 +371,7 @@ def test_openai_teacher_against_a_local_server_of_the_real_model(teacher):
 
 
 def test_openai_teacher_retries_429_and_5xx_from_a_real_socket():
-    statuses = [429, 503, 200, 400]
+    statuses = [429, 503, 200, 400, 404]
     seen = []
 
     class Flaky(BaseHTTPRequestHandler):
@@ -396,9 +396,11 @@ def test_openai_teacher_retries_429_and_5xx_from_a_real_socket():
         http = OpenAITeacher(OpenAIEngineSpec(base_url=url, model="m", max_retries=3, backoff_s=0.01))
         request = GenerationRequest([{"role": "user", "content": "1 + 1?"}], 0.0, 1.0, 0, 8)
         assert http.complete(request) == Completion("1 + 1 = 2.\nThe answer is 2.", "stop", None, None)
-        with pytest.raises(EngineRequestError, match="HTTP 400"):
+        refused = http.complete(request)  # about this request (a prompt over the context): one rejected row
+        assert refused.finish_reason == "refused" and refused.error.startswith("HTTP 400")
+        with pytest.raises(EngineRequestError, match="HTTP 404"):  # about the run: it stops
             http.complete(request)
-        assert seen == [429, 503, 200, 400]
+        assert seen == [429, 503, 200, 400, 404]
     finally:
         server.shutdown()
 

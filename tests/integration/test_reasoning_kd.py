@@ -55,7 +55,8 @@ def _reasoning_server(payloads: list[dict]) -> tuple[ThreadingHTTPServer, str]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             payloads.append(body)
             question = body["messages"][-1]["content"]
-            message, finish = next(v for word, v in REPLIES.items() if word in question)
+            # anything else is annotate's one-token check of the endpoint (engines.PROBE)
+            message, finish = next((v for word, v in REPLIES.items() if word in question), ({"content": "OK"}, "stop"))
             data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", **message},
                                             "finish_reason": finish}],
                                "usage": {"prompt_tokens": 90, "completion_tokens": 30}}).encode()

@@ -136,3 +136,41 @@ def test_inspect_with_explicit_columns(fixtures_dir, capsys):
     assert cli.main(["inspect", path, "--question", "prompt", "--json"]) == 0
     report = __import__("json").loads(capsys.readouterr().out)
     assert len(report["bad_examples"]["missing_field"]) > 0
+
+
+def test_an_http_teacher_with_a_wrong_model_is_one_clear_line_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """A 404 from the teacher endpoint (wrong model or URL) used to surface mid-run as a Ray traceback."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NoSuchModel(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"error": {"message": "The model `gpt-9` does not exist."}}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoSuchModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    import ray_cotd.teacher.annotate
+
+    monkeypatch.setattr(ray_cotd.teacher.annotate, "connect", lambda: pytest.fail("Ray started before the check"))
+    config = tmp_path / "annotate.yaml"
+    config.write_text("")
+    try:
+        code = cli.main(["annotate", str(config), "engine=openai", f"openai.base_url=http://127.0.0.1:{server.server_port}/v1",
+                         "openai.model=gpt-9", f"questions={questions}", f"output_dir={tmp_path / 'out'}"])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith("ray-cotd annotate: error: teacher endpoint") and "HTTP 404" in err
+    assert "gpt-9` does not exist" in err and "openai.model" in err

@@ -10,7 +10,9 @@ import torch
 
 from ray_cotd.config import AnnotateConfig, ConfigError, ModelSpec, OpenAIEngineSpec, load_stage_config
 from ray_cotd.teacher import engines
+from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS, judge
 from ray_cotd.teacher.engines import (
+    PROBE,
     Completion,
     EngineRequestError,
     GenerationRequest,
@@ -121,7 +123,7 @@ def test_parse_chat_response_reads_text_reason_and_usage():
 class _Resp:
     def __init__(self, status, body=None, headers=None):
         self.status_code, self._body, self.headers = status, body, headers or {}
-        self.reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests",
+        self.reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
                        503: "Service Unavailable"}.get(status, "")
         self.text = json.dumps(body)
 
@@ -189,6 +191,38 @@ def test_http_4xx_is_a_clear_error_at_once(monkeypatch):
     with pytest.raises(EngineRequestError, match=r"answered HTTP 401 Unauthorized.*invalid key.*api_key_env"):
         teacher.complete(_request())
     assert waits == []
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_http_a_refused_request_is_one_rejected_row_not_a_stopped_run(monkeypatch, status):
+    """A 400 from a vLLM server whose context the prompt exceeds is about that row: not retried."""
+    body = {"error": {"message": "This model's maximum context length is 2048 tokens"}}
+    teacher, waits = _http([_Resp(status, body), OK], monkeypatch)
+    c = teacher.complete(_request())
+    assert c.finish_reason == "refused" and c.error.startswith(f"HTTP {status}") and "maximum context length" in c.error
+    assert waits == [] and len(teacher.session.calls) == 1
+    assert teacher.complete(_request()).finish_reason == "stop"  # the next row goes on
+    verdict = judge({"generated_text": "", "finish_reason": c.finish_reason, "error": c.error}, "numeric", "aside", set())
+    assert (verdict.outcome, verdict.reason) == ("rejected", "request_refused") and "maximum context" in verdict.detail
+    assert "request_refused" in REJECT_REASONS and "request_refused" not in TRANSIENT_REASONS  # a resume skips it
+
+
+def test_check_sends_one_token_and_names_a_wrong_model_or_a_dead_server(monkeypatch):
+    teacher, _ = _http([OK], monkeypatch)
+    teacher.check()
+    (_, body, _, _), = teacher.session.calls
+    assert body["max_tokens"] == 1 and body["messages"] == PROBE and body["model"] == "m"
+    teacher, _ = _http([_Resp(404, {"error": "model 'm' not found"})], monkeypatch)
+    with pytest.raises(EngineRequestError, match=r"HTTP 404.*model 'm' not found.*openai.base_url"):
+        teacher.check()
+    teacher, _ = _http([_Resp(400, {"error": "unknown field chat_template_kwargs"})], monkeypatch)
+    with pytest.raises(EngineRequestError, match=r"refused a one-token request: HTTP 400.*chat_template_kwargs"):
+        teacher.check()
+    teacher, waits = _http([requests.ConnectionError("refused")] * 4, monkeypatch)
+    with pytest.raises(EngineRequestError, match=r"teacher.local/v1/chat/completions did not answer a one-token "
+                                                 r"request: connection failed.*after 4 attempts.*server is up"):
+        teacher.check()
+    assert waits == [0.5, 1.0, 2.0]
 
 
 def test_no_key_in_the_environment_sends_no_auth_header(monkeypatch):
