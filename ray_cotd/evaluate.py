@@ -55,9 +55,10 @@ from ray_cotd.lm.model import (
     load_prompt_encoder,
     load_tokenizer,
     read_student_meta,
+    unrecorded_objective_warning,
 )
 from ray_cotd.metrics import accuracy, answer_change_rate, error_bars
-from ray_cotd.names import BASELINES, OBJECTIVES  # BASELINES: name -> whether its prompt carries few-shot demos
+from ray_cotd.names import BASELINES  # BASELINES: name -> whether its prompt carries few-shot demos
 from ray_cotd.scoring import PROMPT_TOO_LONG, Prediction, read_predictions, score, scored_type, write_predictions
 from ray_cotd.tracking import stage_run
 
@@ -153,10 +154,8 @@ def student_record(spec: ModelSpec, split: HoldoutSplit, *, test_side: bool) -> 
         return None
     meta = read_student_meta(directory) or {}
     record: dict[str, Any] = {"student_dir": str(directory), "objective": meta.get("objective"), SPLIT_KEY: None}
-    if (objective := meta.get("objective")) not in OBJECTIVES:
-        what = "no objective" if objective is None else f"an objective this version does not know ({objective!r})"
-        warnings.warn(f"{directory} records {what} in {STUDENT_META}: assumed a student that answers in two "
-                      "stages (not through a step_by_step label task)", StudentRecordWarning, stacklevel=2)
+    if message := unrecorded_objective_warning(directory, meta.get("objective")):
+        warnings.warn(message, StudentRecordWarning, stacklevel=2)
     if SPLIT_KEY in meta:
         trained = HoldoutSplit.from_dict(meta[SPLIT_KEY], path=directory / STUDENT_META)
         record[SPLIT_KEY] = trained.as_dict()

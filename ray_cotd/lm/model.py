@@ -205,27 +205,34 @@ class StudentRecordWarning(UserWarning):
     the warning names the directory and what is assumed instead."""
 
 
-def warn_if_objective_unrecorded(spec: ModelSpec, *, stacklevel: int = 2) -> None:
+def unrecorded_objective_warning(directory: str | Path, objective: Any) -> str | None:
+    """The StudentRecordWarning text for a trained student's `directory` whose student.json records
+    `objective`: None when it is one this version knows, else what is assumed instead (a student that
+    answers in two stages). evaluate and serve say the same thing with it."""
+    from ray_cotd.names import OBJECTIVES
+
+    if objective in OBJECTIVES:
+        return None
+    what = "no objective" if objective is None else f"an objective this version does not know ({objective!r})"
+    return (f"{directory} records {what} in {STUDENT_META}: assumed a student that answers in two stages "
+            "(rationale, then answer), not through a step_by_step label task")
+
+
+def warn_if_objective_unrecorded(spec: ModelSpec) -> None:
     """Warn (StudentRecordWarning) when `spec` loads a trained student whose student.json records no
     objective, or one this version does not know: it is then run in two stages (rationale, then
     answer), which is wrong for a step_by_step student. A trained student is an adapter directory,
     or a local source directory with a student.json; a local base model (no student.json) is not
     warned about."""
-    from ray_cotd.names import OBJECTIVES
-
     for directory, is_adapter in ((spec.adapter, True), (spec.source, False)):
         if not directory or not Path(directory).is_dir():
             continue
         meta = read_student_meta(directory)
         if meta is None and not is_adapter:
             return
-        objective = (meta or {}).get("objective")
-        if objective in OBJECTIVES:
-            return
-        what = "no objective" if objective is None else f"an objective this version does not know ({objective!r})"
-        warnings.warn(f"{directory} records {what} in {STUDENT_META}: assumed a student that answers in two stages "
-                      "(rationale, then answer), not through a step_by_step label task", StudentRecordWarning,
-                      stacklevel=stacklevel + 1)
+        message = unrecorded_objective_warning(directory, (meta or {}).get("objective"))
+        if message:
+            warnings.warn(message, StudentRecordWarning, stacklevel=2)
         return
 
 
@@ -318,6 +325,7 @@ __all__ = [
     "read_student_meta",
     "resolve_source",
     "spec_for_student_dir",
+    "unrecorded_objective_warning",
     "warn_if_objective_unrecorded",
     "write_student_meta",
 ]

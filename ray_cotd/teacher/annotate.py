@@ -96,6 +96,8 @@ REJECT_REASONS: dict[str, str] = {
 # Failures a re-run should try again instead of skipping as done.
 TRANSIENT_REASONS = frozenset({"timeout", "engine_error"})
 FINISH_TO_REASON = {"timeout": "timeout", "error": "engine_error", "refused": "request_refused", "length": "truncated"}
+# The engine failed to answer at all: the row is rejected with the engine's own detail, before any parsing.
+ENGINE_REASONS = TRANSIENT_REASONS | {"request_refused"}
 
 Outcome = Literal["kept", "aside", "rejected"]
 
@@ -218,7 +220,7 @@ def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str], *,
     text = row["generated_text"] or ""
     reasoning = row.get("reasoning")
     reason = FINISH_TO_REASON.get(row["finish_reason"])
-    if reason in TRANSIENT_REASONS or reason == "request_refused":
+    if reason in ENGINE_REASONS:
         return Verdict("rejected", reason, row.get("error") or "")
     if not text.strip() and not (reasoning or "").strip():
         return Verdict("rejected", "empty_reply")
