@@ -408,7 +408,8 @@ def test_openai_teacher_retries_429_and_5xx_from_a_real_socket():
 @pytest.mark.ray
 @pytest.mark.real_model
 def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster, tmp_path, teacher):
-    # demo question 4 mentions a bus: that request stalls; the others answer well within timeout_s
+    # demo question 4 mentions a bus: that request stalls; the others (8 tokens each, one at a time on the
+    # real model) answer well within timeout_s. Each run waits out the stalled request's timeout_s once.
     release = threading.Event()
     server, url = _model_server(teacher, stall_word="bus", release=release)
     try:
@@ -416,7 +417,7 @@ def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster
         questions = tmp_path / "q.jsonl"
         questions.write_text("\n".join(lines) + "\n")
         cfg = _cfg(tmp_path, questions=str(questions), engine="openai", max_new_tokens=8, cpus_per_worker=0.5,
-                   openai={"base_url": url, "model": "smol", "timeout_s": 30.0, "max_retries": 0})
+                   openai={"base_url": url, "model": "smol", "timeout_s": 8.0, "max_retries": 0})
         # 8 tokens hold no rationale and answer: nothing is kept, which fails the run with the summary
         with pytest.raises(NothingKept, match=r"^annotate kept nothing: 0 rows kept of 3 planned .*timeout 1") as err:
             run_annotate(cfg)
@@ -425,7 +426,7 @@ def test_annotate_through_the_openai_engine_with_a_stalling_endpoint(ray_cluster
         assert stats["dropped_by_reason"]["timeout"] == 1
         ledger = _ledger(Path(cfg.output_dir))
         timed_out = [e for e in ledger.values() if e["reason"] == "timeout"]
-        assert "bus" in timed_out[0]["question"] and "no reply within 30.0s (after 1 attempt)" in timed_out[0]["detail"]
+        assert "bus" in timed_out[0]["question"] and "no reply within 8.0s (after 1 attempt)" in timed_out[0]["detail"]
         others = [e for e in ledger.values() if e["reason"] != "timeout"]
         assert all(e["completion_tokens"] for e in others)  # usage came back from the server
         # a timeout is transient: the next run asks again (and the endpoint is still stalling)

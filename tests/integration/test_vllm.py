@@ -122,11 +122,14 @@ def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
     cfg = EvaluateConfig(
         students=[lora_student], student_names=["lora"], baselines=["untrained"], backend="vllm", vllm=ENGINE,
         test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
-        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=True,
+        # faithfulness off: its second Ray Data pass starts a second engine (~40 s here) for a code path that
+        # is the backend's answer_from_rationales (test_vllm_answers_as_the_hf_backend_on_the_real_model)
+        # inside the backend-blind GenerateActor swap (test_evaluate.py's faithfulness runs)
+        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=False,
         output_dir=str(tmp_path / "eval"))
     report = run_evaluate(cfg)
     assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo"), ("untrained", "demo")}
-    assert all(r["accuracy"]["n"] == 6 and r["faithfulness"] is not None for r in report["results"])
+    assert all(r["accuracy"]["n"] == 6 for r in report["results"])
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "lora" / "demo.jsonl").open()]
     assert len(predictions) == 6 and all(p["rationale_stop"] in ("eos", "marker", "length") for p in predictions)
 
