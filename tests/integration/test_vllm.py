@@ -122,9 +122,10 @@ def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
     cfg = EvaluateConfig(
         students=[lora_student], student_names=["lora"], baselines=["untrained"], backend="vllm", vllm=ENGINE,
         test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
-        # faithfulness off: its second Ray Data pass starts a second engine (~40 s here) for a code path that
-        # is the backend's answer_from_rationales (test_vllm_answers_as_the_hf_backend_on_the_real_model)
-        # inside the backend-blind GenerateActor swap (test_evaluate.py's faithfulness runs)
+        # faithfulness off: its second Ray Data pass starts a second engine (this test took 113 s with it, 47-53 s
+        # without) for a code path that is the backend's answer_from_rationales
+        # (test_vllm_answers_as_the_hf_backend_on_the_real_model) inside the backend-blind GenerateActor swap
+        # (test_evaluate.py's faithfulness runs)
         max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=False,
         output_dir=str(tmp_path / "eval"))
     report = run_evaluate(cfg)
