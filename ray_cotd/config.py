@@ -451,6 +451,10 @@ class PipelineConfig(StageConfig):
 
     def validate(self) -> None:
         check_mlflow_keys(self.mlflow, self.mlflow_uri, None)
+        if self.train.kd_weight > 0 and self.annotate.logprobs is None:  # else train fails after annotation
+            raise ConfigError("train.kd_weight: token-level KD trains on the teacher's log-probabilities, which this "
+                              "pipeline's annotate stage does not record; set annotate.logprobs: k (engine vllm) "
+                              "or train.kd_weight: 0")
 
 
 STAGE_CONFIGS: dict[str, type] = {

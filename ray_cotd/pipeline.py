@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_cotd.config import ConfigError, ModelSpec, PipelineConfig
+from ray_cotd.config import AnnotateConfig, ConfigError, ModelSpec, PipelineConfig
 from ray_cotd.configbase import save_resolved, to_dict
 from ray_cotd.console import Console
 from ray_cotd.headline import format_p, format_rate, headline, headline_text, plot_headline
@@ -63,6 +63,19 @@ def _preflight(cfg: PipelineConfig) -> None:
         raise ConfigError(f"train.target_questions: file not found: {cfg.train.target_questions}")
     if cfg.mlflow:
         require_mlflow()
+
+
+def annotate_config(cfg: PipelineConfig, run_dir: Path) -> AnnotateConfig:
+    """The annotate stage's config inside the pipeline: its outputs under run_dir, train's hold-out split
+    (`holdout: train` then skips the questions the student is tested on) and, when the teacher's
+    log-probabilities are recorded for train's token-level KD, train's student as the model they are
+    for, so a student with another vocabulary fails before any teacher time is spent."""
+    logprobs_for = cfg.annotate.logprobs_for
+    if logprobs_for is None and cfg.annotate.logprobs is not None and cfg.train.kd_weight > 0:
+        logprobs_for = cfg.train.student
+    return dataclasses.replace(cfg.annotate, output_dir=str(run_dir / "annotate"),
+                               holdout_fraction=cfg.train.holdout_fraction, split_seed=cfg.train.split_seed,
+                               logprobs_for=logprobs_for)
 
 
 def _ask_endpoint(cfg: PipelineConfig, student: ModelSpec, out_dir: Path) -> dict:
@@ -235,9 +248,7 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
     with console.stage(1, total, f"annotate {cfg.annotate.questions} with the {cfg.annotate.engine} teacher"):
         started = dt.datetime.now(dt.timezone.utc)
         # one hold-out split for the whole run: annotate's `holdout: train` skips train's test side
-        annotate_cfg = dataclasses.replace(cfg.annotate, output_dir=str(run_dir / "annotate"),
-                                           holdout_fraction=cfg.train.holdout_fraction,
-                                           split_seed=cfg.train.split_seed)
+        annotate_cfg = annotate_config(cfg, run_dir)
         with _child(cfg, tracked, run_dir, "annotate", to_dict(annotate_cfg)) as child:
             stats = run_annotate(annotate_cfg)
             child.log_metrics({k: v for k, v in stats.items() if k not in ("this_run", "tokens")})
