@@ -354,7 +354,8 @@ class EvaluateConfig(StageConfig):
     split_seed: int = doc(
         0, "hold-out split seed (same as training); `holdout: test` refuses a student whose student.json records "
            "another split", ge=0)
-    faithfulness: bool = doc(True, "measure answer changes when rationales are swapped")
+    faithfulness: bool = doc(True, "two_stage: answer each question again from the next question's rationale (same "
+                                   "set, same batch, same actor) and report the share of answers that change")
     output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions", output_dir=True)
     student_names: list[str] = doc(factory=list, text="report names of the students, in order (default: from paths)")
     baseline_model: ModelSpec = doc(factory=ModelSpec, text="the untrained student the baselines run")

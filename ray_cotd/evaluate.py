@@ -8,8 +8,10 @@
          row and field.
       2. generate (Ray Data): one row per (system, test set, question); an actor pool whose actors
          hold Generators (ray_cotd.lm.generate) answers them in batches.
-      3. faithfulness (Ray Data, two-stage only): each question gets the rationale of the next
-         question of its set; the share of answers that change is reported beside accuracy.
+      3. faithfulness (two-stage only, in the same actors and batches): each question is answered
+         again from the rationale of the next question of its set in its batch; the share of
+         answers that change is reported beside accuracy. One pass, so one model load or vLLM
+         engine start per actor, not two.
       4. score and report (driver, plain functions): every answer scored by ray_cotd.scoring.score
          (the data layer's parser, as tune validation scores), one ray_cotd.scoring.Prediction per
          question, accuracy with Wilson 95% CIs, predictions/<system>/<set>.jsonl, report.json,
@@ -310,6 +312,18 @@ def split_summary(predictions: list[Prediction], systems: list[str]) -> dict[str
     return out
 
 
+def with_swap(p: Prediction, g: dict[str, Any], answer_type: str, donor_position: Callable[[int], int]) -> Prediction:
+    """`p` with its faithfulness swap, scored as `p` was (`answer_type`): GenerateActor answered it
+    again from the rationale of row g["swapped_from_index"] (at donor_position(row) in its set).
+    `p` itself when it was not swapped."""
+    donor = int(g.get("swapped_from_index", -1))
+    if donor < 0:
+        return p
+    again = score(g["swapped_answer_text"], p.gold, answer_type, question=p.question)
+    return replace(p, swapped_from=donor_position(donor), swapped_predicted=again["predicted"],
+                   answer_changed=again["predicted"] != p.predicted)
+
+
 # -- the Ray shell ------------------------------------------------------------------------------
 
 
@@ -318,12 +332,19 @@ class GenerateActor:
     (system, few-shot answer type); answers a pandas batch of rows of any systems and sets.
 
     Each row carries an "index" that comes back with its result (Ray Data returns rows in no
-    particular order). Rows with a "swapped_rationale" column run stage 2 only on that rationale
-    (faithfulness).
+    particular order), and its "test_set". With `faithfulness` (two-stage only), once a batch's
+    questions are answered, each one of a (system, test set) with two or more rows in the batch is
+    answered again from the rationale of the next such row (the last from the first's): its result's
+    "swapped_from_index" is that row's index and "swapped_answer_text" the new answer (else -1 and
+    ""), and "swap_s" its share of the swap's wall time. The swap runs in the same actor as the
+    answers, so no second model load or engine start. Batches made by `batches_by_set` never split
+    a set so that a question is left alone: every question of a set of two or more is swapped.
+    A batch whose only column is "batch" holds such batches as JSON, one per row (how Ray Data
+    feeds them: `_run_actor_pool`).
     """
 
     def __init__(self, systems: list[dict], mode: str, limits: dict, demos: dict, threads: int, use_gpu: bool,
-                 backend: str = "hf", vllm: dict | None = None) -> None:
+                 backend: str = "hf", vllm: dict | None = None, faithfulness: bool = False) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -337,6 +358,7 @@ class GenerateActor:
         self.device = "cuda" if use_gpu else "cpu"
         self.systems = {s["name"]: s for s in systems}
         self.mode = mode
+        self.faithfulness = faithfulness and mode == "two_stage"
         self.limits = GenerationLimits(**limits)
         self.demos = demos
         self.models: dict[str, tuple[Any, Any, Any]] = {}  # model, tokenizer, prompt encoder or None
@@ -365,21 +387,35 @@ class GenerateActor:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
-        swap = "swapped_rationale" in batch.columns
-        out = []
+        if list(batch.columns) == ["batch"]:
+            return pd.concat([self(pd.DataFrame(json.loads(b))) for b in batch["batch"]], ignore_index=True)
+        out: dict[int, dict[str, Any]] = {}
         for (system, answer_type), group in batch.groupby(["system", "answer_type"], sort=False):
             gen = self.generator(system, answer_type)
             questions = list(group["question"])
-            if swap:
-                results = gen.answer_from_rationales(questions, list(group["swapped_rationale"]), self.limits)
-            elif self.mode == "two_stage":
+            if self.mode == "two_stage":
                 choices = [json.loads(c) for c in group["choices"]] if "choices" in group else None
                 results = gen.two_stage(questions, self.limits, choices)
             else:
                 results = gen.one_stage(questions, self.limits)
             for index, result in zip(group["index"], results):
-                out.append({"index": index, **asdict(result)})
-        return pd.DataFrame(out)
+                out[index] = {"index": index, **asdict(result), "swapped_from_index": -1, "swapped_answer_text": "",
+                              "swap_s": 0.0}
+            if self.faithfulness:
+                for _, same_set in group.groupby("test_set", sort=False):
+                    self.swap_rationales(gen, list(same_set["index"]), list(same_set["question"]), out)
+        return pd.DataFrame(list(out.values()))
+
+    def swap_rationales(self, gen: Any, indices: list[int], questions: list[str], out: dict[int, dict]) -> None:
+        """Answer each question again from the next one's rationale (cyclic); write it into `out`."""
+        if len(indices) < 2:  # a question alone in its batch has no other rationale here: not swapped
+            return
+        donors = indices[1:] + indices[:1]
+        started = time.perf_counter()
+        swapped = gen.answer_from_rationales(questions, [out[d]["rationale"] for d in donors], self.limits)
+        share = (time.perf_counter() - started) / len(indices)
+        for index, donor, result in zip(indices, donors, swapped):
+            out[index].update(swapped_from_index=int(donor), swapped_answer_text=result.answer_text, swap_s=share)
 
 
 def actor_kwargs(cfg: EvaluateConfig, systems: list[System], demos: dict) -> dict[str, Any]:
@@ -394,7 +430,27 @@ def actor_kwargs(cfg: EvaluateConfig, systems: list[System], demos: dict) -> dic
         "use_gpu": cfg.gpus_per_worker > 0,
         "backend": cfg.backend,
         "vllm": asdict(cfg.vllm),
+        "faithfulness": cfg.faithfulness,
     }
+
+
+def batches_by_set(rows: list[dict], size: int) -> list[list[dict]]:
+    """`rows` (in order) cut into GenerateActor batches of up to `size` rows of one system and test
+    set each; a last piece of one row joins the batch before it (size + 1 rows), so that every
+    question of a set of two or more has another rationale in its batch to be answered from."""
+    batches: list[list[dict]] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end < len(rows) and (rows[end]["system"], rows[end]["test_set"]) == (rows[start]["system"],
+                                                                               rows[start]["test_set"]):
+            continue
+        group = rows[start:end]  # one (system, test set)
+        pieces = [group[i : i + size] for i in range(0, len(group), size)]
+        if len(pieces) > 1 and len(pieces[-1]) == 1:
+            pieces[-2:] = [pieces[-2] + pieces[-1]]
+        batches.extend(pieces)
+        start = end
+    return batches
 
 
 # generate(rows, cfg, systems, demos, desc) -> one GenerateActor result per row, in row order
@@ -409,11 +465,11 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
 
     if not rows:  # every question was too long for its model (fit_prompts)
         return []
-    ds = ray.data.from_items(rows)
+    ds = ray.data.from_items([{"batch": json.dumps(b)} for b in batches_by_set(rows, cfg.batch_size)])
     ds = ds.map_batches(
         GenerateActor,
         fn_constructor_kwargs=actor_kwargs(cfg, systems, demos),
-        batch_size=cfg.batch_size,
+        batch_size=1,  # one batches_by_set batch per call
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=cfg.cpus_per_worker,
@@ -498,13 +554,14 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
                  for position, record in enumerate(ts.records)]
     too_long = fit_prompts(questions, cfg, demos)  # never generated: scored wrong as prompt_too_long
     fitting = [q for i, q in enumerate(questions) if i not in too_long]
-    rows = [{"index": i, "system": system.name, "answer_type": ts.answer_type, "question": record["question"],
-             "choices": json.dumps(question_choices(record))} for i, (system, ts, _, record) in enumerate(questions)]
+    rows = [{"index": i, "system": system.name, "test_set": ts.name, "answer_type": ts.answer_type,
+             "question": record["question"], "choices": json.dumps(question_choices(record))}
+            for i, (system, ts, _, record) in enumerate(questions)]
     started = time.perf_counter()
     generated = generate([row for row in rows if row["index"] not in too_long], cfg, systems, demos, "evaluate")
     generate_s = time.perf_counter() - started
     predictions = [
-        Prediction(
+        with_swap(Prediction(
             system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"],
             id=record["id"], question=record["question"], gold=record["gold"], rationale=g["rationale"],
             answer_text=g["answer_text"],
@@ -513,7 +570,7 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
             rationale_tokens=int(g["rationale_tokens"]), answer_tokens=int(g["answer_tokens"]),
             stage1_s=float(g["stage1_s"]), stage2_s=float(g["stage2_s"]),
             **constrained_score(g["constrained_answer"], record),
-        )
+        ), g, record["answer_type"], lambda row: questions[row][2])
         for (system, ts, position, record), g in zip(fitting, generated)
     ]
     if too_long:  # back in question order, so each predictions file keeps its set's order
@@ -521,32 +578,7 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
         predictions = sorted(predictions + [too_long_prediction(*questions[i], n) for i, n in too_long.items()],
                              key=lambda p: place[(p.system, p.test_set, p.position)])
 
-    # 3. faithfulness: question i answered from the rationale of question i+1 of the same set
-    faithfulness_s = 0.0
-    if cfg.faithfulness and cfg.mode == "two_stage":
-        groups: dict[tuple[str, str], list[int]] = {}  # (system, test set) -> indices into predictions
-        for i, p in enumerate(predictions):
-            if p.parse_error != PROMPT_TOO_LONG:  # never generated: no rationale to give or to answer from
-                groups.setdefault((p.system, p.test_set), []).append(i)
-        swaps = [(i, group[(k + 1) % len(group)]) for group in groups.values() if len(group) >= 2
-                 for k, i in enumerate(group)]  # (prediction, the one whose rationale it gets)
-        answer_types = {ts.name: ts.answer_type for ts in sets}  # per set: which few-shot demonstrations
-        row_types = [record["answer_type"] for _, _, _, record in questions]  # per row: how it is scored
-        if swaps:
-            swap_rows = [{"index": n, "system": predictions[i].system,
-                          "answer_type": answer_types[predictions[i].test_set], "question": predictions[i].question,
-                          "swapped_rationale": predictions[donor].rationale} for n, (i, donor) in enumerate(swaps)]
-            started = time.perf_counter()
-            swapped = generate(swap_rows, cfg, systems, demos, "faithfulness")
-            faithfulness_s = time.perf_counter() - started
-            for (i, donor), g in zip(swaps, swapped):
-                p = predictions[i]
-                again = score(g["answer_text"], p.gold, row_types[i], question=p.question)
-                predictions[i] = replace(p, swapped_from=predictions[donor].position,
-                                         swapped_predicted=again["predicted"],
-                                         answer_changed=again["predicted"] != p.predicted)
-
-    # 4. score and report
+    # 4. score and report (3, the faithfulness swaps, ran inside generate)
     system_names = [s.name for s in systems]
     for system in system_names:
         for ts in sets:
@@ -568,7 +600,8 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
         "splits": split_summary(predictions, system_names),
         "throughput": {"questions": len(rows), "generate_s": generate_s,
                        "questions_per_s": len(rows) / generate_s if generate_s > 0 else None,
-                       "faithfulness_s": faithfulness_s,
+                       # actor time spent answering from swapped rationales (inside generate_s)
+                       "faithfulness_s": sum(float(g.get("swap_s", 0.0)) for g in generated),
                        "prompt_too_long": len(too_long)},
     }
     write_report(report, out_dir)

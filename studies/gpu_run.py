@@ -116,11 +116,11 @@ def train_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
 def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
     """run_evaluate's outputs (report.json, report.md, accuracy.png, predictions/, unparseable.jsonl)
     from one process on `device`: ray_cotd.evaluate.evaluate_systems with its GenerateActor called here
-    on batches of cfg.batch_size rows instead of in a Ray Data actor pool."""
+    on the batches a Ray Data actor pool would get (batches_by_set) instead of in the pool."""
     import pandas as pd
     import torch
 
-    from ray_cotd.evaluate import GenerateActor, actor_kwargs, evaluate_systems, write_report
+    from ray_cotd.evaluate import GenerateActor, actor_kwargs, batches_by_set, evaluate_systems, write_report
 
     actors: list[Any] = []  # one GenerateActor, built on the first call (it loads every system's model)
 
@@ -131,8 +131,8 @@ def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
                 "threads": torch.get_num_threads(),  # this process's own: GenerateActor sets torch's threads to it
                 "use_gpu": device == "cuda"}))
         by_index: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(rows), cfg.batch_size):
-            for result in actors[0](pd.DataFrame(rows[start : start + cfg.batch_size])).to_dict("records"):
+        for batch in batches_by_set(rows, cfg.batch_size):  # as the Ray Data actor pool batches them
+            for result in actors[0](pd.DataFrame(batch)).to_dict("records"):
                 # pandas reads a column of None and strings (constrained_answer) back with NaN for None
                 by_index[int(result["index"])] = {k: None if isinstance(v, float) and math.isnan(v) else v
                                                   for k, v in result.items()}

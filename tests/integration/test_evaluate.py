@@ -131,7 +131,8 @@ def test_evaluate_end_to_end_on_shared_data(shared_data, ray_cluster, tmp_path):
         assert all(p.correct is False for p in rows if p.parse_error is not None)
         assert result["faithfulness"] == answer_change_rate(
             [p.predicted for p in rows], [p.swapped_predicted for p in rows]).to_dict()
-        assert all(p.swapped_from is not None for p in rows)
+        # answered again from the next question's rationale, the last from the first's (one batch per set here)
+        assert [p.swapped_from for p in rows] == [(p.position + 1) % len(rows) for p in rows]
     unparseable = [json.loads(line) for line in (run / "unparseable.jsonl").read_text().splitlines()]
     assert len(unparseable) == sum(r["unparseable"] for r in report["results"])
     table = (run / "report.md").read_text()

@@ -122,17 +122,16 @@ def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
     cfg = EvaluateConfig(
         students=[lora_student], student_names=["lora"], baselines=["untrained"], backend="vllm", vllm=ENGINE,
         test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
-        # faithfulness off: its second Ray Data pass starts a second engine (this test took 113 s with it, 47-53 s
-        # without) for a code path that is the backend's answer_from_rationales
-        # (test_vllm_answers_as_the_hf_backend_on_the_real_model) inside the backend-blind GenerateActor swap
-        # (test_evaluate.py's faithfulness runs)
-        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=False,
+        # faithfulness swaps in the same actor, on its engine (before 2026-12-02 a second Ray Data pass started a
+        # second engine: 113 s for this test against 47-53 s without the pass)
+        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=True,
         output_dir=str(tmp_path / "eval"))
     report = run_evaluate(cfg)
     assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo"), ("untrained", "demo")}
-    assert all(r["accuracy"]["n"] == 6 for r in report["results"])
+    assert all(r["accuracy"]["n"] == 6 and r["faithfulness"]["n"] == 6 for r in report["results"])
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "lora" / "demo.jsonl").open()]
     assert len(predictions) == 6 and all(p["rationale_stop"] in ("eos", "marker", "length") for p in predictions)
+    assert [p["swapped_from"] for p in predictions] == [1, 2, 3, 4, 5, 0]  # the next question's rationale
 
 
 # --------------------------------------------------------------------------- annotation on Ray Data LLM
