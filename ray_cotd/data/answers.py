@@ -12,6 +12,8 @@ whitespace between the words, optional markdown bold around it, optional colon a
                                   Consequently, Finally; with or without the comma)
 
 The LAST occurrence wins: teachers often say "the answer is true." mid-text and then restate it.
+Text with no such marker whose last line is "#### X" (GSM8K's worked solutions) splits there, with
+marker "####".
 A stray markup tag at either end of the rationale (`<Solution Path>`, `<br>`, `<explanation>`) is
 dropped; markdown bold, quotes, a stray `<answer>` tag and the trailing period are dropped from
 the answer. Glued numbered steps inside the rationale ("which is 290.2. Note that") are left as
@@ -38,7 +40,12 @@ reduced, "2/6" -> "1/3"); trailing unit words are allowed ("16 pounds" -> "16") 
 is not ("13 is incorrect, the correct answer is 68" is unreadable). After the marker the value is
 the one number of the answer's first clause (after its last "=": "79 - 75 = 4" is 4); a clause
 with two ("5 and 6", "4 - 3") is unreadable rather than its first. Values compare exactly; there
-is no float tolerance.
+is no float tolerance. LaTeX is read where a number is expected: "\\frac{3}{4}" (also \\dfrac,
+\\tfrac) is 3/4, "1{,}000" is 1000, and "\\$", "\\%", "^\\circ", "\\!" and "\\text{...}" units
+are dropped.
+
+Golds: `final_answer` reads the final answer out of a gold that is a worked solution ("... #### 72",
+"... \\boxed{\\frac{3}{4}}", "... The answer is 5"); the readers apply it to every gold.
 
 Boolean: true/false/yes/no at the start, alone or followed by punctuation or "because"/"since"/
 "as" ("Yes because it melts" is true; "True if we assume so" is unreadable).
@@ -131,6 +138,13 @@ _CHOICE_RE = re.compile(
     re.IGNORECASE,
 )
 _BARE_NUMBER_RE = re.compile(r"\d+\.?")
+# GSM8K ends a worked solution with a last line "#### <answer>"; only a last line counts, so a
+# markdown heading ("#### Step 1") earlier in a reply is never read as an answer.
+_HASHES_RE = re.compile(r"(?:^|\n)[ \t]*####[ \t]*(?P<answer>[^\n#]*\S)[ \t]*\s*$")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm)\s*\{([^{}]*)\}")
+_LATEX_DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 # Lenient fallbacks only look this far back from the end: an answer stated earlier and then
 # argued against must not be picked up.
 _LENIENT_WINDOW = 120
@@ -195,6 +209,10 @@ def split_output(
     for last in _MARKER_RE.finditer(text):
         pass
     if last is None:
+        hashes = _HASHES_RE.search(text)
+        if hashes is not None:
+            return _typed_split(text[: hashes.start()], hashes.group("answer"), "####", answer_type,
+                                require_rationale, text)
         if lenient and answer_type in LENIENT_MARKERS:
             found = _lenient_split(text, answer_type)
             if found is not None:
@@ -203,7 +221,13 @@ def split_output(
 
     conn = last.group("conn")
     marker = f"{conn.capitalize()}, the answer is" if conn else ANSWER_MARKER
-    answer = _clean_answer(text[last.end() :])
+    return _typed_split(text[: last.start()], text[last.end() :], marker, answer_type, require_rationale, text)
+
+
+def _typed_split(rationale: str, after: str, marker: str, answer_type: AnswerType | None, require_rationale: bool,
+                 text: str) -> ParsedOutput | ParseFailure:
+    """split_output's result once the marker is found: `after` is the text after it."""
+    answer = _clean_answer(after)
     if not answer:
         return ParseFailure("empty_answer", _tail(text))
     if answer_type is not None and answer_type != "text":
@@ -211,7 +235,7 @@ def split_output(
         if token is None:
             return ParseFailure("unreadable_answer", answer[:80])
         answer = token
-    parsed = ParsedOutput(_clean_rationale(text[: last.start()]), answer, marker)
+    parsed = ParsedOutput(_clean_rationale(rationale), answer, marker)
     return _with_rationale_check(parsed, require_rationale)
 
 
@@ -238,7 +262,7 @@ def normalize_answer(raw: str | None, answer_type: AnswerType) -> str | None:
     if answer_type == "text":
         return " ".join(text.split()).casefold()
     if answer_type == "numeric":
-        return _canonical_number(text)
+        return _canonical_number(_without_latex(text))
     token = _typed_token(text, answer_type)
     if token is None:
         return None
@@ -308,6 +332,62 @@ def fit_answer_type(golds: Iterable[str | None]) -> TypeFit:
     if values and 2 * fits[best] >= len(values):
         return TypeFit(best, len(values) - fits[best], len(values), fits)
     return TypeFit("text", 0, len(values), fits)
+
+
+def final_answer(gold: str) -> str:
+    """The final answer of a gold that is a worked solution; any other gold as it is.
+
+    >>> final_answer("Natalia sold 48/2 = 24 clips in May.\\n#### 72")   # GSM8K
+    '72'
+    >>> final_answer("So the sum is $\\\\boxed{\\\\frac{3}{4}}$.")          # MATH: the last \\boxed{}
+    '\\\\frac{3}{4}'
+    >>> final_answer("3 + 2 = 5. The answer is 5.")                   # the one parser's marker
+    '5'
+    >>> final_answer("Paris")
+    'Paris'
+    """
+    if not isinstance(gold, str):
+        return gold
+    hashes = _HASHES_RE.search(gold)
+    if hashes is not None:
+        return _clean_answer(hashes.group("answer")) or gold
+    boxed = last_boxed(gold)
+    if boxed:
+        return boxed
+    if _MARKER_RE.search(gold) is not None:
+        parsed = split_output(gold)
+        if isinstance(parsed, ParsedOutput):
+            return parsed.answer
+    return gold
+
+
+def last_boxed(text: str) -> str | None:
+    """What the last \\boxed{...} (or \\fbox{...}) of `text` holds, braces balanced; None if none."""
+    starts = list(_BOXED_RE.finditer(text))
+    if not starts:
+        return None
+    depth, begin = 1, starts[-1].end()
+    for position in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[position], 0)
+        if depth == 0:
+            return text[begin:position].strip() or None
+    return None  # unbalanced: not a readable answer
+
+
+def _without_latex(text: str) -> str:
+    """`text` with the LaTeX of a typed number undone: \\frac{a}{b} -> a/b, 1{,}000 -> 1,000, and
+    \\$, \\%, ^\\circ, \\!, \\text{unit} and $...$ delimiters unwrapped. Text with no backslash
+    or brace comes back unchanged."""
+    if "\\" not in text and "{" not in text and text.count("$") < 2:
+        return text
+    text = _LATEX_FRAC_RE.sub(r"\1/\2", text)
+    text = _LATEX_TEXT_RE.sub(r" \1", text)
+    text = _LATEX_DEGREES_RE.sub("", text)
+    text = text.replace("{,}", ",").replace("\\!", "").replace("\\$", "$").replace("\\%", "%")
+    text = text.replace("\\left", "").replace("\\right", "")
+    if text.count("$") >= 2:  # math-mode delimiters, not a currency sign
+        text = text.replace("$", "")
+    return " ".join(text.split())
 
 
 def without_restated_answer(rationale: str, answer: str) -> str | None:
@@ -387,7 +467,7 @@ def _typed_token(answer: str, answer_type: str) -> str | None:
         return match.group("letter").upper() if match else None
     if answer_type == "numeric":
         # "79 - (24 + 51) = 79 - 75 = 4": the value after the last "=" of the first clause.
-        clause = re.split(r"[.,;]\s|\n", answer, maxsplit=1)[0]
+        clause = re.split(r"[.,;]\s|\n", _without_latex(answer), maxsplit=1)[0]
         clause = clause.rsplit("=", 1)[-1]
         numbers = list(_NUMBER_RE.finditer(clause))
         return numbers[0].group(0).strip() if len(numbers) == 1 else None  # "5 and 6" is neither

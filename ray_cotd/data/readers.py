@@ -19,6 +19,17 @@ unquoted comma) is bad ("extra_fields"), never split into the wrong columns.
 
 Field mappings name which columns hold the question, the raw teacher output (rationale + "The
 answer is X", split later by answers.split_output), and plain answers.
+
+What a record's question and gold are, for datasets in other shapes:
+  - a `context` column (a reading passage: BoolQ's `passage`) goes before the question, a blank
+    line between them;
+  - a `choices` column (MMLU's list, ARC's {label, text}, AQuA's ["A)21", ...]) is written into the
+    question as "Answer choices: (A) ... (B) ...", and the gold becomes its option's letter, whether
+    the row gives a label, a 0-based position or the option's text (data.choices.gold_label);
+  - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
+    \\boxed{...}, or what follows "The answer is": answers.final_answer).
+Detection (no mapping given) adds a `choices`/`options` and a `context`/`passage` column to the
+preset it finds.
 """
 
 from __future__ import annotations
@@ -27,10 +38,12 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ray_cotd.data.answers import final_answer
+from ray_cotd.data.choices import gold_label, options_from_column, render_choices
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.schema import normalize_text, stable_id
 from ray_cotd.names import require_keys
@@ -44,7 +57,11 @@ BAD_ROW_REASONS = (
     "empty_question",  # the question is empty or whitespace only
     "bad_encoding",  # a text field holds bytes that are not UTF-8, or a lone surrogate escape (\udc80)
     "extra_fields",  # a CSV row with more fields than the header (an unquoted comma)
+    "bad_choices",  # the choices column is not 2-10 options in a form data.choices reads
+    "gold_not_a_choice",  # the gold names none of the row's options
 )
+# Columns detection adds to the preset it finds, by role, first present wins.
+_DETECTED_EXTRAS = {"choices": ("choices", "options"), "context": ("context", "passage")}
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,8 @@ class FieldMapping:
     gold: the gold answer column.
     domain: a per-row domain column; read_questions(domain=...) sets one domain for all rows.
     id: a per-row id column; otherwise the id is stable_id(question).
+    choices: the answer options of a multiple-choice row (module doc); its gold becomes a letter.
+    context: a passage the question is about, put before it.
     """
 
     question: str
@@ -66,6 +85,8 @@ class FieldMapping:
     gold: str | None = None
     domain: str | None = None
     id: str | None = None
+    choices: str | None = None
+    context: str | None = None
 
     def columns(self) -> dict[str, str]:
         """Role -> column name, for the roles this mapping uses."""
@@ -77,15 +98,17 @@ MAPPING_PRESETS: dict[str, FieldMapping] = {
     "testset": FieldMapping(question="instruction", gold="label"),
     "arc": FieldMapping(question="input", gold="target"),
     "plain": FieldMapping(question="question", answer="answer"),
+    # ARC, OpenBookQA-style rows on the Hugging Face hub: {"question", "choices": {label, text}, "answerKey"}
+    "mcq": FieldMapping(question="question", gold="answerKey", choices="choices"),
     # The release's train_answer_only.json files: "output" holds only the gold answer. Never
     # detected (the columns look like alpaca); ask for it by name.
     "answer_only": FieldMapping(question="instruction", gold="output"),
 }
-MappingPreset = Literal["alpaca", "testset", "arc", "plain", "answer_only"]  # MAPPING_PRESETS' names, for configs
+MappingPreset = Literal["alpaca", "testset", "arc", "plain", "mcq", "answer_only"]  # MAPPING_PRESETS' names, for configs
 require_keys("data/readers.py MappingPreset", get_args(MappingPreset), MAPPING_PRESETS)
 # detect_mapping tries these in order: a test file has instruction + label (+ an empty output in
 # CommonsenseQA), so testset must win over alpaca.
-_DETECT_ORDER = ("testset", "alpaca", "arc", "plain")
+_DETECT_ORDER = ("testset", "alpaca", "arc", "mcq", "plain")
 
 
 @dataclass(frozen=True)
@@ -126,12 +149,15 @@ class ReadResult:
 
 
 def detect_mapping(columns: Iterable[str]) -> FieldMapping:
-    """The first preset (testset, alpaca, arc, plain) whose columns are all present."""
+    """The first preset (testset, alpaca, arc, mcq, plain) whose columns are all present, with a
+    choices and a context column added when the preset has none and the columns hold one."""
     present = set(columns)
     for name in _DETECT_ORDER:
         preset = MAPPING_PRESETS[name]
         if set(preset.columns().values()) <= present:
-            return preset
+            extras = {role: next(c for c in candidates if c in present) for role, candidates in _DETECTED_EXTRAS.items()
+                      if getattr(preset, role) is None and any(c in present for c in candidates)}
+            return replace(preset, **extras) if extras else preset
     presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
     raise DataError(
         f"no field mapping preset fits columns [{', '.join(sorted(present))}]; presets need {presets}. "
@@ -279,13 +305,28 @@ def _map_row(
         value = row.get(column)
         if value is None:
             return None, BadRow(source, index, column, "missing_field", row)
-        if role in ("question", "output") and not isinstance(value, str):
+        if role in ("question", "output", "context") and not isinstance(value, str):
             return None, BadRow(source, index, column, "not_text", row)
-        values[role] = value if role in ("question", "output") else str(value)
+        values[role] = value if role in ("question", "output", "context", "choices") else str(value)
     question = values["question"]
     if not question.strip():
         return None, BadRow(source, index, mapping.question, "empty_question", row)
+    if values.get("context", "").strip():
+        question = f"{values['context'].strip()}\n\n{question}"
+    gold_column = mapping.gold or mapping.answer
     gold = values.get("gold", values.get("answer"))
+    if gold is not None:
+        gold = final_answer(gold)
+    if mapping.choices is not None:
+        options = options_from_column(values["choices"])
+        if options is None:
+            return None, BadRow(source, index, mapping.choices, "bad_choices", row)
+        if gold is not None and gold.strip():
+            raw = row.get(gold_column)  # a JSON int is an option's position, a string a label or text
+            gold = gold_label(raw if isinstance(raw, int) and not isinstance(raw, bool) else gold, options)
+            if gold is None:
+                return None, BadRow(source, index, gold_column, "gold_not_a_choice", row)
+        question = render_choices(question, [text for _, text in options])
     record: dict[str, Any] = {
         "id": values.get("id") or stable_id(question),
         "question": question,
@@ -310,6 +351,10 @@ def _describe(bad: BadRow) -> str:
         "not_json": "the line is not JSON",
         "bad_encoding": f"{bad.field!r} is not UTF-8 text (bytes that are not UTF-8, or a lone surrogate such as \\udc80)",
         "extra_fields": "the row has more fields than the header (an unquoted comma?)",
+        "bad_choices": f"{bad.field!r} is not 2-10 answer options (a list of texts, {{label: [...], text: [...]}} "
+                       "or {label: text})",
+        "gold_not_a_choice": f"{bad.field!r} names none of the row's options (a label, a 0-based position or an "
+                             "option's text)",
     }[bad.reason]
 
 

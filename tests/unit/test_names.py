@@ -80,7 +80,7 @@ def test_names_read_by_configs_come_from_the_tables():
         load_stage_config("annotate", None, ["formats=[cod]"])
     with pytest.raises(ConfigError, match="baselines: \\['zero_shot'\\] not valid; choose from \\['untrained', 'few_shot'\\]"):
         load_stage_config("evaluate", None, ["baselines=[zero_shot]"])
-    with pytest.raises(ConfigError, match=re.escape("mapping.preset: expected 'alpaca' | 'testset' | 'arc' | 'plain' | "
+    with pytest.raises(ConfigError, match=re.escape("mapping.preset: expected 'alpaca' | 'testset' | 'arc' | 'plain' | 'mcq' | "
                                                     "'answer_only' or NoneType, got 'alpaka'")):
         load_stage_config("train", None, ["mapping.preset=alpaka"])
     with pytest.raises(ConfigError, match=re.escape("answer_type: expected 'numeric' | 'boolean' | 'multiple_choice' | "
