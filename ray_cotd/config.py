@@ -72,8 +72,9 @@ class MappingSpec(StageConfig):
     domain: Optional[str] = doc(None, "column with a domain tag")
     id: Optional[str] = doc(None, "column with a row id (default: derived from the question text)")
     choices: Optional[str] = doc(None, "column with a multiple-choice row's options (a list, {label, text} or "
-                                       "{label: text}): written into the question as (A) ... (B) ..., the gold "
-                                       "read as a label, 0-based position or option text")
+                                       "{label: text}), or one column per option named with commas (A,B,C,D): "
+                                       "written into the question as (A) ... (B) ..., the gold read as a label, "
+                                       "0-based position or option text")
     context: Optional[str] = doc(None, "column with a passage the question is about, put before the question")
 
     def field_mapping(self) -> FieldMapping | None:

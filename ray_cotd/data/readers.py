@@ -28,8 +28,8 @@ What a record's question and gold are, for datasets in other shapes:
     the row gives a label, a 0-based position or the option's text (data.choices.gold_label);
   - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
     \\boxed{...}, or what follows "The answer is": answers.final_answer).
-Detection (no mapping given) adds a `choices`/`options` and a `context`/`passage` column to the
-preset it finds.
+Detection (no mapping given) adds a `choices`/`options` (or one column per option named A, B, C,
+...) and a `context`/`passage` column to the preset it finds.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
+from itertools import takewhile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -76,6 +77,8 @@ class FieldMapping:
     domain: a per-row domain column; read_questions(domain=...) sets one domain for all rows.
     id: a per-row id column; otherwise the id is stable_id(question).
     choices: the answer options of a multiple-choice row (module doc); its gold becomes a letter.
+        Several columns, one option each, are named with commas: "A,B,C,D" (their names are the
+        options' labels).
     context: a passage the question is about, put before it.
     """
 
@@ -157,6 +160,9 @@ def detect_mapping(columns: Iterable[str]) -> FieldMapping:
         if set(preset.columns().values()) <= present:
             extras = {role: next(c for c in candidates if c in present) for role, candidates in _DETECTED_EXTRAS.items()
                       if getattr(preset, role) is None and any(c in present for c in candidates)}
+            letters = list(takewhile(present.__contains__, "ABCDEFGHIJ"))
+            if preset.choices is None and "choices" not in extras and len(letters) >= 2:
+                extras["choices"] = ",".join(letters)  # one column per option: A, B, C, D (lukaemon/mmlu)
             return replace(preset, **extras) if extras else preset
     presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
     raise DataError(
@@ -302,6 +308,13 @@ def _map_row(
         return None, BadRow(source, index, None, "not_object", json.dumps(row, default=str)[:500])
     values: dict[str, Any] = {}
     for role, column in mapping.columns().items():
+        if role == "choices" and "," in column:  # one column per option, the column names their labels
+            names = [name.strip() for name in column.split(",")]
+            absent = next((name for name in names if row.get(name) is None), None)
+            if absent is not None:
+                return None, BadRow(source, index, absent, "missing_field", row)
+            values[role] = {name: row[name] for name in names}
+            continue
         value = row.get(column)
         if value is None:
             return None, BadRow(source, index, column, "missing_field", row)

@@ -258,14 +258,27 @@ def test_choice_questions_are_scored_free_and_constrained_to_their_options(ray_c
         {"input": "What falls from clouds? (A) rain (B) chairs (C) rocks (D) cars", "target": "(A)"},
     ]
     path = _write(tmp_path / "arc.json", rows)
+    # the same in other datasets' shapes: options in a column and a position as the gold (MMLU), and a
+    # worked solution as the gold (GSM8K), read with detected mappings
+    mmlu = _write(tmp_path / "mmlu.json", [
+        {"question": "Which animal says moo?", "choices": ["cat", "cow", "fish"], "answer": 1},
+        {"question": "What do bees make?", "choices": ["bricks", "paper", "honey"], "answer": 2}])
+    gsm8k = _write(tmp_path / "gsm8k.json", [
+        {"question": "Sam has 2 bags of 3 apples. How many apples has he?", "answer": "2 * 3 = 6 apples.\n#### 6"}])
     cfg = EvaluateConfig(students=[], baselines=["untrained"], faithfulness=False, max_rationale_tokens=24,
-                         max_answer_tokens=6, test_sets=[SetSpec(path=path, name="arc", mapping=MappingSpec(preset="arc"))],
+                         max_answer_tokens=6, test_sets=[SetSpec(path=path, name="arc", mapping=MappingSpec(preset="arc")),
+                                                         SetSpec(path=mmlu, name="mmlu"), SetSpec(path=gsm8k, name="gsm8k")],
                          output_dir=str(tmp_path / "out"))
     report = run_evaluate(cfg)
-    (result,) = report["results"]
-    assert result["answer_type"] == "multiple_choice"
-    assert result["constrained_accuracy"]["n"] == 4
+    result, mmlu_result, gsm8k_result = report["results"]
+    assert result["answer_type"] == mmlu_result["answer_type"] == "multiple_choice"
+    assert result["constrained_accuracy"]["n"] == 4 and mmlu_result["constrained_accuracy"]["n"] == 2
+    assert gsm8k_result["answer_type"] == "numeric" and gsm8k_result["constrained_accuracy"] is None
     predictions = load_predictions(tmp_path / "out")
     labels = [["A", "B", "C", "D"], ["A", "B", "C"], ["1", "2", "3", "4"], ["A", "B", "C", "D"]]
-    assert [p.constrained_predicted in options for p, options in zip(predictions, labels)] == [True] * 4
+    arc = [p for p in predictions if p.test_set == "arc"]
+    assert [p.constrained_predicted in options for p, options in zip(arc, labels)] == [True] * 4
+    assert [(p.gold, p.constrained_predicted in ("A", "B", "C")) for p in predictions if p.test_set == "mmlu"] == [
+        ("B", True), ("C", True)]
+    assert [p.gold for p in predictions if p.test_set == "gsm8k"] == ["6"]
     assert "Constrained to the question's choices" in (tmp_path / "out" / "report.md").read_text()

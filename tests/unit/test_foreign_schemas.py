@@ -176,3 +176,20 @@ def test_a_gsm8k_solution_splits_at_its_last_line_and_a_heading_is_no_answer():
     assert (parsed.rationale, parsed.answer, parsed.marker) == ("He has 3 * 24 = 72 apples.", "72", "####")
     assert split_output("#### Step 1\nadd them up").reason == "no_marker"
     assert split_output("#### Step 1\nadd. The answer is 5").answer == "5"
+
+
+def test_one_column_per_option_named_by_letter_is_detected(tmp_path):
+    rows = [{"input": "Which is a mammal?", "A": "shark", "B": "whale", "C": "trout", "D": "eel", "target": "B"}]
+    result = read_questions(_write(tmp_path, "lukaemon.json", rows))
+    assert result.mapping == FieldMapping(question="input", gold="target", choices="A,B,C,D")
+    assert result.records[0]["question"].endswith("Answer choices: (A) shark (B) whale (C) trout (D) eel")
+    assert result.records[0]["gold"] == "B"
+
+
+def test_option_columns_named_with_commas_and_a_one_based_key(tmp_path):
+    rows = [{"question": "Which organ pumps blood?", "opa": "liver", "opb": "heart", "opc": "lung", "cop": "opb"},
+            {"question": "Which organ filters blood?", "opa": "kidney", "opb": "heart", "opc": "lung"}]
+    mapping = FieldMapping(question="question", gold="cop", choices="opa, opb, opc")
+    result = read_questions(_write(tmp_path, "medmcqa.json", rows), mapping, on_bad="collect")
+    assert result.records[0]["gold"] == "B"  # the gold names the option's column
+    assert [(b.row, b.field, b.reason) for b in result.bad] == [(1, "cop", "missing_field")]
