@@ -28,8 +28,10 @@ What a record's question and gold are, for datasets in other shapes:
     the row gives a label, a 0-based position or the option's text (data.choices.gold_label);
   - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
     \\boxed{...}, or what follows "The answer is": answers.final_answer).
-Detection (no mapping given) adds a `choices`/`options` (or one column per option named A, B, C,
-...) and a `context`/`passage` column to the preset it finds.
+Detection (no mapping given) takes the first preset whose columns are there, else pairs a
+question-like column with a gold-like one (`problem` with `solution`, `question` with `correct`),
+and adds a `choices`/`options` (or one column per option named A, B, C, ...) and a
+`context`/`passage` column.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ BAD_ROW_REASONS = (
     "bad_choices",  # the choices column is not 2-10 options in a form data.choices reads
     "gold_not_a_choice",  # the gold names none of the row's options
 )
-# Columns detection adds to the preset it finds, by role, first present wins.
+# When no preset fits, detection pairs the first of these question columns with the first of these
+# gold columns.
+_QUESTION_COLUMNS = ("question", "problem", "input", "instruction", "query", "prompt")
+_GOLD_COLUMNS = ("answer", "answerKey", "label", "target", "gold", "correct", "solution", "output")
+# Columns detection adds to the mapping it finds, by role, first present wins.
 _DETECTED_EXTRAS = {"choices": ("choices", "options"), "context": ("context", "passage")}
 
 
@@ -152,24 +158,31 @@ class ReadResult:
 
 
 def detect_mapping(columns: Iterable[str]) -> FieldMapping:
-    """The first preset (testset, alpaca, arc, mcq, plain) whose columns are all present, with a
-    choices and a context column added when the preset has none and the columns hold one."""
+    """The first preset (testset, alpaca, arc, mcq, plain) whose columns are all present; else the
+    first question-like column (_QUESTION_COLUMNS) with the first gold-like one (_GOLD_COLUMNS).
+    A choices and a context column are added when the columns hold one (_DETECTED_EXTRAS, or one
+    column per option named A, B, C, ...)."""
     present = set(columns)
-    for name in _DETECT_ORDER:
-        preset = MAPPING_PRESETS[name]
-        if set(preset.columns().values()) <= present:
-            extras = {role: next(c for c in candidates if c in present) for role, candidates in _DETECTED_EXTRAS.items()
-                      if getattr(preset, role) is None and any(c in present for c in candidates)}
-            letters = list(takewhile(present.__contains__, "ABCDEFGHIJ"))
-            if preset.choices is None and "choices" not in extras and len(letters) >= 2:
-                extras["choices"] = ",".join(letters)  # one column per option: A, B, C, D (lukaemon/mmlu)
-            return replace(preset, **extras) if extras else preset
-    presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
-    raise DataError(
-        f"no field mapping preset fits columns [{', '.join(sorted(present))}]; presets need {presets}. "
-        "Pass a FieldMapping naming the columns",
-        choices=MAPPING_PRESETS,
-    )
+    found = next((MAPPING_PRESETS[name] for name in _DETECT_ORDER
+                  if set(MAPPING_PRESETS[name].columns().values()) <= present), None)
+    question = next((c for c in _QUESTION_COLUMNS if c in present), None)
+    gold = next((c for c in _GOLD_COLUMNS if c in present), None)
+    if found is None and question is not None and gold is not None:
+        found = FieldMapping(question=question, gold=gold)  # e.g. MATH's problem / solution
+    if found is None:
+        presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
+        raise DataError(
+            f"no field mapping preset fits columns [{', '.join(sorted(present))}]; presets need {presets}; or a "
+            f"question column ({', '.join(_QUESTION_COLUMNS)}) with a gold column ({', '.join(_GOLD_COLUMNS)}). "
+            "Pass a FieldMapping naming the columns",
+            choices=MAPPING_PRESETS,
+        )
+    extras = {role: next(c for c in candidates if c in present) for role, candidates in _DETECTED_EXTRAS.items()
+              if getattr(found, role) is None and any(c in present for c in candidates)}
+    letters = list(takewhile(present.__contains__, "ABCDEFGHIJ"))
+    if found.choices is None and "choices" not in extras and len(letters) >= 2:
+        extras["choices"] = ",".join(letters)  # one column per option: A, B, C, D (lukaemon/mmlu)
+    return replace(found, **extras) if extras else found
 
 
 def resolve_mapping(mapping: FieldMapping | str | None, columns: Iterable[str]) -> FieldMapping:

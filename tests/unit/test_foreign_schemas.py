@@ -193,3 +193,17 @@ def test_option_columns_named_with_commas_and_a_one_based_key(tmp_path):
     result = read_questions(_write(tmp_path, "medmcqa.json", rows), mapping, on_bad="collect")
     assert result.records[0]["gold"] == "B"  # the gold names the option's column
     assert [(b.row, b.field, b.reason) for b in result.bad] == [(1, "cop", "missing_field")]
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["problem", "solution", "level"], FieldMapping(question="problem", gold="solution")),          # MATH
+    (["question", "options", "rationale", "correct"],
+     FieldMapping(question="question", gold="correct", choices="options")),                     # AQuA
+    (["query", "label", "context"], FieldMapping(question="query", gold="label", context="context")),
+])
+def test_without_a_preset_a_question_column_pairs_with_a_gold_column(columns, expected):
+    assert detect_mapping(columns) == expected
+
+
+def test_math_reads_with_a_detected_mapping(tmp_path):
+    assert [r["gold"] for r in read_questions(_write(tmp_path, "math.json", MATH)).records] == ["\\frac{3}{4}", "1024"]
