@@ -33,6 +33,8 @@ import json
 import re
 from typing import Any
 
+from ray_cotd.data.answers import normalize_answer
+
 LETTER_LABELS = tuple("ABCDEFGHIJ")
 NUMBER_LABELS = tuple(str(n) for n in range(1, 11))
 
@@ -145,10 +147,11 @@ def render_choices(question: str, texts: list[str]) -> str:
 def gold_label(gold: Any, options: list[tuple[str | None, str]]) -> str | None:
     """The letter (A, B, ... in the options' order) of the option `gold` names, or None.
 
-    In this order: a label the column gave ("B", "(B)", "b", ARC's "1"); a letter A-J when the
-    column gave none; an int (a JSON number, as MMLU and Hugging Face class labels store it) or a
-    string of digits as the option's 0-based position; the text of exactly one option ("Paris").
-    A JSON int is a position before it is a text: MMLU's `answer: 1` over ["1", "2", "3", "4"] is B.
+    In this order: a label the column gave ("B", "(B)", "b", "B: Paris", ARC's "1"); a letter A-J
+    when the column gave none ("B", "(B) Paris"); an int (a JSON number, as MMLU and Hugging Face
+    class labels store it) or a string of digits as the option's 0-based position; the text of
+    exactly one option ("Paris"). A JSON int is a position before it is a text: MMLU's `answer: 1`
+    over ["1", "2", "3", "4"] is B.
     """
     if gold is None or isinstance(gold, bool):
         return None
@@ -156,13 +159,15 @@ def gold_label(gold: Any, options: list[tuple[str | None, str]]) -> str | None:
     if isinstance(gold, int):
         return letters[gold] if 0 <= gold < len(options) else None
     wanted = _label_key(str(gold))
+    leading = normalize_answer(str(gold), "multiple_choice")  # "(B) Paris" -> "B", "(2)" -> "2"
     given = [label for label, _ in options]
     if any(label is not None for label in given):
-        matches = [letter for letter, label in zip(letters, given) if label is not None and _label_key(label) == wanted]
-        if len(matches) == 1:
-            return matches[0]
-    elif wanted.upper() in letters:
-        return wanted.upper()
+        for key in (wanted, (leading or "").casefold()):
+            matches = [letter for letter, label in zip(letters, given) if label is not None and _label_key(label) == key]
+            if len(matches) == 1:
+                return matches[0]
+    elif leading in letters:
+        return leading
     by_text = option_label(str(gold), dict(zip(letters, (text for _, text in options))))
     if by_text is not None:
         return by_text

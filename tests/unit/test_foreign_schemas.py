@@ -75,7 +75,8 @@ def test_a_test_set_with_options_in_a_column_is_multiple_choice_with_constrained
 
 
 @pytest.mark.parametrize("gold, expected", [
-    ("B", "B"), ("b", "B"), ("(B)", "B"), ("Paris", "B"), (" paris. ", "B"), ("1", "B"), (1, "B"), (0, "A"),
+    ("B", "B"), ("b", "B"), ("(B)", "B"), ("(B) Paris", "B"), ("B: Paris", "B"), ("Paris", "B"), (" paris. ", "B"),
+    ("1", "B"), (1, "B"), (0, "A"),
     (4, None), ("Lyon", None), (True, None),
 ])
 def test_gold_label_reads_a_label_a_position_or_an_option_text(gold, expected):
@@ -207,3 +208,9 @@ def test_without_a_preset_a_question_column_pairs_with_a_gold_column(columns, ex
 
 def test_math_reads_with_a_detected_mapping(tmp_path):
     assert [r["gold"] for r in read_questions(_write(tmp_path, "math.json", MATH)).records] == ["\\frac{3}{4}", "1024"]
+
+
+def test_a_gold_written_as_label_and_text_matches_the_given_labels():
+    arc = options_from_column({"label": ["1", "2", "3"], "text": ["ice", "gas", "plasma"]})
+    assert gold_label("(2) gas", arc) == "B" and gold_label("(2)", arc) == "B"
+    assert gold_label("D", options_from_column(["w", "x", "y"])) is None  # a letter past the options
