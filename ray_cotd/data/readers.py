@@ -27,7 +27,8 @@ What a record's question and gold are, for datasets in other shapes:
     question as "Answer choices: (A) ... (B) ...", and the gold becomes its option's letter, whether
     the row gives a label, a 0-based position or the option's text (data.choices.gold_label);
   - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
-    \\boxed{...}, or what follows "The answer is": answers.final_answer).
+    \\boxed{...}, or what follows "The answer is": answers.final_answer); the record keeps the
+    solution as "solution" (training reads its rationale from it, ray_cotd.student.corpus).
 Detection (no mapping given) takes the first preset whose columns are there, else pairs a
 question-like column with a gold-like one (`problem` with `solution`, `question` with `correct`),
 and adds a `choices`/`options` (or one column per option named A, B, C, ...) and a
@@ -340,7 +341,7 @@ def _map_row(
     if values.get("context", "").strip():
         question = f"{values['context'].strip()}\n\n{question}"
     gold_column = mapping.gold or mapping.answer
-    gold = values.get("gold", values.get("answer"))
+    gold = solution = values.get("gold", values.get("answer"))
     if gold is not None:
         gold = final_answer(gold)
     if mapping.choices is not None:
@@ -365,6 +366,8 @@ def _map_row(
         record["output"] = values["output"]
     if mapping.answer is not None and mapping.gold is not None:
         record["answer"] = values["answer"]
+    if solution is not None and gold != solution and mapping.choices is None:
+        record["solution"] = solution  # the worked solution the gold was read out of (GSM8K, MATH)
     return record, None
 
 

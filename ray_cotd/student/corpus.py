@@ -4,8 +4,9 @@ Two kinds of input, told apart by their columns:
 - our annotated Parquet (a directory of shards or one file) with `rationale` and `answer` columns
   (ray_cotd.data.schema.AnnotatedRecord), used as written;
 - any file `ray_cotd.data.readers` can map (e.g. the release's alpaca-style JSON, whose `output`
-  is "<rationale> The answer is X", split here with `split_output`; or gold-only files, whose rows
-  have no rationale).
+  is "<rationale> The answer is X", split here with `split_output`; a dataset whose gold is a
+  worked solution, such as GSM8K's "... #### 72", split the same way into its own rationale and
+  answer; or gold-only files, whose rows have no rationale).
 
 Every training row is {"id", "question", "rationale", "answer", "domain"}; an annotated row with the
 teacher's top-k log-probabilities also carries their columns (ray_cotd.data.logprobs.LOGPROB_COLUMNS)
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_cotd.config import ConfigError, MappingSpec, TestSetSpec
-from ray_cotd.data.answers import ParseFailure, split_output, without_restated_answer
+from ray_cotd.data.answers import ParsedOutput, ParseFailure, split_output, without_restated_answer
 from ray_cotd.data.contamination import ContaminationReport, check_overlap
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.logprobs import LOGPROB_COLUMNS
@@ -108,7 +109,10 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
                     continue
                 rationale, answer = parsed.rationale, parsed.answer
             elif rec.get("gold"):
-                rationale, answer = "", rec["gold"]
+                # a worked-solution gold ("... #### 72") holds the dataset's own rationale
+                parsed = split_output(rec["solution"]) if rec.get("solution") else None
+                rationale, answer = ((parsed.rationale, parsed.answer) if isinstance(parsed, ParsedOutput)
+                                     else ("", rec["gold"]))
             else:
                 drop(rec["source"], rec["row"], "gold", "no_answer")
                 continue

@@ -214,3 +214,13 @@ def test_a_gold_written_as_label_and_text_matches_the_given_labels():
     arc = options_from_column({"label": ["1", "2", "3"], "text": ["ice", "gas", "plasma"]})
     assert gold_label("(2) gas", arc) == "B" and gold_label("(2)", arc) == "B"
     assert gold_label("D", options_from_column(["w", "x", "y"])) is None  # a letter past the options
+
+
+def test_a_gsm8k_training_file_trains_on_its_own_rationales(tmp_path):
+    from ray_cotd.student.corpus import read_training_rows
+
+    rows, _ = read_training_rows(_write(tmp_path, "gsm8k_train.json", GSM8K))[:2]
+    assert [(r["rationale"], r["answer"]) for r in rows] == [
+        ("He has 3 * 24 = <<3*24=72>>72 apples.", "72"), ("One box holds them all.", "1,000")]
+    math_rows, _ = read_training_rows(_write(tmp_path, "math_train.json", MATH), needs_rationale=False)[:2]
+    assert [(r["rationale"], r["answer"]) for r in math_rows] == [("", "\\frac{3}{4}"), ("", "1024")]  # gold only
