@@ -124,6 +124,25 @@ def test_every_objective_trains_the_real_student(objective, student, svamp_rows,
         assert all(g is None for g in head_grads)  # the head is no part of these objectives' losses
 
 
+def test_a_gsm8k_shaped_file_trains_cascod_on_its_own_rationales(student, tokenizer, tmp_path):
+    """A dataset whose gold is a worked solution ("... #### 72") is a CoT corpus without a teacher:
+    its rationale and answer train the real student's two CasCoD tasks (invented rows, GSM8K's layout)."""
+    from ray_cotd.student.corpus import load_corpus
+
+    path = tmp_path / "gsm8k.json"
+    path.write_text(json.dumps([
+        {"question": f"Tom has {n} bags of 4 apples. How many apples has he?", "answer": f"{n} * 4 = {4 * n}.\n#### {4 * n}"}
+        for n in range(2, 8)]))
+    rows = load_corpus(path, holdout_fraction=0.2, val_fraction=0.0).train[:2]
+    assert rows and all(r["rationale"].endswith(f"= {r['answer']}.") for r in rows)
+    student.zero_grad(set_to_none=True)
+    examples, stats = encode_rows(tokenizer, rows, OBJECTIVES["cascod"], max_seq_len=128, num_virtual=4)
+    batch = collate([s for seqs in examples for s in seqs], pad_id=tokenizer.pad_token_id, pack=True, capacity=128)
+    loss, parts = compute_loss(student, batch, OBJECTIVES["cascod"], LossParams(alpha=0.3, lambda_=0.1))
+    loss.backward()
+    assert math.isfinite(loss.item()) and parts["rationale_loss"].item() > 0 and parts["answer_loss"].item() > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Through Ray Train
 # ---------------------------------------------------------------------------------------------
