@@ -42,13 +42,16 @@ class Score(TypedDict):
 PROMPT_TOO_LONG = "prompt_too_long"
 
 
-def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str | None = None) -> Score:
+def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str | None = None,
+          accepted: Iterable[str] = ()) -> Score:
     """Parse stage-2 text (what the student wrote after the marker) as `answer_type` and compare
     it with `gold`.
 
     question: for multiple_choice, an answer that is no label but the text of one of the options
         the question lists ("populated areas" for "B: populated areas") reads as that option's
         label (ray_cotd.data.choices).
+    accepted: further right answers (a gold that lists several: the record's "accepted"); the
+        answer is correct when it equals the gold or any of them.
     """
     parsed = parse_answer(answer_text, answer_type)
     if isinstance(parsed, ParsedOutput):
@@ -60,7 +63,8 @@ def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str
         return Score(predicted=None, correct=False, parse_error=parsed.reason)
     if predicted is None:
         return Score(predicted=None, correct=False, parse_error="unreadable_answer")
-    return Score(predicted=predicted, correct=predicted == normalize_answer(gold, answer_type), parse_error=None)
+    right = {normalize_answer(g, answer_type) for g in (gold, *accepted)}
+    return Score(predicted=predicted, correct=predicted in right, parse_error=None)
 
 
 def scored_type(gold: str, answer_type: AnswerType) -> AnswerType:
@@ -75,7 +79,8 @@ class Prediction:
     """One system's answer to one test question, scored: a row of a predictions file.
 
     system / test_set / split: who answered, on which set, IND or OOD. position: the question's
-    index in its prepared test set; row: its 0-based row in the test file; id: its record id.
+    index in its prepared test set; row: its 0-based row in the test file; id: its record id;
+    gold: its gold answer (the first right answer when its row lists several; `correct` takes any).
     rationale, answer_text: the generated stage-1 and stage-2 text; rationale_stop: why stage 1
     ended ("eos", "marker" or "length"). predicted / correct / parse_error: `score` of answer_text.
     *_tokens: token counts of the prompt, rationale and answer; stage1_s / stage2_s: wall time of

@@ -26,6 +26,8 @@ What a record's question and gold are, for datasets in other shapes:
   - a `choices` column (MMLU's list, ARC's {label, text}, AQuA's ["A)21", ...]) is written into the
     question as "Answer choices: (A) ... (B) ...", and the gold becomes its option's letter, whether
     the row gives a label, a 0-based position or the option's text (data.choices.gold_label);
+  - a gold that lists several right answers (["Paris", "City of Paris"], SQuAD's {"text": [...]})
+    is the first, and the record keeps them all as "accepted" (scoring takes any);
   - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
     \\boxed{...}, or what follows "The answer is": answers.final_answer); the record keeps the
     solution as "solution" (training reads its rationale from it, ray_cotd.student.corpus).
@@ -330,6 +332,11 @@ def _map_row(
             values[role] = {name: row[name] for name in names}
             continue
         value = row.get(column)
+        if role in ("gold", "answer") and isinstance(value, (list, tuple, dict)):
+            accepted = _accepted_answers(value)  # several right answers: the first is the gold
+            value = accepted[0] if accepted else None
+            if len(accepted) > 1:
+                values["accepted"] = accepted
         if value is None:
             return None, BadRow(source, index, column, "missing_field", row)
         if role in ("question", "output", "context") and not isinstance(value, str):
@@ -344,6 +351,7 @@ def _map_row(
     gold = solution = values.get("gold", values.get("answer"))
     if gold is not None:
         gold = final_answer(gold)
+    accepted = [final_answer(a) for a in values.get("accepted", [])]
     if mapping.choices is not None:
         options = options_from_column(values["choices"])
         if options is None:
@@ -368,7 +376,20 @@ def _map_row(
         record["answer"] = values["answer"]
     if solution is not None and gold != solution and mapping.choices is None:
         record["solution"] = solution  # the worked solution the gold was read out of (GSM8K, MATH)
+    if accepted and mapping.choices is None:
+        record["accepted"] = accepted  # every right answer, the gold first (scoring.score takes any)
     return record, None
+
+
+def _accepted_answers(value: list | tuple | dict) -> list[str]:
+    """The right answers a list gold holds (["Paris", "City of Paris"]), or a SQuAD-style
+    {"text": [...], ...} one, as strings in order; empty entries dropped."""
+    if isinstance(value, dict):
+        value = value.get("text", value.get("aliases", []))
+        value = [value] if isinstance(value, str) else value
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [str(v) for v in value if v is not None and not isinstance(v, (list, dict)) and str(v).strip()]
 
 
 def _describe(bad: BadRow) -> str:

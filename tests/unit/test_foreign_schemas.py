@@ -224,3 +224,26 @@ def test_a_gsm8k_training_file_trains_on_its_own_rationales(tmp_path):
         ("He has 3 * 24 = <<3*24=72>>72 apples.", "72"), ("One box holds them all.", "1,000")]
     math_rows, _ = read_training_rows(_write(tmp_path, "math_train.json", MATH), needs_rationale=False)[:2]
     assert [(r["rationale"], r["answer"]) for r in math_rows] == [("", "\\frac{3}{4}"), ("", "1024")]  # gold only
+
+
+# -- several right answers ----------------------------------------------------------------------
+
+
+def test_a_gold_listing_several_right_answers_accepts_any(tmp_path):
+    from ray_cotd.scoring import score
+
+    rows = [{"question": "What is the capital of France?", "answer": ["Paris", "City of Paris"]},
+            {"question": "Who wrote Hamlet?", "answers": {"text": ["Shakespeare", "William Shakespeare"],
+                                                          "answer_start": [0, 0]}},
+            {"question": "How many legs has a cat?", "answer": [4]}]
+    mapping = FieldMapping(question="question", gold="answers")
+    first = read_questions(_write(tmp_path, "qa.json", rows[:1])).records[0]
+    assert (first["gold"], first["accepted"]) == ("Paris", ["Paris", "City of Paris"])
+    second = read_questions(_write(tmp_path, "squad.json", rows[1:2]), mapping).records[0]
+    assert (second["gold"], second["accepted"]) == ("Shakespeare", ["Shakespeare", "William Shakespeare"])
+    third = read_questions(_write(tmp_path, "one.json", rows[2:])).records[0]
+    assert third["gold"] == "4" and "accepted" not in third
+    assert score(" City of Paris.", first["gold"], "text", accepted=first["accepted"])["correct"]
+    assert not score(" Lyon.", first["gold"], "text", accepted=first["accepted"])["correct"]
+    empty = read_questions(_write(tmp_path, "empty.json", [{"question": "Q?", "answer": []}]), on_bad="collect")
+    assert [(b.field, b.reason) for b in empty.bad] == [("answer", "missing_field")]
