@@ -18,7 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
-from ray_cotd.data.answers import AnswerType, ParsedOutput, normalize_answer, parse_answer
+from ray_cotd.data.answers import AnswerType, ParsedOutput, normalize_answer, parse_answer, text_key
 from ray_cotd.data.choices import option_label, parse_choices
 from ray_cotd.data.errors import DataError
 
@@ -52,6 +52,8 @@ def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str
         label (ray_cotd.data.choices).
     accepted: further right answers (a gold that lists several: the record's "accepted"); the
         answer is correct when it equals the gold or any of them.
+    A "text" answer equals a gold when both read the same after SQuAD's normalization
+    (data.answers.text_key: case, punctuation and articles aside).
     """
     parsed = parse_answer(answer_text, answer_type)
     if isinstance(parsed, ParsedOutput):
@@ -64,6 +66,9 @@ def score(answer_text: str, gold: str, answer_type: AnswerType, *, question: str
     if predicted is None:
         return Score(predicted=None, correct=False, parse_error="unreadable_answer")
     right = {normalize_answer(g, answer_type) for g in (gold, *accepted)}
+    if answer_type == "text":  # free text: SQuAD's normalization ("The Eiffel Tower." is "eiffel tower")
+        return Score(predicted=predicted, correct=text_key(predicted) in {text_key(g) for g in right if g},
+                     parse_error=None)
     return Score(predicted=predicted, correct=predicted in right, parse_error=None)
 
 

@@ -62,6 +62,7 @@ lists its options (scoring.score does it).
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -141,6 +142,7 @@ _BARE_NUMBER_RE = re.compile(r"\d+\.?")
 # GSM8K ends a worked solution with a last line "#### <answer>"; only a last line counts, so a
 # markdown heading ("#### Step 1") earlier in a reply is never read as an answer.
 _HASHES_RE = re.compile(r"(?:^|\n)[ \t]*####[ \t]*(?P<answer>[^\n#]*\S)[ \t]*\s*$")
+_PUNCTUATION = frozenset(string.punctuation)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 _LATEX_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm)\s*\{([^{}]*)\}")
@@ -332,6 +334,14 @@ def fit_answer_type(golds: Iterable[str | None]) -> TypeFit:
     if values and 2 * fits[best] >= len(values):
         return TypeFit(best, len(values) - fits[best], len(values), fits)
     return TypeFit("text", 0, len(values), fits)
+
+
+def text_key(text: str) -> str:
+    """A free-text answer as free-text answers are compared when scoring (SQuAD's normalization):
+    lower case, no punctuation, no articles (a, an, the), single spaces. "The Eiffel Tower." and
+    "eiffel tower" are one answer; so are "U.S." and "US"."""
+    text = "".join(ch for ch in text.casefold() if ch not in _PUNCTUATION)
+    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
 
 
 def final_answer(gold: str) -> str:

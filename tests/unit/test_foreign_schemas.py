@@ -247,3 +247,13 @@ def test_a_gold_listing_several_right_answers_accepts_any(tmp_path):
     assert not score(" Lyon.", first["gold"], "text", accepted=first["accepted"])["correct"]
     empty = read_questions(_write(tmp_path, "empty.json", [{"question": "Q?", "answer": []}]), on_bad="collect")
     assert [(b.field, b.reason) for b in empty.bad] == [("answer", "missing_field")]
+
+
+@pytest.mark.parametrize("answer, gold, right", [
+    (" The Eiffel Tower.", "Eiffel Tower", True), (" US", "U.S.", True), (" an apple", "apple", True),
+    (" Eiffel", "Eiffel Tower", False), (" theatre", "the", False),
+])
+def test_free_text_answers_compare_as_squad_does(answer, gold, right):
+    from ray_cotd.scoring import score
+
+    assert score(answer, gold, "text")["correct"] is right
