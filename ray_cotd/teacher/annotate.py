@@ -47,7 +47,8 @@ from typing import Any, Callable, Literal
 
 from ray_cotd import dirlock
 from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save_resolved
-from ray_cotd.data.answers import ParseFailure, answers_match, infer_answer_type, split_output
+from ray_cotd.data.answers import ParsedOutput, ParseFailure, infer_answer_type, split_output
+from ray_cotd.data.choices import option_label, parse_choices
 from ray_cotd.data.logprobs import LogprobFailure, TopK, vocab_difference
 from ray_cotd.data.reasoning import TraceFailure, prompt_opens_trace, split_reasoning
 from ray_cotd.data.readers import read_questions
@@ -56,6 +57,7 @@ from ray_cotd.data.splits import holdout_split
 from ray_cotd.lm.format import encode, render_chat
 from ray_cotd.lm.model import check_model, context_length, load_tokenizer, resolve_source
 from ray_cotd.ray_session import connect
+from ray_cotd.scoring import score
 from ray_cotd.teacher.engines import (
     OUTPUT_COLUMNS,
     REQUEST_COLUMNS,
@@ -170,6 +172,7 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
                         "question_id": record["id"],
                         "question": record["question"],
                         "gold": record["gold"],
+                        "accepted": record.get("accepted") or [],  # every right answer, when several
                         "domain": cfg.domain or record["domain"],
                         "source": record["source"],
                         "teacher": teacher,
@@ -185,6 +188,16 @@ def plan_work(records: list[dict[str, Any]], cfg: AnnotateConfig, teacher: str, 
 
 
 # --------------------------------------------------------------------------- judge
+
+
+def option_answer(text: str, question: str, require_rationale: bool) -> ParsedOutput | None:
+    """A multiple-choice reply whose answer is an option's text ("The answer is populated areas")
+    read as that option's label, as scoring reads a student's (ray_cotd.scoring.score); else None."""
+    as_text = split_output(text, answer_type="text", require_rationale=require_rationale)
+    if not isinstance(as_text, ParsedOutput):
+        return None
+    label = option_label(as_text.answer, parse_choices(question))
+    return ParsedOutput(as_text.rationale, label, as_text.marker) if label is not None else None
 
 
 @dataclass
@@ -235,6 +248,8 @@ def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str], *,
     if not split.final:
         return Verdict("rejected", "empty_reply", "nothing after the reasoning trace")
     parsed = split_output(split.final, answer_type=answer_type, require_rationale=rationale_source == "final")
+    if isinstance(parsed, ParseFailure) and parsed.reason == "unreadable_answer" and answer_type == "multiple_choice":
+        parsed = option_answer(split.final, row["question"], rationale_source == "final") or parsed
     if isinstance(parsed, ParseFailure):
         return Verdict("rejected", parsed.reason, parsed.detail)
     topk = row.get("topk")
@@ -245,7 +260,8 @@ def judge(row: dict[str, Any], answer_type: str, wrong: str, seen: set[str], *,
     if key in seen:
         return Verdict("rejected", "duplicate_rationale", rationale_key=key)
     seen.add(key)
-    correct = answers_match(parsed.answer, row["gold"], answer_type) if row["gold"] is not None else None
+    correct = (score(parsed.answer, row["gold"], answer_type, question=row["question"],
+                     accepted=row.get("accepted") or ())["correct"] if row["gold"] is not None else None)
     record = AnnotatedRecord(
         id=row["id"], question_id=row["question_id"], question=row["question"], rationale=rationale,
         answer=parsed.answer, gold=row["gold"], correct=correct, domain=row["domain"], teacher=row["teacher"],

@@ -116,6 +116,24 @@ def test_judge_checks_gold_dedups_and_applies_the_wrong_policy():
     assert judge(_generated(no_gold, wrong_text), "numeric", "drop", set()).record.correct is None
 
 
+def test_judge_reads_an_option_text_as_its_label_and_takes_any_accepted_answer():
+    """As scoring does: "The answer is a cow." over options (A) cat (B) cow is B; a gold listing
+    several right answers (the readers' "accepted") takes any of them."""
+    choice = {"id": "m", "question": "Which animal says moo?\nAnswer choices: (A) cat (B) cow (C) fish", "gold": "B",
+              "domain": None, "source": "m.json", "row": 0}
+    row = plan_work([choice], AnnotateConfig(), "t", "multiple_choice")[0]
+    verdict = judge(_generated(row, "Cows moo.\nThe answer is cow."), "multiple_choice", "drop", set())
+    assert (verdict.outcome, verdict.record.answer, verdict.record.correct) == ("kept", "B", True)
+    unreadable = judge(_generated(row, "Cows moo.\nThe answer is a horse."), "multiple_choice", "drop", set())
+    assert (unreadable.outcome, unreadable.reason) == ("rejected", "unreadable_answer")
+    capital = {"id": "c", "question": "What is the capital of France?", "gold": "Paris",
+               "accepted": ["Paris", "City of Paris"], "domain": None, "source": "c.json", "row": 0}
+    row = plan_work([capital], AnnotateConfig(), "t", "text")[0]
+    verdict = judge(_generated(row, "Its capital is its largest city.\nThe answer is the City of Paris."), "text",
+                    "drop", set())
+    assert (verdict.outcome, verdict.record.correct) == ("kept", True)
+
+
 def test_a_question_listed_twice_is_annotated_once():
     records = _records(2)
     repeat = {**records[0], "row": 7}
