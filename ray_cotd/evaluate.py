@@ -12,6 +12,10 @@
          again from the rationale of the next question of its set in its batch; the share of
          answers that change is reported beside accuracy. One pass, so one model load or vLLM
          engine start per actor, not two.
+         Every answer is appended to OUTPUT_DIR/generated.jsonl as it comes back (GeneratedLog), so
+         a run that is stopped or crashes resumes where it was: the next start with the same
+         generation settings and model files reuses those answers and generates only the rest. The
+         log is removed once the report is written.
       4. score and report (driver, plain functions): every answer scored by ray_cotd.scoring.score
          (the data layer's parser, as tune validation scores), one ray_cotd.scoring.Prediction per
          question, accuracy with Wilson 95% CIs, predictions/<system>/<set>.jsonl, report.json,
@@ -37,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ray_cotd import dirlock
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
 from ray_cotd.configbase import to_dict
 from ray_cotd.console import progress_bar
@@ -44,6 +49,7 @@ from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answe
 from ray_cotd.data.choices import parse_choices
 from ray_cotd.data.errors import DataError
 from ray_cotd.data.readers import read_questions
+from ray_cotd.data.schema import stable_id
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
 from ray_cotd.lm.format import STAGE2_PREFIX, encode, student_prompt_ids
 from ray_cotd.lm.generate import GenerationLimits, Generator
@@ -324,6 +330,107 @@ def with_swap(p: Prediction, g: dict[str, Any], answer_type: str, donor_position
                    answer_changed=again["predicted"] != p.predicted)
 
 
+# -- resume: the answers generated so far ------------------------------------------------------
+
+
+GENERATED_LOG = "generated.jsonl"
+
+
+def model_fingerprint(spec: ModelSpec) -> list[list[Any]]:
+    """[name, size, mtime_ns] of the local files a model spec loads (its source and adapter, a file
+    or a directory's top level): a student retrained into the same directory gets another one."""
+    found = []
+    for location in (spec.source, spec.adapter):
+        path = Path(location) if location else None
+        if path is None or not path.exists():
+            continue
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        found += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return found
+
+
+def answer_key(system: System, ts: EvalSet, record: dict[str, Any]) -> str:
+    """What one generated answer depends on besides the run's settings: the system (name, model spec,
+    its files, few-shot or not), the test set's name, the question and its choices."""
+    return stable_id(system.name, json.dumps(asdict(system.model), sort_keys=True),
+                     json.dumps(model_fingerprint(system.model)), str(system.few_shot), ts.name, record["question"],
+                     json.dumps(question_choices(record)))
+
+
+def generation_settings(cfg: EvaluateConfig, demos: dict) -> str:
+    """A key of the settings every answer of a run is generated under; another key, another run."""
+    return stable_id(json.dumps({"mode": cfg.mode, "max_rationale_tokens": cfg.max_rationale_tokens,
+                                 "max_answer_tokens": cfg.max_answer_tokens, "backend": cfg.backend,
+                                 "vllm": asdict(cfg.vllm), "faithfulness": cfg.faithfulness, "demos": demos},
+                                sort_keys=True))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar (Ray Data may hand them back) as the Python value JSON can write."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class GeneratedLog:
+    """OUTPUT_DIR/generated.jsonl: a header line with the run's settings key, then one line per
+    answer generated, {"key": answer_key, "result": GenerateActor's result}. A line cut short by a
+    crash is skipped; a log written under other settings is started afresh. A faithfulness swap is
+    kept as the donor's key, so it survives a changed row order (another limit or offset)."""
+
+    def __init__(self, path: Path, settings: str) -> None:
+        self.path, self.settings = path, settings
+        self.file: Any = None
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """key -> result of every answer logged under these settings ({} without a usable log)."""
+        if not self.path.is_file():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except ValueError:
+            header = {}
+        if header.get("settings") != self.settings:
+            print(f"[evaluate] {self.path} was written under other generation settings or models: not reused",
+                  flush=True)
+            self.path.unlink()
+            return {}
+        done = {}
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # the last line of a run that was killed while writing it
+                continue
+            done[entry["key"]] = entry["result"]
+        return done
+
+    def open(self) -> None:
+        fresh = not self.path.is_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("a", encoding="utf-8")
+        if fresh:
+            self.file.write(json.dumps({"settings": self.settings}) + "\n")
+        elif not self.path.read_bytes().endswith(b"\n"):
+            self.file.write("\n")  # after a line cut short, start a new one
+        self.file.flush()
+
+    def append(self, key: str, result: dict[str, Any], donor_key: str | None) -> None:
+        entry = {k: v for k, v in result.items() if k not in ("index", "swapped_from_index")}
+        self.file.write(json.dumps({"key": key, "result": {**entry, "swapped_from_key": donor_key}},
+                                   default=_plain) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
 # -- the Ray shell ------------------------------------------------------------------------------
 
 
@@ -453,14 +560,15 @@ def batches_by_set(rows: list[dict], size: int) -> list[list[dict]]:
     return batches
 
 
-# generate(rows, cfg, systems, demos, desc) -> one GenerateActor result per row, in row order
-GenerateFn = Callable[[list[dict], EvaluateConfig, list[System], dict, str], list[dict]]
+# generate(rows, cfg, systems, demos, desc, on_result) -> one GenerateActor result per row, in row order;
+# on_result(result) is called for each as it comes back (GeneratedLog writes it)
+GenerateFn = Callable[[list[dict], EvaluateConfig, list[System], dict, str, Callable[[dict], None]], list[dict]]
 
 
 def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System], demos: dict,
-                    desc: str = "evaluate") -> list[dict]:
+                    desc: str = "evaluate", on_result: Callable[[dict], None] = lambda result: None) -> list[dict]:
     """One Ray Data pass of GenerateActor over `rows` (row i has "index": i); the results in row order,
-    counted on a progress bar as they come back."""
+    counted on a progress bar and handed to `on_result` as they come back."""
     import ray.data
 
     if not rows:  # every question was too long for its model (fit_prompts)
@@ -479,6 +587,7 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
     with progress_bar(len(rows), desc, "answer") as bar:
         for result in ds.iter_rows():
             by_index[int(result["index"])] = result
+            on_result(result)
             bar.update(1)
     missing = [row for row in rows if row["index"] not in by_index]
     if missing:
@@ -547,8 +656,14 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
             raise DataError(f"no few-shot demonstrations for answer type {ts.answer_type!r}",
                             path=cfg.few_shot_file or "ray_cotd/assets/few_shot.json", field=ts.answer_type)
     out_dir = Path(cfg.output_dir)
-    save_resolved(cfg, out_dir)
+    with dirlock.hold(out_dir, "evaluate"):  # one run per output directory: its answer log is the run's own
+        save_resolved(cfg, out_dir)
+        return _generate_and_report(cfg, generate, sets, systems, demos, student_records, out_dir)
 
+
+def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[EvalSet], systems: list[System],
+                         demos: dict, student_records: dict[str, dict | None], out_dir: Path) -> dict[str, Any]:
+    """evaluate_systems' steps 2-4, on prepared sets and checked systems, holding out_dir."""
     # 2. generate: one row per (system, test set, question), in this order
     questions = [(system, ts, position, record) for system in systems for ts in sets
                  for position, record in enumerate(ts.records)]
@@ -557,9 +672,28 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
     rows = [{"index": i, "system": system.name, "test_set": ts.name, "answer_type": ts.answer_type,
              "question": record["question"], "choices": json.dumps(question_choices(record))}
             for i, (system, ts, _, record) in enumerate(questions)]
+    keys = [answer_key(system, ts, record) for system, ts, _, record in questions]
+    log = GeneratedLog(out_dir / GENERATED_LOG, generation_settings(cfg, demos))
+    done = log.load()  # answers of an earlier start of this run that stopped before its report
+    todo = [row for row in rows if row["index"] not in too_long and keys[row["index"]] not in done]
+    reused_n = len(rows) - len(too_long) - len(todo)
+    if reused_n:
+        print(f"[evaluate] resuming: {reused_n} answers from an earlier start, {len(todo)} to generate", flush=True)
+
+    def logged(result: dict) -> None:
+        donor = int(result.get("swapped_from_index", -1))
+        log.append(keys[int(result["index"])], result, keys[donor] if donor >= 0 else None)
+
     started = time.perf_counter()
-    generated = generate([row for row in rows if row["index"] not in too_long], cfg, systems, demos, "evaluate")
+    log.open()
+    try:
+        fresh = {int(g["index"]): g for g in generate(todo, cfg, systems, demos, "evaluate", logged)}
+    finally:
+        log.close()
     generate_s = time.perf_counter() - started
+    index_of = {key: i for i, key in enumerate(keys) if i not in too_long}
+    generated = [fresh[i] if i in fresh else reused(done[keys[i]], i, index_of)
+                 for i in range(len(questions)) if i not in too_long]
     predictions = [
         with_swap(Prediction(
             system=system.name, test_set=ts.name, split=ts.split, position=position, row=record["row"],
@@ -599,14 +733,26 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
                        "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
         "results": summarize(predictions, system_names, sets),
         "splits": split_summary(predictions, system_names),
-        "throughput": {"questions": len(rows), "generate_s": generate_s,
-                       "questions_per_s": len(rows) / generate_s if generate_s > 0 else None,
+        "throughput": {"questions": len(rows), "generated": len(todo), "reused": reused_n,
+                       "generate_s": generate_s,  # this start's generation, of `generated` questions
+                       "questions_per_s": len(todo) / generate_s if generate_s > 0 and todo else None,
                        # actor time spent answering from swapped rationales (inside generate_s)
                        "faithfulness_s": sum(float(g.get("swap_s", 0.0)) for g in generated),
                        "prompt_too_long": len(too_long)},
     }
     write_report(report, out_dir)
+    log.remove()  # the report holds every answer now
     return report
+
+
+def reused(result: dict[str, Any], index: int, index_of: dict[str, int]) -> dict[str, Any]:
+    """A logged result as GenerateActor returned it for row `index` of this run (its swap donor found
+    by key; a donor not among this run's questions makes it unswapped)."""
+    donor = index_of.get(result.get("swapped_from_key") or "", -1)
+    entry = {k: v for k, v in result.items() if k != "swapped_from_key"}
+    if donor < 0:
+        entry.update(swapped_from_index=-1, swapped_answer_text="")
+    return {**entry, "index": index, "swapped_from_index": donor}
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,10 @@ def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
 
     actors: list[Any] = []  # one GenerateActor, built on the first call (it loads every system's model)
 
-    def generate(rows: list[dict], cfg: Any, systems: list, demos: dict, desc: str) -> list[dict]:
+    def generate(rows: list[dict], cfg: Any, systems: list, demos: dict, desc: str,
+                 on_result: Callable[[dict], None]) -> list[dict]:
+        if not rows:  # every answer came from an earlier start's log (evaluate.GeneratedLog)
+            return []
         if not actors:
             actors.append(GenerateActor(**{
                 **actor_kwargs(cfg, systems, demos),
@@ -136,6 +140,7 @@ def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
                 # pandas reads a column of None and strings (constrained_answer) back with NaN for None
                 by_index[int(result["index"])] = {k: None if isinstance(v, float) and math.isnan(v) else v
                                                   for k, v in result.items()}
+                on_result(by_index[int(result["index"])])
         return [by_index[row["index"]] for row in rows]
 
     started = time.perf_counter()

@@ -282,3 +282,100 @@ def test_choice_questions_are_scored_free_and_constrained_to_their_options(ray_c
         ("B", True), ("C", True)]
     assert [p.gold for p in predictions if p.test_set == "gsm8k"] == ["6"]
     assert "Constrained to the question's choices" in (tmp_path / "out" / "report.md").read_text()
+
+
+# -- resume: a stopped run reuses the answers it logged -----------------------------------------
+
+
+class _Echo:
+    """A stand-in generator: rationale "why <question>", answer "5"; a swapped answer names its rationale."""
+
+    def two_stage(self, questions, limits, choices=None):
+        return [self._result(q, f"why {q}", " 5.") for q in questions]
+
+    def answer_from_rationales(self, questions, rationales, limits):
+        return [self._result(q, r, f" from {r}") for q, r in zip(questions, rationales)]
+
+    @staticmethod
+    def _result(question, rationale, answer_text):
+        from ray_cotd.lm.generate import TwoStageResult
+
+        return TwoStageResult(question=question, rationale=rationale, answer_text=answer_text, answer=None,
+                              prompt_tokens=3, rationale_tokens=2, answer_tokens=1, stage1_s=0.0, stage2_s=0.0)
+
+
+def _stopping_generate(calls: list[int], stop_after: int | None = None):
+    """generate(...) as the actor pool runs it (GenerateActor on batches_by_set batches, results handed
+    on as they come back), with stand-in generators; raises after `stop_after` results, as a killed run."""
+    import pandas as pd
+
+    from ray_cotd.evaluate import GenerateActor, actor_kwargs, batches_by_set
+
+    def generate(rows, cfg, systems, demos, desc, on_result):
+        calls.append(len(rows))
+        actor = GenerateActor(**actor_kwargs(cfg, systems, demos))
+        actor.generators = {(s.name, None): _Echo() for s in systems}
+        out, handed = [], 0
+        for batch in batches_by_set(rows, cfg.batch_size):
+            for result in actor(pd.DataFrame(batch)).to_dict("records"):
+                if stop_after is not None and handed == stop_after:
+                    raise RuntimeError("the run was killed")
+                on_result(result)
+                handed += 1
+                out.append(result)
+        by_index = {r["index"]: r for r in out}
+        return [by_index[row["index"]] for row in rows]
+
+    return generate
+
+
+@pytest.mark.real_model
+def test_a_stopped_evaluation_resumes_from_its_logged_answers(tmp_path):
+    """Issue: a stopped evaluate run lost every answer it had generated. Each answer is logged as it
+    comes back; the next start generates only the rest and writes the report a clean run writes."""
+    from ray_cotd.evaluate import GENERATED_LOG, evaluate_systems
+
+    path = _write(tmp_path / "q.json", [{"question": f"What is {n} plus {5 - n}?", "answer": "5"} for n in range(5)])
+
+    def cfg(out, **overrides):
+        values = dict(students=[], baselines=["untrained"], batch_size=2, max_rationale_tokens=8, max_answer_tokens=4,
+                      test_sets=[SetSpec(path=path, name="q", answer_type="numeric")], output_dir=str(tmp_path / out))
+        return EvaluateConfig(**{**values, **overrides})
+
+    calls: list[int] = []
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate_systems(cfg("run"), _stopping_generate(calls, stop_after=2))
+    log = tmp_path / "run" / GENERATED_LOG
+    assert len(log.read_text().splitlines()) == 1 + 2 and not (tmp_path / "run" / "report.json").exists()
+    with log.open("a") as f:
+        f.write('{"key": "cut sho')  # killed while writing a line
+    resumed = evaluate_systems(cfg("run"), _stopping_generate(calls))
+    clean = evaluate_systems(cfg("clean"), _stopping_generate(calls))
+    assert calls == [5, 3, 5]  # the second start generated only what the first had not logged
+    assert resumed["throughput"]["reused"] == 2 and resumed["throughput"]["generated"] == 3
+    assert resumed["results"] == clean["results"] and resumed["results"][0]["faithfulness"]["n"] == 5
+
+    def answers(run):
+        return [(p.position, p.rationale, p.answer_text, p.predicted, p.swapped_from, p.swapped_predicted)
+                for p in load_predictions(tmp_path / run)]
+
+    assert answers("run") == answers("clean") and not log.exists()  # the report holds them all now
+
+    # answers logged under other generation settings are not reused
+    with pytest.raises(RuntimeError):
+        evaluate_systems(cfg("run"), _stopping_generate(calls, stop_after=2))
+    evaluate_systems(cfg("run", max_rationale_tokens=9), _stopping_generate(calls))
+    assert calls[-1] == 5
+
+
+@pytest.mark.real_model
+def test_a_second_evaluation_into_a_held_output_directory_is_refused(tmp_path):
+    from ray_cotd import dirlock
+    from ray_cotd.evaluate import evaluate_systems
+
+    path = _write(tmp_path / "q.json", [{"question": "What is 2 plus 3?", "answer": "5"}])
+    cfg = EvaluateConfig(students=[], baselines=["untrained"], test_sets=[SetSpec(path=path, name="q")],
+                         output_dir=str(tmp_path / "out"))
+    with dirlock.hold(tmp_path / "out", "evaluate"):
+        with pytest.raises(dirlock.DirectoryInUse, match="is in use by evaluate run pid"):
+            evaluate_systems(cfg, _stopping_generate([]))
