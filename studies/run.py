@@ -777,10 +777,11 @@ class Study:
         """Load `kind`'s config like `ray-cotd KIND YAML OVERRIDES...`, run it unless its output
         exists, and record its command and wall time. -> the run's summary / report.
 
-        A run is redone only when its final file is missing: an evaluate run stopped half-way starts
-        again, a train run stopped half-way resumes from its last checkpoint (Ray Train, same name
-        and storage under output_dir)."""
+        A run is redone only when its final file is missing: an evaluate run stopped half-way reuses
+        the answers it logged (OUTPUT_DIR/generated.jsonl), a train run stopped half-way resumes from
+        its last checkpoint (Ray Train, same name and storage under output_dir)."""
         from ray_cotd.config import load_stage_config
+        from ray_cotd.dirlock import DirectoryInUse
 
         overrides = [*overrides, f"output_dir={output_dir}"]
         shown = [self._show(yaml_path), *(o.replace(str(REPO) + "/", "") for o in overrides)]
@@ -800,7 +801,13 @@ class Study:
             cfg = adjust(cfg)
         print(f"[study] {kind} {run_id}", flush=True)
         started = time.perf_counter()
-        result = self.runner(kind)(cfg)
+        try:
+            result = self.runner(kind)(cfg)
+        except DirectoryInUse:  # an evaluate run another --parallel runner is doing now
+            if not self.parallel:
+                raise
+            print(f"[study] skip {kind} {run_id} (another runner holds it)", flush=True)
+            return None
         seconds = time.perf_counter() - started
         self.record_timing(run_id, {"experiment": experiment, "kind": kind, "seconds": round(seconds, 1),
                                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
