@@ -54,11 +54,37 @@ def parse_step_line(line: str) -> tuple[int, int, dict[str, str]] | None:
     return int(match.group(1)), int(match.group(2)), values
 
 
+# Off a terminal (`ray job submit`, a pipe, a log file) a bar line is written this often at most.
+LOG_BAR_INTERVAL_S = 30.0
+
+
 def progress_bar(total: int, desc: str, unit: str) -> Any:
-    """The one progress-bar style of every stage (tqdm on stderr)."""
+    """The one progress-bar style of every stage (tqdm on stderr); off a terminal, a line every
+    LOG_BAR_INTERVAL_S at most, so a job's log is not a wall of updates."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.1 if tty else LOG_BAR_INTERVAL_S)
+
+
+@contextlib.contextmanager
+def ray_data_bars_on_a_terminal_only() -> Iterator[None]:
+    """Ray Data's own progress bars off for the block when stderr is no terminal: in a job's log they
+    print a block of lines every few seconds, for work the stage's own progress_bar counts already.
+    On a terminal they stay as they are."""
+    if sys.stderr.isatty():
+        yield
+        return
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = before
 
 
 def _is_terminal_handler(handler: logging.Handler) -> bool:

@@ -44,7 +44,7 @@ from typing import Any
 from ray_cotd import dirlock
 from ray_cotd.config import ConfigError, EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec, save_resolved
 from ray_cotd.configbase import to_dict
-from ray_cotd.console import progress_bar
+from ray_cotd.console import progress_bar, ray_data_bars_on_a_terminal_only
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.choices import parse_choices
 from ray_cotd.data.errors import DataError
@@ -584,7 +584,7 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
         num_gpus=cfg.gpus_per_worker,
     )
     by_index = {}
-    with progress_bar(len(rows), desc, "answer") as bar:
+    with ray_data_bars_on_a_terminal_only(), progress_bar(len(rows), desc, "answer") as bar:
         for result in ds.iter_rows():
             by_index[int(result["index"])] = result
             on_result(result)

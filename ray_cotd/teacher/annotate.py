@@ -47,6 +47,7 @@ from typing import Any, Callable, Literal
 
 from ray_cotd import dirlock
 from ray_cotd.config import AnnotateConfig, ConfigError, load_stage_config, save_resolved
+from ray_cotd.console import progress_bar, ray_data_bars_on_a_terminal_only
 from ray_cotd.data.answers import ParsedOutput, ParseFailure, infer_answer_type, split_output
 from ray_cotd.data.choices import option_label, parse_choices
 from ray_cotd.data.logprobs import LogprobFailure, TopK, vocab_difference
@@ -484,12 +485,6 @@ def check_placement(cfg: AnnotateConfig, available: dict[str, float]) -> None:
                 "per-worker resources, or use a larger cluster")
 
 
-def _progress(total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="annotate", unit="row", file=sys.stderr, dynamic_ncols=True)
-
-
 def rejection_summary(stats: dict[str, Any], out: Path) -> str:
     """One line: how many rows were kept out of how many, and why the others were not."""
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(stats["dropped_by_reason"].items(),
@@ -571,28 +566,31 @@ def _annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         # Plan order on the driver is what makes dedup and resume deterministic (module doc).
         context.execution_options.preserve_order = True
         seen = store.seen
-        progress = _progress(len(todo))
-        try:
-            # Only the request columns travel through Ray (an all-None column such as `domain`
-            # would come back as float NaN from numpy batches); the driver joins the rest by id.
-            by_id = {row["id"]: row for row in todo}
-            shell = engine_rows(cfg)
-            columns = REQUEST_COLUMNS + (("prompt_ids",) if cfg.engine == "vllm" else ())
-            requests = [shell.request({k: row[k] for k in columns}) for row in todo]
-            ds = generate_stage(ray.data.from_items(requests), cfg)
-            for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"):
-                rows = [{**by_id[result["id"]], **_outputs(shell.result(result))} for result in batch.to_pylist()]
-                verdicts = [judge(row, answer_type, cfg.wrong, seen, rationale_source=cfg.rationale_source)
-                            for row in rows]
-                store.commit(rows, verdicts)
-                generated += len(rows)
-                kept += sum(v.outcome == "kept" for v in verdicts)
-                gen_tokens += sum(r["completion_tokens"] or 0 for r in rows)
-                progress.update(len(rows))
-                progress.set_postfix(kept=kept, tok_s=round(gen_tokens / (time.perf_counter() - gen_started), 1))
-        finally:
-            progress.close()
-            context.execution_options.preserve_order = previous_order
+        progress = progress_bar(len(todo), "annotate", "row")
+        with ray_data_bars_on_a_terminal_only():  # the bar above counts the rows
+            try:
+                # Only the request columns travel through Ray (an all-None column such as `domain`
+                # would come back as float NaN from numpy batches); the driver joins the rest by id.
+                by_id = {row["id"]: row for row in todo}
+                shell = engine_rows(cfg)
+                columns = REQUEST_COLUMNS + (("prompt_ids",) if cfg.engine == "vllm" else ())
+                requests = [shell.request({k: row[k] for k in columns}) for row in todo]
+                ds = generate_stage(ray.data.from_items(requests), cfg)
+                for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"):
+                    rows = [{**by_id[result["id"]], **_outputs(shell.result(result))}
+                            for result in batch.to_pylist()]
+                    verdicts = [judge(row, answer_type, cfg.wrong, seen, rationale_source=cfg.rationale_source)
+                                for row in rows]
+                    store.commit(rows, verdicts)
+                    generated += len(rows)
+                    kept += sum(v.outcome == "kept" for v in verdicts)
+                    gen_tokens += sum(r["completion_tokens"] or 0 for r in rows)
+                    progress.update(len(rows))
+                    progress.set_postfix(kept=kept,
+                                         tok_s=round(gen_tokens / (time.perf_counter() - gen_started), 1))
+            finally:
+                progress.close()
+                context.execution_options.preserve_order = previous_order
     gen_seconds = time.perf_counter() - gen_started if todo else 0.0
 
     store.write_rejected(out / "rejected.jsonl", bad_questions)

@@ -118,3 +118,26 @@ def test_an_exception_passes_through_and_names_the_log(tmp_path, capsys):
     except RuntimeError as err:
         assert str(err) == "stage failed"
     assert str(log) in capsys.readouterr().err
+
+
+def test_ray_data_bars_are_off_only_off_a_terminal(monkeypatch):
+    """In a job's log Ray Data's bars print blocks of lines for work the stage's own bar counts."""
+    import ray.data
+
+    from ray_cotd.console import LOG_BAR_INTERVAL_S, progress_bar, ray_data_bars_on_a_terminal_only
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with ray_data_bars_on_a_terminal_only():
+        assert context.enable_progress_bars is False
+    assert context.enable_progress_bars == before
+    assert progress_bar(10, "x", "row").mininterval == LOG_BAR_INTERVAL_S
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with ray_data_bars_on_a_terminal_only():
+        assert context.enable_progress_bars == before
+    assert progress_bar(10, "x", "row").mininterval == 0.1
