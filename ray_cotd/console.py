@@ -18,6 +18,10 @@ In quiet mode (a log file given), until the `with` ends:
 - **Progress bars**: Ray Data's and transformers' are off in this process; stages draw their own.
 Exceptions are not touched: they reach the terminal whole, followed by where the log file is.
 
+Off a terminal (`ray job submit`, a pipe), in either mode: a stage's progress bar writes a line
+every LOG_BAR_INTERVAL_S at most, and Ray Data's own bars are off while evaluate and annotate count
+their rows (`ray_data_bars_on_a_terminal_only`).
+
 Not caught: what Ray's C++ core writes to this process's stderr itself (a `core_worker.cc` line
 when an actor's constructor arguments live in the object store), and what a Ray worker writes to
 its own log files under the Ray session directory (`/tmp/ray/session_latest/logs`).
