@@ -359,6 +359,10 @@ class EvaluateConfig(StageConfig):
     split_seed: int = doc(
         0, "hold-out split seed (same as training); `holdout: test` refuses a student whose student.json records "
            "another split", ge=0)
+    on_bad_row: Literal["skip", "raise"] = doc(
+        "skip", "a bad test row (a mapped field missing, no gold, a gold not of the set's answer_type): skip = left "
+                "out, counted in the report and listed with its reason in bad_rows.jsonl; raise = stop before "
+                "anything generates, naming file, row and field")
     faithfulness: bool = doc(True, "two_stage: answer each question again from the next question's rationale (same "
                                    "set, same batch, same actor) and report the share of answers that change")
     output_dir: str = doc("runs/evaluate", "report.json, report.md, plots and predictions", output_dir=True)

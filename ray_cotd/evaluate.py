@@ -35,7 +35,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -48,7 +48,7 @@ from ray_cotd.console import progress_bar, ray_data_bars_on_a_terminal_only
 from ray_cotd.data.answers import ANSWER_TYPES, fit_answer_type, normalize_answer
 from ray_cotd.data.choices import parse_choices
 from ray_cotd.data.errors import DataError
-from ray_cotd.data.readers import read_questions
+from ray_cotd.data.readers import BadRow, read_questions, write_bad_rows
 from ray_cotd.data.schema import stable_id
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit, select_test_rows
 from ray_cotd.lm.format import STAGE2_PREFIX, encode, student_prompt_ids
@@ -101,44 +101,67 @@ class EvalSet:
     records: list[dict[str, Any]]
     answer_type_from: str = "config"
     not_fitting: int = 0
+    bad: list[BadRow] = field(default_factory=list)  # rows not scored (on_bad_row: skip), with why
 
 
 # -- preparation: everything that can fail on bad input, before any model runs -----------------
 
 
-def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: int) -> EvalSet:
-    """Read and check one test set. Raises DataError naming file, row and field on bad input."""
+def prepare_test_set(spec: TestSetSpec, *, holdout_fraction: float, split_seed: int,
+                     on_bad_row: str = "raise") -> EvalSet:
+    """Read and check one test set. A bad row (a mapped field missing or not text, no gold, a gold
+    that is not of the given answer_type, options that name no gold, ...) raises DataError naming
+    file, row and field, or with on_bad_row="skip" is left out and kept in EvalSet.bad with its
+    reason. A file that cannot be read, or a set with no good row left, raises either way."""
     if not spec.path:
         raise ConfigError("test_sets[].path: empty")
     mapping = spec.mapping.field_mapping()
-    result = read_questions(spec.path, mapping, on_bad="raise")
+    skip = on_bad_row == "skip"
+    result = read_questions(spec.path, mapping, on_bad="collect" if skip else "raise")
     gold_field = result.mapping.gold or result.mapping.answer if result.mapping else None
-    if gold_field is None:
+    if gold_field is None and result.mapping is not None:
         raise DataError("the field mapping names no gold (or answer) column", path=spec.path, field="gold")
-    records = result.records
-    for record in records:
+    bad = list(result.bad)
+
+    def reject(record: dict[str, Any], reason: str, message: str) -> None:
+        if not skip:
+            raise DataError(message, path=spec.path, row=record["row"], field=gold_field)
+        bad.append(BadRow(spec.path, record["row"], gold_field, reason, {"question": record["question"],
+                                                                         "gold": record["gold"]}))
+
+    records = []
+    for record in result.records:
         if record["gold"] is None:
-            raise DataError("no gold answer (empty)", path=spec.path, row=record["row"], field=gold_field)
+            reject(record, "no_gold", "no gold answer (empty)")
+        else:
+            records.append(record)
     # Inferred, the set's type is the one most golds read as (never text without a word when most
     # have a type: issue 19's ARC set of "(C)" and "(2)" golds was text); a gold that does not fit
     # it is compared as text, counted and reported. Given, every gold must read as it.
     answer_type = spec.answer_type or fit_answer_type(r["gold"] for r in records).answer_type
+    typed = []
     for record in records:
         record["answer_type"] = scored_type(record["gold"], answer_type)
         if record["answer_type"] != answer_type and spec.answer_type is not None:
-            raise DataError(f"gold {record['gold']!r} is not a {answer_type} answer (answer_type)",
-                            path=spec.path, row=record["row"], field=gold_field)
-    records = select_test_rows(records, holdout=spec.holdout, test_fraction=holdout_fraction, seed=split_seed,
+            reject(record, f"gold_not_{answer_type}", f"gold {record['gold']!r} is not a {answer_type} answer "
+                                                      "(answer_type)")
+        else:
+            typed.append(record)
+    records = select_test_rows(typed, holdout=spec.holdout, test_fraction=holdout_fraction, seed=split_seed,
                                offset=spec.offset, limit=spec.limit)
+    first = f"row {bad[0].row}, field {bad[0].field!r}: {bad[0].reason}" if bad else ""
     if not records:
-        raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit})",
-                        path=spec.path)
+        raise DataError(f"no rows to evaluate (holdout={spec.holdout}, offset={spec.offset}, limit={spec.limit}"
+                        + (f"; {len(bad)} bad rows left out, the first: {first}" if bad else "") + ")", path=spec.path)
+    if bad:
+        warnings.warn(f"{spec.path}: {len(bad)} bad rows left out (first: {first}); they are listed in the "
+                      "output's bad_rows.jsonl", stacklevel=2)
     not_fitting = sum(1 for r in records if r["answer_type"] != answer_type)
     if not_fitting:
         warnings.warn(f"{spec.path}: scored as {answer_type} (inferred from the golds); {not_fitting} of "
                       f"{len(records)} golds are not {answer_type} answers and are compared as text", stacklevel=2)
     return EvalSet(spec.set_name(), spec.split, spec.path, answer_type, spec.holdout, records,
-                   answer_type_from="config" if spec.answer_type else "golds", not_fitting=not_fitting)
+                   answer_type_from="config" if spec.answer_type else "golds", not_fitting=not_fitting, bad=bad)
 
 
 def _student_name(spec: ModelSpec) -> str:
@@ -334,6 +357,7 @@ def with_swap(p: Prediction, g: dict[str, Any], answer_type: str, donor_position
 
 
 GENERATED_LOG = "generated.jsonl"
+BAD_ROWS = "bad_rows.jsonl"  # test rows left out as bad input (on_bad_row: skip), with file, row, field, reason
 
 
 def model_fingerprint(spec: ModelSpec) -> list[list[Any]]:
@@ -632,8 +656,8 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
     if not cfg.test_sets:
         raise ConfigError("test_sets: give at least one test set")
     # 1. prepare: all bad input fails here, before any model generates
-    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, split_seed=cfg.split_seed)
-            for ts in cfg.test_sets]
+    sets = [prepare_test_set(ts, holdout_fraction=cfg.holdout_fraction, split_seed=cfg.split_seed,
+                             on_bad_row=cfg.on_bad_row) for ts in cfg.test_sets]
     set_names = [ts.name for ts in sets]
     if len(set(set_names)) != len(set_names):
         raise ConfigError(f"test_sets: duplicate names {set_names}; set test_sets[].name")
@@ -721,6 +745,8 @@ def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[E
                               [p for p in predictions if p.system == system and p.test_set == ts.name])
     # unparseable outputs are wrong answers, kept in the predictions; this file gathers them for reading
     write_predictions(out_dir / "unparseable.jsonl", [p for p in predictions if p.parse_error is not None])
+    (out_dir / BAD_ROWS).unlink(missing_ok=True)  # this run's, not an earlier one's
+    write_bad_rows([b for ts in sets for b in ts.bad], out_dir / BAD_ROWS)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dirs": [str(out_dir)],
@@ -730,7 +756,7 @@ def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[E
                      SPLIT_KEY: (student_records.get(s.name) or {}).get(SPLIT_KEY)} for s in systems],
         "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
                        "answer_type_from": ts.answer_type_from, "golds_not_fitting": ts.not_fitting,
-                       "holdout": ts.holdout, "n": len(ts.records)} for ts in sets],
+                       "holdout": ts.holdout, "n": len(ts.records), "bad_rows": len(ts.bad)} for ts in sets],
         "results": summarize(predictions, system_names, sets),
         "splits": split_summary(predictions, system_names),
         "throughput": {"questions": len(rows), "generated": len(todo), "reused": reused_n,
@@ -795,6 +821,11 @@ def markdown_table(report: dict) -> str:
         if any(p != "–" for p in pooled):
             lines.append(f"| **all {split}** | {split} | | " + " | ".join(pooled) + " |")
     lines += ["", "Answer types: " + "; ".join(answer_type_note(ts) for ts in report["test_sets"]) + "."]
+    skipped = [ts for ts in report["test_sets"] if ts.get("bad_rows")]
+    if skipped:
+        lines += ["", "Bad input rows left out (before the hold-out split and limits; listed with their reasons in "
+                      "bad_rows.jsonl): " + "; ".join(
+            f"{ts['name']} {ts['bad_rows']} rows" for ts in skipped) + "."]
     constrained = [r for r in report["results"] if r.get("constrained_accuracy") is not None]
     if constrained:
         lines += [

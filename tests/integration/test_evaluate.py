@@ -32,7 +32,7 @@ def test_rows_missing_the_mapped_field_name_file_row_and_field(tmp_path):
     path = _write(tmp_path / "qs.json", [{"instruction": "Is snow white?", "label": "True"},
                                          {"instruction": "Is coal white?"}])
     cfg = EvaluateConfig(test_sets=[SetSpec(path=path, mapping=MappingSpec(preset="testset"))],
-                         output_dir=str(tmp_path / "out"))
+                         output_dir=str(tmp_path / "out"), on_bad_row="raise")
     with pytest.raises(DataError) as err:
         run_evaluate(cfg)
     assert err.value.path == path and err.value.row == 1 and err.value.field == "label"
@@ -42,10 +42,19 @@ def test_rows_missing_the_mapped_field_name_file_row_and_field(tmp_path):
 def test_answer_type_that_does_not_match_the_golds(tmp_path):
     path = _write(tmp_path / "qs.json", [{"instruction": "How many legs has a spider?", "label": "8"},
                                          {"instruction": "Is a spider an insect?", "label": "False"}])
-    cfg = EvaluateConfig(test_sets=[SetSpec(path=path, answer_type="numeric")], output_dir=str(tmp_path / "o"))
+    cfg = EvaluateConfig(test_sets=[SetSpec(path=path, answer_type="numeric")], output_dir=str(tmp_path / "o"),
+                         on_bad_row="raise")
     with pytest.raises(DataError, match="is not a numeric answer") as err:
         run_evaluate(cfg)
     assert (err.value.row, err.value.field) == (1, "label")
+
+
+def test_a_set_with_no_good_row_fails_naming_the_first_bad_one(tmp_path):
+    path = _write(tmp_path / "qs.json", [{"instruction": "Is coal white?"}])
+    cfg = EvaluateConfig(test_sets=[SetSpec(path=path, mapping=MappingSpec(preset="testset"))],
+                         output_dir=str(tmp_path / "o"))
+    with pytest.raises(DataError, match=r"no rows to evaluate .*1 bad rows left out, the first: row 0, field 'label'"):
+        run_evaluate(cfg)
 
 
 def test_checkpoint_directory_that_is_not_a_model(tmp_path):
@@ -379,3 +388,26 @@ def test_a_second_evaluation_into_a_held_output_directory_is_refused(tmp_path):
     with dirlock.hold(tmp_path / "out", "evaluate"):
         with pytest.raises(dirlock.DirectoryInUse, match="is in use by evaluate run pid"):
             evaluate_systems(cfg, _stopping_generate([]))
+
+
+@pytest.mark.real_model
+def test_bad_test_rows_are_left_out_counted_and_written_aside(tmp_path):
+    """A long evaluation does not die on one bad row (the default on_bad_row: skip): it is not scored,
+    the report says how many per set, and bad_rows.jsonl names file, row, field and reason."""
+    from ray_cotd.evaluate import BAD_ROWS, evaluate_systems
+
+    path = _write(tmp_path / "qs.json", [
+        {"instruction": "How many legs has a spider?", "label": "8"},
+        {"instruction": "How many legs has a cat?"},                          # no gold column
+        {"instruction": "Is a spider an insect?", "label": "False"},          # not numeric
+        {"instruction": "How many wings has a bee?", "label": "4"}])
+    cfg = EvaluateConfig(students=[], baselines=["untrained"], max_rationale_tokens=8, max_answer_tokens=4,
+                         test_sets=[SetSpec(path=path, name="legs", mapping=MappingSpec(preset="testset"),
+                                            answer_type="numeric")], output_dir=str(tmp_path / "out"))
+    with pytest.warns(UserWarning, match=r"2 bad rows left out \(first: row 1, field 'label': missing_field\)"):
+        report = evaluate_systems(cfg, _stopping_generate([]))
+    assert report["test_sets"][0]["bad_rows"] == 2 and report["results"][0]["accuracy"]["n"] == 2
+    bad = [json.loads(line) for line in (tmp_path / "out" / BAD_ROWS).read_text().splitlines()]
+    assert [(b["path"], b["row"], b["field"], b["reason"]) for b in bad] == [
+        (path, 1, "label", "missing_field"), (path, 2, "label", "gold_not_numeric")]
+    assert "bad_rows.jsonl): legs 2 rows." in (tmp_path / "out" / "report.md").read_text()
