@@ -43,8 +43,8 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from itertools import takewhile
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
