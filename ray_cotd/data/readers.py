@@ -31,9 +31,12 @@ What a record's question and gold are, for datasets in other shapes:
   - a gold that is a worked solution becomes its final answer ("... #### 72" -> "72", the last
     \\boxed{...}, or what follows "The answer is": answers.final_answer); the record keeps the
     solution as "solution" (training reads its rationale from it, ray_cotd.student.corpus).
+A chat transcript column (OpenAI `messages`, ShareGPT `conversations`) mapped as the question
+gives its last user turn; mapped as the gold (or answer, or output), the assistant's reply to it,
+which as a worked solution ("... The answer is 5") gives its final answer and its rationale.
 Detection (no mapping given) takes the first preset whose columns are there, else pairs a
 question-like column with a gold-like one (`problem` with `solution`, `question` with `correct`),
-and adds a `choices`/`options` (or one column per option named A, B, C, ...) and a
+else maps a `messages`/`conversations` column as both question and gold, and adds a `choices`/`options` (or one column per option named A, B, C, ...) and a
 `context`/`passage` column.
 """
 
@@ -72,6 +75,9 @@ _QUESTION_COLUMNS = ("question", "problem", "input", "instruction", "query", "pr
 _GOLD_COLUMNS = ("answer", "answerKey", "label", "target", "gold", "correct", "solution", "output")
 # Columns detection adds to the mapping it finds, by role, first present wins.
 _DETECTED_EXTRAS = {"choices": ("choices", "options"), "context": ("context", "passage")}
+# A chat transcript column (OpenAI-style messages, ShareGPT conversations): detected when nothing else fits.
+_CHAT_COLUMNS = ("messages", "conversations")
+_USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt", "model"}
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,9 @@ def detect_mapping(columns: Iterable[str]) -> FieldMapping:
     gold = next((c for c in _GOLD_COLUMNS if c in present), None)
     if found is None and question is not None and gold is not None:
         found = FieldMapping(question=question, gold=gold)  # e.g. MATH's problem / solution
+    chat = next((c for c in _CHAT_COLUMNS if c in present), None)
+    if found is None and chat is not None:  # the user's turn is the question, the reply its worked solution
+        found = FieldMapping(question=chat, gold=chat)
     if found is None:
         presets = "; ".join(f"{n}: {', '.join(p.columns().values())}" for n, p in MAPPING_PRESETS.items())
         raise DataError(
@@ -324,6 +333,14 @@ def _map_row(
         return None, BadRow(source, index, None, "not_object", json.dumps(row, default=str)[:500])
     values: dict[str, Any] = {}
     for role, column in mapping.columns().items():
+        if role in ("question", "gold", "answer", "output") and isinstance(row.get(column), list) and \
+                all(isinstance(turn, dict) for turn in row[column]):  # a chat transcript
+            question_turn, reply = chat_turns(row[column])
+            value = question_turn if role == "question" else reply
+            if value is None:
+                return None, BadRow(source, index, column, "missing_field", row)
+            values[role] = value
+            continue
         if role == "choices" and "," in column:  # one column per option, the column names their labels
             names = [name.strip() for name in column.split(",")]
             absent = next((name for name in names if row.get(name) is None), None)
@@ -379,6 +396,24 @@ def _map_row(
     if accepted and mapping.choices is None:
         record["accepted"] = accepted  # every right answer, the gold first (scoring.score takes any)
     return record, None
+
+
+def chat_turns(turns: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(question, reply) of a chat transcript: the last user turn before the final assistant turn
+    (or the last user turn when none follows), and that assistant turn; None where there is none.
+    Turns are {"role", "content"} (OpenAI; content a string or a list of {"type": "text", "text"}
+    parts) or {"from", "value"} (ShareGPT: human / gpt)."""
+    def text(turn: dict[str, Any]) -> str | None:
+        content = turn.get("content", turn.get("value"))
+        if isinstance(content, list):
+            content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return content if isinstance(content, str) and content.strip() else None
+
+    roles = [str(turn.get("role", turn.get("from", ""))).lower() for turn in turns]
+    last_reply = max((i for i, r in enumerate(roles) if r in _ASSISTANT_ROLES), default=None)
+    users = [i for i, r in enumerate(roles) if r in _USER_ROLES and (last_reply is None or i < last_reply)]
+    question = text(turns[users[-1]]) if users else None
+    return question, text(turns[last_reply]) if last_reply is not None and users else None
 
 
 def _accepted_answers(value: list | tuple | dict) -> list[str]:

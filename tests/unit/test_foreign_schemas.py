@@ -257,3 +257,31 @@ def test_free_text_answers_compare_as_squad_does(answer, gold, right):
     from ray_cotd.scoring import score
 
     assert score(answer, gold, "text")["correct"] is right
+
+
+# -- chat transcripts ---------------------------------------------------------------------------
+
+CHAT = [{"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Tom has 3 bags of 4 apples. How many apples?"},
+                      {"role": "assistant", "content": "3 * 4 = 12.\nThe answer is 12."}]},
+        {"conversations": [{"from": "human", "value": [{"type": "text", "text": "Is snow cold?"}]},
+                           {"from": "gpt", "value": "Snow is frozen water. #### yes"}]},
+        {"messages": [{"role": "user", "content": "What is 2 + 2?"}]}]
+
+
+def test_a_chat_transcript_is_a_question_and_a_worked_solution(tmp_path):
+    from ray_cotd.student.corpus import read_training_rows
+
+    first = read_questions(_write(tmp_path, "chat.json", CHAT[:1])).records[0]
+    assert (first["question"], first["gold"]) == ("Tom has 3 bags of 4 apples. How many apples?", "12")
+    rows, _, _ = read_training_rows(_write(tmp_path, "chat_train.json", CHAT[:1]))
+    assert [(r["rationale"], r["answer"]) for r in rows] == [("3 * 4 = 12.", "12")]
+    sharegpt = read_questions(_write(tmp_path, "sharegpt.json", CHAT[1:2])).records[0]
+    assert (sharegpt["question"], sharegpt["gold"]) == ("Is snow cold?", "Snow is frozen water. #### yes")
+
+
+def test_a_chat_without_a_reply_is_a_question_without_a_gold(tmp_path):
+    result = read_questions(_write(tmp_path, "ask.json", CHAT[2:]), FieldMapping(question="messages"))
+    assert result.records[0]["question"] == "What is 2 + 2?" and result.records[0]["gold"] is None
+    asked = read_questions(_write(tmp_path, "ask2.json", CHAT[2:]), on_bad="collect")
+    assert [(b.field, b.reason) for b in asked.bad] == [("messages", "missing_field")]  # no reply to be its gold
