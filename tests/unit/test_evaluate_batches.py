@@ -80,3 +80,13 @@ def test_ray_data_rows_holding_batches_as_json_answer_as_the_batches_themselves(
     packed = pd.DataFrame([{"batch": json.dumps(b)} for b in batches_by_set(rows, 8)])
     direct = pd.concat([_actor(True)(pd.DataFrame(b)) for b in batches_by_set(rows, 8)], ignore_index=True)
     pd.testing.assert_frame_equal(_actor(True)(packed).drop(columns="swap_s"), direct.drop(columns="swap_s"))
+
+
+def test_a_logged_answer_is_reused_at_its_new_row_and_its_swap_found_by_key():
+    from ray_cotd.evaluate import reused
+
+    logged = {"rationale": "r", "answer_text": " 5.", "swapped_answer_text": " 6.", "swapped_from_key": "k2"}
+    assert reused(logged, 7, {"k2": 3}) == {"rationale": "r", "answer_text": " 5.", "swapped_answer_text": " 6.",
+                                           "index": 7, "swapped_from_index": 3}
+    alone = reused(logged, 7, {})  # its donor is not among this run's questions (another limit): not swapped
+    assert (alone["swapped_from_index"], alone["swapped_answer_text"]) == (-1, "")
