@@ -82,6 +82,9 @@ def inspect_path(
         "rows": len(records) + len(result.bad),
         "records": len(records),
         "mapping": result.mapping.columns() if result.mapping else {},
+        # the first usable row as every stage reads it (options written in, the gold as its final answer)
+        "example": {"row": records[0]["row"], "question": records[0]["question"], "gold": records[0]["gold"]}
+        if records else None,
         "bad_rows": result.bad_by_reason(),
         "bad_examples": dict(bad_examples),
         "answer_type": answer_type,
@@ -140,6 +143,11 @@ def format_inspect(report: dict[str, Any]) -> str:
         ("mapping", ", ".join(f"{role}={column}" for role, column in report["mapping"].items()) or "-"),
         ("answer type", f"{report['answer_type']} ({report['answer_type_source']})"),
     ]
+    example = report.get("example")
+    if example is not None:
+        question = " ".join(example["question"].split())
+        lines.append((f"row {example['row']} reads", f"{question[:160]}{' ...' if len(question) > 160 else ''}"
+                                                    f"  -> gold {example['gold']!r}"))
     for reason, count in report["bad_rows"].items():
         lines.append((f"bad rows: {reason}", f"{count} (e.g. rows {_rows(report['bad_examples'][reason])})"))
     outputs = report["outputs"]

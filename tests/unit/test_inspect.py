@@ -87,3 +87,12 @@ def test_inspect_reports_overlap_with_test_sets(fixtures_dir, tmp_path):
 def test_inspect_refuses_a_test_set_that_does_not_exist(fixtures_dir, tmp_path):
     with pytest.raises(DataError, match=r"nowhere.jsonl, field '--test-set': test set not found"):
         inspect_path(fixtures_dir / "questions.json", test_sets=[tmp_path / "nowhere.jsonl"])
+
+
+def test_the_report_shows_the_first_row_as_every_stage_reads_it(tmp_path):
+    """Options in a column written into the question, the gold as its letter: what the user checks
+    before spending teacher or student time on a dataset of another shape."""
+    path = tmp_path / "mmlu.json"
+    path.write_text(json.dumps([{"question": "Which city is in France?", "choices": ["Rome", "Paris"], "answer": 1}]))
+    text = format_inspect(inspect_path(path))
+    assert "row 0 reads  Which city is in France? Answer choices: (A) Rome (B) Paris  -> gold 'B'" in text
