@@ -30,6 +30,7 @@ seed, so runs that vary `seed` keep one test set; training records it in student
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from ray_cotd.data.readers import FieldMapping, detect_mapping, read_questions, 
 from ray_cotd.data.splits import holdout_split, select_test_rows
 
 ANNOTATED_KEYS = ("question", "rationale", "answer")
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 
 
 @dataclass
@@ -109,10 +111,11 @@ def read_training_rows(path: str | Path, mapping: MappingSpec | None = None, *,
                     continue
                 rationale, answer = parsed.rationale, parsed.answer
             elif rec.get("gold"):
-                # a worked-solution gold ("... #### 72") holds the dataset's own rationale
+                # a worked-solution gold ("... #### 72") holds the dataset's own rationale; GSM8K's
+                # calculator annotations ("48/2 = <<48/2=24>>24") are no part of it
                 parsed = split_output(rec["solution"]) if rec.get("solution") else None
-                rationale, answer = ((parsed.rationale, parsed.answer) if isinstance(parsed, ParsedOutput)
-                                     else ("", rec["gold"]))
+                rationale, answer = ((_CALCULATOR.sub("", parsed.rationale), parsed.answer)
+                                     if isinstance(parsed, ParsedOutput) else ("", rec["gold"]))
             else:
                 drop(rec["source"], rec["row"], "gold", "no_answer")
                 continue

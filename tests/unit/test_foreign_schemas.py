@@ -221,7 +221,7 @@ def test_a_gsm8k_training_file_trains_on_its_own_rationales(tmp_path):
 
     rows, _ = read_training_rows(_write(tmp_path, "gsm8k_train.json", GSM8K))[:2]
     assert [(r["rationale"], r["answer"]) for r in rows] == [
-        ("He has 3 * 24 = <<3*24=72>>72 apples.", "72"), ("One box holds them all.", "1,000")]
+        ("He has 3 * 24 = 72 apples.", "72"), ("One box holds them all.", "1,000")]  # no <<calculator>> notes
     math_rows, _ = read_training_rows(_write(tmp_path, "math_train.json", MATH), needs_rationale=False)[:2]
     assert [(r["rationale"], r["answer"]) for r in math_rows] == [("", "\\frac{3}{4}"), ("", "1024")]  # gold only
 
