@@ -627,7 +627,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         report = evaluate_systems(cfg)
         run.log_metrics(report_metrics(report))
         out_dir = Path(cfg.output_dir)
-        for name in ("report.md", "report.json", "accuracy.png", "faithfulness.png", "unparseable.jsonl"):
+        for name in ("report.md", "report.json", "accuracy.png", "faithfulness.png", "unparseable.jsonl", BAD_ROWS):
             run.log_artifact(out_dir / name)
         run.log_artifact(out_dir / "predictions", "predictions")
     return report
