@@ -746,7 +746,8 @@ def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[E
     # unparseable outputs are wrong answers, kept in the predictions; this file gathers them for reading
     write_predictions(out_dir / "unparseable.jsonl", [p for p in predictions if p.parse_error is not None])
     (out_dir / BAD_ROWS).unlink(missing_ok=True)  # this run's, not an earlier one's
-    write_bad_rows([b for ts in sets for b in ts.bad], out_dir / BAD_ROWS)
+    if any(ts.bad for ts in sets):
+        write_bad_rows([b for ts in sets for b in ts.bad], out_dir / BAD_ROWS)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dirs": [str(out_dir)],
