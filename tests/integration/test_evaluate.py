@@ -411,3 +411,32 @@ def test_bad_test_rows_are_left_out_counted_and_written_aside(tmp_path):
     assert [(b["path"], b["row"], b["field"], b["reason"]) for b in bad] == [
         (path, 1, "label", "missing_field"), (path, 2, "label", "gold_not_numeric")]
     assert "bad_rows.jsonl): legs 2 rows." in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.ray
+@pytest.mark.real_model
+def test_a_run_stopped_in_its_ray_data_pass_resumes_on_the_real_model(ray_cluster, tmp_path):
+    """The actor pool's answers reach the log as they come back: a run stopped after two answers
+    (its driver raising, as a killed job's would stop) leaves them, and the next start generates the
+    other two with the real student and scores all four."""
+    from ray_cotd.evaluate import GENERATED_LOG, _run_actor_pool, evaluate_systems
+
+    path = _write(tmp_path / "q.json", [{"question": f"What is {n} plus 2?", "answer": str(n + 2)} for n in range(4)])
+    cfg = EvaluateConfig(students=[], baselines=["untrained"], batch_size=2, max_rationale_tokens=8,
+                         max_answer_tokens=4, test_sets=[SetSpec(path=path, name="q", answer_type="numeric")],
+                         output_dir=str(tmp_path / "out"))
+
+    def stopped(rows, cfg, systems, demos, desc, on_result):
+        def two_then_stop(result):
+            on_result(result)
+            if len(Path(cfg.output_dir, GENERATED_LOG).read_text().splitlines()) == 1 + 2:
+                raise KeyboardInterrupt("stopped")
+        return _run_actor_pool(rows, cfg, systems, demos, desc, two_then_stop)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_systems(cfg, stopped)
+    report = evaluate_systems(cfg)
+    assert (report["throughput"]["reused"], report["throughput"]["generated"]) == (2, 2)
+    predictions = load_predictions(tmp_path / "out")
+    assert len(predictions) == 4 and all(p.rationale_stop in ("eos", "marker", "length") for p in predictions)
+    assert not (tmp_path / "out" / GENERATED_LOG).exists()
