@@ -519,7 +519,15 @@ class GenerateActor:
         import pandas as pd
 
         if list(batch.columns) == ["batch"]:
-            return pd.concat([self(pd.DataFrame(json.loads(b))) for b in batch["batch"]], ignore_index=True)
+            # answer() and not self(): Ray Data runs __call__ on one thread of its own, and calling
+            # through it again from that thread waits for itself forever
+            return pd.concat([self.answer(pd.DataFrame(json.loads(b))) for b in batch["batch"]], ignore_index=True)
+        return self.answer(batch)
+
+    def answer(self, batch: Any) -> Any:
+        """The results of one batch of rows (a pandas DataFrame), as a DataFrame."""
+        import pandas as pd
+
         out: dict[int, dict[str, Any]] = {}
         for (system, answer_type), group in batch.groupby(["system", "answer_type"], sort=False):
             gen = self.generator(system, answer_type)
