@@ -373,12 +373,17 @@ def model_fingerprint(spec: ModelSpec) -> list[list[Any]]:
     return found
 
 
-def answer_key(system: System, ts: EvalSet, record: dict[str, Any]) -> str:
-    """What one generated answer depends on besides the run's settings: the system (name, model spec,
-    its files, few-shot or not), the test set's name, the question and its choices."""
+def system_key(system: System) -> str:
+    """What a system's answers depend on: its name, model spec, the spec's files and few-shot or not
+    (computed once per system: the files are stat'ed here)."""
     return stable_id(system.name, json.dumps(asdict(system.model), sort_keys=True),
-                     json.dumps(model_fingerprint(system.model)), str(system.few_shot), ts.name, record["question"],
-                     json.dumps(question_choices(record)))
+                     json.dumps(model_fingerprint(system.model)), str(system.few_shot))
+
+
+def answer_key(system: str, row: dict[str, Any]) -> str:
+    """What one generated answer depends on besides the run's settings: its system's key, and the
+    generate row's test set, question and choices."""
+    return stable_id(system, row["test_set"], row["question"], row["choices"])
 
 
 def generation_settings(cfg: EvaluateConfig, demos: dict) -> str:
@@ -704,7 +709,8 @@ def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[E
     rows = [{"index": i, "system": system.name, "test_set": ts.name, "answer_type": ts.answer_type,
              "question": record["question"], "choices": json.dumps(question_choices(record))}
             for i, (system, ts, _, record) in enumerate(questions)]
-    keys = [answer_key(system, ts, record) for system, ts, _, record in questions]
+    system_keys = {s.name: system_key(s) for s in systems}
+    keys = [answer_key(system_keys[row["system"]], row) for row in rows]
     log = GeneratedLog(out_dir / GENERATED_LOG, generation_settings(cfg, demos))
     done = log.load()  # answers of an earlier start of this run that stopped before its report
     todo = [row for row in rows if row["index"] not in too_long and keys[row["index"]] not in done]
