@@ -24,13 +24,25 @@ The last line is `two_stage_over_single=<ratio> naive_over_single=<ratio> vllm_o
 answer_agreement=<share> decode_ms_over_floor=<ratio>`; the first two are the larger of the
 batch-1 and batch-8 ratios of medians (the target is two_stage_over_single <= 1.1).
 Questions are generated from our own templates (no dataset rows).
+
+    python bench/inference.py --lora [--student DIR]   # ~4 minutes on 2 CPU cores
+
+4. A LoRA student on vLLM both ways (`vllm.lora`): merged into a cached full-weights copy (the CPU
+   default) and as a LoRA request on its base's engine, two engines side by side, the same 64
+   questions, two-stage (rationale <= 96 tokens), interleaved rounds after a warm-up of each, in
+   the student's dtype (bf16 here: what training writes). The student is DIR, or a stand-in made
+   here: LoRA r 16 on all seven projections of the default model (a trained student's shape) with
+   seeded random B matrices. Last line: `lora_merged_over_request=<ratio of questions/s>
+   lora_answer_agreement=<share of parsed answers alike>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -152,13 +164,74 @@ def backends(hf: Generator, n: int, limits: GenerationLimits, rounds: int) -> di
     return {"vllm_over_hf": med["hf"] / med["vllm"], "answer_agreement": agree, "decode_ms_over_floor": decode / FLOOR_MS}
 
 
+def stand_in_student(out: Path) -> Path:
+    """A LoRA student directory as training writes it: r 16 on all seven projections, random B."""
+    from peft import LoraConfig, get_peft_model
+
+    from ray_cotd.lm.model import load_model, write_student_meta
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(ModelSpec()), LoraConfig(
+        r=16, lora_alpha=32, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.01)
+    model.save_pretrained(str(out))
+    write_student_meta(out, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "cascod",
+                             "precision": "bfloat16"})
+    return out
+
+
+def lora_modes(student: Path, n: int, limits: GenerationLimits, rounds: int) -> dict[str, float]:
+    """Questions/s of one LoRA student merged vs as a LoRA request (see module doc, 4)."""
+    from ray_cotd.lm.model import spec_for_student_dir
+    from ray_cotd.lm.vllm import VLLMEngines
+
+    spec = spec_for_student_dir(student, dtype="bfloat16")
+    qs = [p["question"] for p in generate(n, SEED)]
+    gens, engines = {}, []
+    for mode in ("merge", "request"):
+        start, pool = timed(lambda: VLLMEngines(VLLMEngineSpec(lora=mode), [spec]))
+        t, gens[mode] = timed(lambda: pool.generator(spec))
+        engines.append(pool)
+        print(f"{mode}: plan (merge included) {start:.1f}s, engine start {t:.1f}s")
+    for gen in gens.values():
+        gen.two_stage(qs, limits)  # warm-up
+    times: dict[str, list[float]] = {mode: [] for mode in gens}
+    answers: dict[str, list] = {}
+    for _ in range(rounds):
+        for mode, gen in gens.items():
+            t, answers[mode] = timed(lambda: gen.two_stage(qs, limits))
+            times[mode].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for mode, v in times.items():
+        print(f"lora {mode}: {n / med[mode]:.3f} questions/s, median {med[mode]:.1f}s over {rounds} rounds "
+              f"(min {min(v):.1f}, max {max(v):.1f})")
+    agree = sum(a.answer == b.answer for a, b in zip(answers["merge"], answers["request"])) / n
+    same = sum(a.rationale == b.rationale for a, b in zip(answers["merge"], answers["request"]))
+    print(f"merged vs request: answers agree on {agree * n:.0f}/{n}, rationales identical on {same}/{n}")
+    for pool in engines:
+        pool.close()
+    return {"lora_merged_over_request": med["request"] / med["merge"], "lora_answer_agreement": agree}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short rationales, 3 repeats (< 5 min on 2 cores)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lora", action="store_true", help="only part 4: a LoRA student merged vs as a LoRA request")
+    parser.add_argument("--student", type=Path, default=None, help="with --lora: a trained LoRA student directory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lora:
+        with tempfile.TemporaryDirectory() as tmp:
+            student = args.student or stand_in_student(Path(tmp) / "student")
+            out = lora_modes(student, 64, GenerationLimits(max_rationale_tokens=96, max_answer_tokens=8), rounds=2)
+        print(" ".join(f"{k}={v:.3f}" for k, v in out.items()))
+        return
     limits = GenerationLimits(max_rationale_tokens=32 if args.quick else 128, max_answer_tokens=8)
     repeats = args.repeats or (3 if args.quick else 5)
     print(f"torch threads={torch.get_num_threads()} limits={limits} repeats={repeats}")
@@ -179,5 +252,5 @@ def main() -> None:
           f"decode_ms_over_floor={vs['decode_ms_over_floor']:.3f}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM spawns its engine core: the guard is required
     main()

@@ -158,6 +158,11 @@ class VLLMEngineSpec(StageConfig):
     gpu_memory_utilization: float = doc(0.9, "share of each GPU's memory vLLM may take", gt=0, le=1)
     max_concurrent_batches: int = doc(8, "annotation: Ray Data batches in flight per replica", ge=1)
     accelerator_type: Optional[str] = doc(None, "GPU type to schedule on, e.g. H100, A100, L4")
+    lora: Literal["auto", "merge", "request"] = doc(
+        "auto", "how a LoRA student runs: merge = its adapter merged once into a cached copy of its base's "
+                "weights, run as an engine of its own; request = a LoRA request on its base's engine, one engine "
+                "for the baseline and every LoRA student of that base; auto = merge on CPU (vLLM's CPU LoRA path "
+                "generated ~7x slower than the merged weights), request on GPU")
     engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
 
 

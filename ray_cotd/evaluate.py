@@ -388,10 +388,14 @@ def answer_key(system: str, row: dict[str, Any]) -> str:
 
 def generation_settings(cfg: EvaluateConfig, demos: dict) -> str:
     """A key of the settings every answer of a run is generated under; another key, another run."""
-    return stable_id(json.dumps({"mode": cfg.mode, "max_rationale_tokens": cfg.max_rationale_tokens,
-                                 "max_answer_tokens": cfg.max_answer_tokens, "backend": cfg.backend,
-                                 "vllm": asdict(cfg.vllm), "faithfulness": cfg.faithfulness, "demos": demos},
-                                sort_keys=True))
+    settings = {"mode": cfg.mode, "max_rationale_tokens": cfg.max_rationale_tokens,
+                "max_answer_tokens": cfg.max_answer_tokens, "backend": cfg.backend,
+                "vllm": asdict(cfg.vllm), "faithfulness": cfg.faithfulness, "demos": demos}
+    if cfg.backend == "vllm":
+        from ray_cotd.lm.vllm import merges_lora
+
+        settings["lora_merged"] = merges_lora(cfg.vllm)  # what vllm.lora "auto" chose on this machine
+    return stable_id(json.dumps(settings, sort_keys=True))
 
 
 def _plain(value: Any) -> Any:
@@ -486,7 +490,7 @@ class GenerateActor:
         torch.set_num_threads(max(1, threads))
         self.backend = backend
         self.vllm_engines: Any = None
-        if backend == "vllm":  # one engine per base model, shared by the baseline and its LoRA students
+        if backend == "vllm":  # engines per lm.vllm.VLLMEngines: merged LoRA students on CPU, LoRA requests on GPU
             from ray_cotd.lm.vllm import VLLMEngines
 
             self.vllm_engines = VLLMEngines(VLLMEngineSpec(**(vllm or {})),
@@ -504,9 +508,9 @@ class GenerateActor:
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None
         key = (system, demo_type)
-        if key not in self.generators and self.vllm_engines is not None:
+        if self.vllm_engines is not None:  # it keeps the generators of the engines it holds
             demos = [tuple(d) for d in self.demos.get(demo_type, [])] if demo_type else None
-            self.generators[key] = self.vllm_engines.generator(ModelSpec(**info["model"]), few_shot=demos or None)
+            return self.vllm_engines.generator(ModelSpec(**info["model"]), few_shot=demos or None)
         if key not in self.generators:
             model_key = json.dumps(info["model"], sort_keys=True)
             if model_key not in self.models:
@@ -682,11 +686,12 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
     student_records = {s.name: student_record(s.model, split, test_side=test_side)
                        for s in systems if s.kind == "student"}
     if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
-        from ray_cotd.lm.vllm import check_engine, student_plan
+        from ray_cotd.lm.vllm import check_engine, engine_plan, student_plan
 
         for system in systems:
             plan = student_plan(system.model)
             check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=system.model.trust_remote_code)
+            engine_plan(system.model, cfg.vllm)  # merges a LoRA student once here, not in every actor
     demos = load_few_shot(cfg.few_shot_file)
     for ts in sets:
         if any(s.few_shot for s in systems) and not demos.get(ts.answer_type):

@@ -893,16 +893,16 @@ class Study:
                 "test_limits": self.test_limits(experiment)}
 
     def arm_experiment(self, experiment: str) -> None:
-        """Train every arm's seeds (after its sweep, where the scale gives one), then evaluate the
-        untrained baseline and each arm in runs of their own."""
+        """Evaluate the untrained baseline; then, arm by arm, train its seeds (after its sweep, where
+        the scale gives one) and evaluate them, in runs of their own, before the next arm trains: a
+        study of many hours has each arm's score as soon as its students exist."""
         design = load_design(experiment)
         preregister(self.out / experiment / "design.json", self.design_record(experiment, design))
-        students = {arm: self.train_arm(experiment, design, arm, self.seeds(experiment))
-                    for arm in self.arms(experiment, design)}
         if design.get("baseline"):
             self.evaluate(experiment, design["evaluate"], {}, run=f"{UNTRAINED}/evaluate",
                           extra=[f"baselines={json.dumps([UNTRAINED])}"])
-        for arm, by_seed in students.items():
+        for arm in self.arms(experiment, design):
+            by_seed = self.train_arm(experiment, design, arm, self.seeds(experiment))
             if by_seed is not None:
                 self.evaluate(experiment, design["evaluate"], {system_name(arm, s): p for s, p in by_seed.items()},
                               run=f"{slug(arm)}/evaluate",

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -99,19 +100,12 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"converted from {gguf_path}\n")
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _write_once(target, write)
     return target
 
 
@@ -186,6 +180,52 @@ def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> PreTraine
     if spec.adapter and (Path(spec.adapter) / ADAPTER_CONFIG).is_file():
         model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=trainable_adapter)
     return model
+
+
+def _write_once(target: Path, write: Any) -> None:
+    """Run write(tmp) into a temporary directory beside `target` and rename it into place: parallel
+    workers at worst write twice, and nobody reads half a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merged_lora_source(spec: ModelSpec, dtype: str) -> Path:
+    """A full-weights copy of the LoRA student `spec` (its adapter merged into its base), in `dtype`.
+
+    Made once per adapter in the cache (`merged/` under RAY_COTD_CACHE, keyed by the adapter's
+    files, the base and the dtype; written as materialize_gguf writes) and reused by every later
+    call: the vLLM backend on CPU runs a LoRA student from it (lm.vllm). The merge is done in fp32,
+    then cast, so a bfloat16 copy rounds W + BA once rather than each of them.
+    """
+    adapter = Path(spec.adapter or "")
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise ModelLoadError(f"{spec.adapter} has no LoRA adapter ({ADAPTER_CONFIG}) to merge")
+    source = resolve_source(spec)
+    digest = hashlib.sha256(f"{Path(source).resolve() if Path(source).exists() else source}|{dtype}|".encode())
+    for name in sorted(p.name for p in adapter.iterdir() if p.name.startswith("adapter_")):
+        digest.update(f"{name}:{_file_digest(adapter / name)}|".encode())
+    target = cache_root() / "merged" / f"{adapter.name}-{digest.hexdigest()[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    model = load_model(ModelSpec(**{**asdict(spec), "dtype": "float32"})).merge_and_unload().to(DTYPES[dtype])
+    tokenizer = load_tokenizer(spec)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"LoRA adapter {adapter.resolve()} merged into {source}, {dtype}\n")
+
+    _write_once(target, write)
+    return target
 
 
 def read_student_meta(directory: str | Path) -> dict[str, Any] | None:
@@ -322,6 +362,7 @@ __all__ = [
     "load_prompt_encoder",
     "load_tokenizer",
     "materialize_gguf",
+    "merged_lora_source",
     "read_student_meta",
     "resolve_source",
     "spec_for_student_dir",

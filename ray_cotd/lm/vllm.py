@@ -11,11 +11,14 @@ the same rules, on the same tokenizer's pieces, as the HF decoding loop. vLLM's 
 marker string, "\\n" after the answer, EOS) only ends a request early; greedy tokens before the cut
 do not depend on it.
 
-Which students run here (`student_plan`): the base model or full weights as the engine's model,
-a LoRA student as a LoRARequest on its base (vLLM applies the adapter per request, so one engine
-serves the untrained baseline and every LoRA student of that base). A P-Tuning student (a prompt
-encoder in its directory) is refused with the reason: its virtual-token embeddings are not fed
-here, and answering without them would be a different model; the HF backend runs it.
+Which students run here (`student_plan`, `engine_plan`): the base model or full weights as the
+engine's model; a LoRA student either from its adapter merged into a cached copy of its base's
+weights (`vllm.lora: merge`, the default on CPU: vLLM's CPU LoRA path generated ~7x slower than the
+same student merged) or as a LoRARequest on its base (`request`, the default on GPU: vLLM applies
+the adapter per request, so one engine serves the untrained baseline and every LoRA student of that
+base). A P-Tuning student (a prompt encoder in its directory) is refused with the reason: its
+virtual-token embeddings are not fed here, and answering without them would be a different model;
+the HF backend runs it.
 
 vLLM runs its engine core in a child process; a script that builds an engine in `__main__` needs
 the `if __name__ == "__main__":` guard.
@@ -43,6 +46,7 @@ from ray_cotd.lm.model import (
     answers_through_label_task,
     check_adapter,
     load_tokenizer,
+    merged_lora_source,
     resolve_source,
 )
 from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG
@@ -95,6 +99,20 @@ def student_plan(spec: ModelSpec) -> StudentPlan:
         raise UnsupportedStudent(f"{spec.adapter} has no LoRA adapter ({ADAPTER_CONFIG}) for vLLM to apply")
     rank = int(json.loads(adapter_config.read_text()).get("r", 16))
     return StudentPlan(source, spec.dtype, str(Path(spec.adapter).resolve()), rank)
+
+
+def merges_lora(vspec: VLLMEngineSpec) -> bool:
+    """Whether LoRA students run from merged weights (`vspec.lora`; auto: where no GPU is)."""
+    return vspec.lora == "merge" or (vspec.lora == "auto" and not torch.cuda.is_available())
+
+
+def engine_plan(spec: ModelSpec, vspec: VLLMEngineSpec) -> StudentPlan:
+    """student_plan(spec) as an engine under `vspec` runs it: where LoRA is merged (merges_lora), a
+    LoRA student's plan is its merged copy (made on first use, then cached) with no LoRA request."""
+    plan = student_plan(spec)
+    if plan.lora_dir is None or not merges_lora(vspec):
+        return plan
+    return StudentPlan(str(merged_lora_source(spec, vspec.dtype or plan.dtype)), plan.dtype)
 
 
 def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: int | None = None,
@@ -402,46 +420,62 @@ class VLLMGenerator:
 
 
 class VLLMEngines:
-    """The vLLM engines one process needs for a set of students: one per distinct engine model,
-    LoRA enabled where a LoRA student uses that base (each adapter gets its own LoRARequest id)."""
+    """The vLLM engines one process needs for a set of students: one per distinct engine model
+    (engine_plan), LoRA enabled where a LoRA request student uses that base (each adapter gets its
+    own LoRARequest id), and their generators. Where LoRA students are merged, each is an engine of
+    its own, and at most `max_engines` (default 2 there, else unbounded) run at once: starting
+    another stops the one used least recently (its generators with it), so a run over many students
+    in order holds two engines' memory, not one per student."""
 
-    def __init__(self, vspec: VLLMEngineSpec, specs: list[ModelSpec]) -> None:
+    def __init__(self, vspec: VLLMEngineSpec, specs: list[ModelSpec], max_engines: int | None = None) -> None:
         self.vspec = vspec
-        self.plans = {self._key(s): student_plan(s) for s in specs}
-        self.engines: dict[tuple[str, str], Any] = {}
+        self.max_engines = max_engines if max_engines is not None else (2 if merges_lora(vspec) else None)
+        self.plans = {self._key(s): engine_plan(s, vspec) for s in specs}
+        self.engines: dict[tuple[str, str], Any] = {}  # in order of last use
         self.tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self.loras: dict[str, Any] = {}
-        self.specs = {self._key(s): s for s in specs}
+        self.generators: dict[tuple[str, str], tuple[tuple[str, str], VLLMGenerator]] = {}
 
     def close(self) -> None:
         """Stop every engine's processes now (else they stop at interpreter exit, when vLLM's own
         shutdown may log to streams already closed)."""
-        for engine in self.engines.values():
-            engine.llm_engine.engine_core.shutdown()
-        self.engines.clear()
+        for key in list(self.engines):
+            self._stop(key)
+
+    def _stop(self, key: tuple[str, str]) -> None:
+        self.engines.pop(key).llm_engine.engine_core.shutdown()
+        self.generators = {k: v for k, v in self.generators.items() if v[0] != key}
 
     @staticmethod
     def _key(spec: ModelSpec) -> str:
         return json.dumps([spec.source, spec.gguf_file, spec.adapter, spec.dtype], sort_keys=True)
 
-    def _engine(self, plan: StudentPlan, spec: ModelSpec) -> Any:
+    def _engine(self, plan: StudentPlan, spec: ModelSpec) -> tuple[tuple[str, str], Any]:
         key = (plan.source, self.vspec.dtype or plan.dtype)
-        if key not in self.engines:
-            siblings = [p for p in self.plans.values() if (p.source, self.vspec.dtype or p.dtype) == key]
-            ranks = [p.lora_rank for p in siblings if p.lora_rank is not None]
-            check_engine(plan.source, self.vspec, dtype=plan.dtype, trust_remote_code=spec.trust_remote_code)
-            kwargs = engine_kwargs(plan.source, self.vspec, dtype=plan.dtype, lora_rank=max(ranks) if ranks else None,
-                                   max_loras=max(1, len(ranks)), trust_remote_code=spec.trust_remote_code)
-            self.engines[key] = start_engine(kwargs, self.vspec)
-        return self.engines[key]
+        if key in self.engines:
+            self.engines[key] = self.engines.pop(key)  # most recently used last
+            return key, self.engines[key]
+        siblings = [p for p in self.plans.values() if (p.source, self.vspec.dtype or p.dtype) == key]
+        ranks = [p.lora_rank for p in siblings if p.lora_rank is not None]
+        check_engine(plan.source, self.vspec, dtype=plan.dtype, trust_remote_code=spec.trust_remote_code)
+        if self.max_engines is not None:
+            while len(self.engines) >= self.max_engines:
+                self._stop(next(iter(self.engines)))
+        kwargs = engine_kwargs(plan.source, self.vspec, dtype=plan.dtype, lora_rank=max(ranks) if ranks else None,
+                               max_loras=max(1, len(ranks)), trust_remote_code=spec.trust_remote_code)
+        self.engines[key] = start_engine(kwargs, self.vspec)
+        return key, self.engines[key]
 
     def generator(self, spec: ModelSpec, *, few_shot: list[tuple[str, str, str]] | None = None) -> VLLMGenerator:
+        """The generator of `spec` (with `few_shot` demonstrations), made once and kept while its engine runs."""
         key = self._key(spec)
         if key not in self.plans:
-            self.plans[key] = student_plan(spec)
-            self.specs[key] = spec
+            self.plans[key] = engine_plan(spec, self.vspec)
         plan = self.plans[key]
-        engine = self._engine(plan, spec)
+        engine_key, engine = self._engine(plan, spec)
+        cache_key = (key, json.dumps(few_shot))
+        if cache_key in self.generators:
+            return self.generators[cache_key][1]
         if plan.source not in self.tokenizers:
             self.tokenizers[plan.source] = load_tokenizer(ModelSpec(source=plan.source, dtype=plan.dtype,
                                                                     trust_remote_code=spec.trust_remote_code))
@@ -453,8 +487,10 @@ class VLLMEngines:
 
                 self.loras[plan.lora_dir] = LoRARequest(Path(plan.lora_dir).name, len(self.loras) + 1, plan.lora_dir)
             lora = self.loras[plan.lora_dir]
-        return VLLMGenerator(engine, tokenizer, generation_eos(plan.source, tokenizer), lora=lora, few_shot=few_shot,
-                             label_task=answers_through_label_task(spec))
+        gen = VLLMGenerator(engine, tokenizer, generation_eos(plan.source, tokenizer), lora=lora, few_shot=few_shot,
+                            label_task=answers_through_label_task(spec))
+        self.generators[cache_key] = (engine_key, gen)
+        return gen
 
 
 __all__ = [
@@ -465,9 +501,11 @@ __all__ = [
     "VLLMEngines",
     "VLLMGenerator",
     "check_engine",
+    "engine_plan",
     "engine_env",
     "engine_kwargs",
     "generation_eos",
+    "merges_lora",
     "stage_params",
     "start_engine",
     "student_plan",

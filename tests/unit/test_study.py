@@ -338,6 +338,11 @@ def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> No
     trains = [c for kind, c in calls if kind == "train"]
     evaluates = [c for kind, c in calls if kind == "evaluate"]
     assert len(trains) == 6 and len(evaluates) == 3  # 2 arms x (2 sweep points + seed 1); baseline + 2 arms
+    # the baseline first, then each arm scored before the next arm trains
+    order = [(kind, Path(c.output_dir).relative_to(out / "answer_only_vs_cot").parts[0]) for kind, c in calls]
+    assert [step for i, step in enumerate(order) if i == 0 or step != order[i - 1]] == [
+        ("evaluate", "untrained"), ("train", "answer_only"), ("evaluate", "answer_only"),
+        ("train", "std_cot"), ("evaluate", "std_cot")]
     arm_dir = out / "answer_only_vs_cot" / "std_cot"
     choice = json.loads((arm_dir / "choice.json").read_text())
     assert choice["chosen"] == {"lr": 0.001, "lora_r": 8} and choice["run"] == "lr0.001_r8"
