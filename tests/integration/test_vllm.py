@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,7 +27,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh inst
 
 from ray_cotd.config import EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec  # noqa: E402
 from ray_cotd.lm.generate import GenerationLimits, Generator  # noqa: E402
-from ray_cotd.lm.model import load_model, write_student_meta  # noqa: E402
+from ray_cotd.lm.model import cache_root, load_model, write_student_meta  # noqa: E402
 from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig  # noqa: E402
 from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, engine_plan, student_plan  # noqa: E402
 from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS  # noqa: E402
@@ -43,7 +45,7 @@ ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1)
 
 
 @pytest.fixture(scope="module")
-def lora_student(tmp_path_factory) -> ModelSpec:
+def lora_student(tmp_path_factory) -> Iterator[ModelSpec]:
     """A LoRA student directory as training writes it (adapter + student.json), with random
     non-zero LoRA B matrices so that it answers differently from its base."""
     from peft import LoraConfig, get_peft_model
@@ -58,7 +60,11 @@ def lora_student(tmp_path_factory) -> ModelSpec:
                 p.normal_(0.0, 0.05)
     model.save_pretrained(str(out))
     write_student_meta(out, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "cascod"})
-    return ModelSpec(source="default", adapter=str(out))
+    yield ModelSpec(source="default", adapter=str(out))
+    # its merged copies (the vLLM tests make them in the user's model cache): ~0.5 GB each
+    for merged in (cache_root() / "merged").glob(f"{out.name}-*"):
+        if (merged / "SOURCE").is_file() and str(out) in (merged / "SOURCE").read_text(errors="replace"):
+            shutil.rmtree(merged, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
