@@ -105,7 +105,8 @@ def _acquire(directory: Path, stage: str) -> tuple[int, Path]:
         if holder is not None and holder.get("host") != host:
             if _touched_within(path, STALE_AFTER_S):
                 os.close(fd)
-                raise _refuse(directory, path, holder, f" (another host; it touched the lock within {STALE_AFTER_S:g} s)")
+                raise _refuse(directory, path, holder,
+                              f" (another host; it touched the lock within {STALE_AFTER_S:g} s)")
             print(f"[dirlock] taking over {path}: {describe(holder)} has not touched it for {STALE_AFTER_S:g} s",
                   file=sys.stderr, flush=True)
         me = {"pid": os.getpid(), "host": host, "stage": stage,
