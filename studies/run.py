@@ -803,7 +803,7 @@ class Study:
         started = time.perf_counter()
         try:
             result = self.runner(kind)(cfg)
-        except DirectoryInUse:  # an evaluate run another --parallel runner is doing now
+        except DirectoryInUse:  # a run another --parallel runner is doing now
             if not self.parallel:
                 raise
             print(f"[study] skip {kind} {run_id} (another runner holds it)", flush=True)

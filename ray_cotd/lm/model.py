@@ -100,12 +100,7 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"converted from {gguf_path}\n")
-
-    _write_once(target, write)
+    _save_once(target, model, tokenizer, f"converted from {gguf_path}")
     return target
 
 
@@ -182,13 +177,16 @@ def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> PreTraine
     return model
 
 
-def _write_once(target: Path, write: Any) -> None:
-    """Run write(tmp) into a temporary directory beside `target` and rename it into place: parallel
+def _save_once(target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """Save `model` and `tokenizer` as the model directory `target`, with a SOURCE file saying where
+    they came from: written into a temporary directory beside it and renamed into place, so parallel
     workers at worst write twice, and nobody reads half a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     try:
-        write(tmp)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(source + "\n")
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
@@ -217,14 +215,7 @@ def merged_lora_source(spec: ModelSpec, dtype: str) -> Path:
     if (target / "config.json").is_file():
         return target
     model = load_model(ModelSpec(**{**asdict(spec), "dtype": "float32"})).merge_and_unload().to(DTYPES[dtype])
-    tokenizer = load_tokenizer(spec)
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"LoRA adapter {adapter.resolve()} merged into {source}, {dtype}\n")
-
-    _write_once(target, write)
+    _save_once(target, model, load_tokenizer(spec), f"LoRA adapter {adapter.resolve()} merged into {source}, {dtype}")
     return target
 
 

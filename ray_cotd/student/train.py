@@ -48,6 +48,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import CustomPolicy
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from ray_cotd import dirlock
 from ray_cotd.config import ConfigError, ModelSpec, TrainConfig, save_resolved
 from ray_cotd.configbase import to_dict
 from ray_cotd.console import step_line
@@ -851,9 +852,13 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None,
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a student as `cfg` says, on cfg.num_workers Ray Train workers; returns a summary with
     steps, final loss, student_dir and checkpoints. With `mlflow: true`, one MLflow run holds the
-    config, every step's metrics (logged by rank 0) and the summary, metrics log and config files."""
-    with stage_run(cfg.mlflow, cfg.mlflow_uri, cfg.output_dir, "train", parent_run_id=cfg.mlflow_parent_run_id,
-                   params=to_dict(cfg)) as run:
+    config, every step's metrics (logged by rank 0) and the summary, metrics log and config files.
+    One run per output directory (ray_cotd.dirlock): a second run into it is refused while the first
+    lives; a killed run's lock, on this host or (after a minute without its heartbeat) on another, is
+    taken over, so a restarted job resumes from its last checkpoint."""
+    with dirlock.hold(cfg.output_dir, "train"), stage_run(
+            cfg.mlflow, cfg.mlflow_uri, cfg.output_dir, "train", parent_run_id=cfg.mlflow_parent_run_id,
+            params=to_dict(cfg)) as run:
         summary = train_student(cfg, run.ref)
         run.log_metrics({k: summary[k] for k in ("first_loss", "final_loss", "val_loss", "val_accuracy")
                          if summary[k] is not None}, step=summary["steps"])

@@ -3,7 +3,6 @@ tiny random-init Llama with a character-level tokenizer (built in memory, no fil
 
 from __future__ import annotations
 
-import string
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from ray_cotd.lm.generate import (
     rationale_cut,
 )
 from ray_cotd.lm.format import answer_text, encode
+from tiny_llama import tiny_llama
 
 
 def _offsets(pieces: list[str]) -> tuple[str, list[int]]:
@@ -83,21 +83,7 @@ def test_top_p_keeps_only_the_head():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    vocab["<unk>"] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=1, pad_token_id=0, bos_token_id=1)
-    return Generator(LlamaForCausalLM(config), tok)
+    return Generator(*tiny_llama())
 
 
 QUESTIONS = ["What is 2+3?", "Is ice cold?", "A much longer question about apples, pears and plums?"]

@@ -4,8 +4,6 @@ models and a stand-in engine: no vLLM here (tests/integration/test_vllm.py runs 
 
 from __future__ import annotations
 
-import string
-
 import pytest
 import torch
 
@@ -13,24 +11,14 @@ from ray_cotd.config import ModelSpec, VLLMEngineSpec
 from ray_cotd.lm import vllm as lm_vllm
 from ray_cotd.lm.model import load_model, merged_lora_source, write_student_meta
 from ray_cotd.lm.vllm import VLLMEngines, engine_plan, merges_lora
+from tiny_llama import tiny_llama
 
 
 @pytest.fixture
 def base_dir(tmp_path):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, **{ch: i + 2 for i, ch in enumerate(string.printable)}}
-    vocab["<unk>"] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=1, pad_token_id=0, bos_token_id=1)
+    model, tok = tiny_llama()
     out = tmp_path / "base"
-    LlamaForCausalLM(config).save_pretrained(out)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
