@@ -507,10 +507,10 @@ class GenerateActor:
     def generator(self, system: str, answer_type: str) -> Any:
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None
-        key = (system, demo_type)
         if self.vllm_engines is not None:  # it keeps the generators of the engines it holds
             demos = [tuple(d) for d in self.demos.get(demo_type, [])] if demo_type else None
             return self.vllm_engines.generator(ModelSpec(**info["model"]), few_shot=demos or None)
+        key = (system, demo_type)
         if key not in self.generators:
             model_key = json.dumps(info["model"], sort_keys=True)
             if model_key not in self.models:
@@ -686,12 +686,10 @@ def evaluate_systems(cfg: EvaluateConfig, generate: GenerateFn = _run_actor_pool
     student_records = {s.name: student_record(s.model, split, test_side=test_side)
                        for s in systems if s.kind == "student"}
     if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
-        from ray_cotd.lm.vllm import check_engine, engine_plan, student_plan
+        from ray_cotd.lm.vllm import prepare_student
 
         for system in systems:
-            plan = student_plan(system.model)
-            check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=system.model.trust_remote_code)
-            engine_plan(system.model, cfg.vllm)  # merges a LoRA student once here, not in every actor
+            prepare_student(system.model, cfg.vllm)  # merges a LoRA student once here, not in every actor
     demos = load_few_shot(cfg.few_shot_file)
     for ts in sets:
         if any(s.few_shot for s in systems) and not demos.get(ts.answer_type):

@@ -106,10 +106,11 @@ def merges_lora(vspec: VLLMEngineSpec) -> bool:
     return vspec.lora == "merge" or (vspec.lora == "auto" and not torch.cuda.is_available())
 
 
-def engine_plan(spec: ModelSpec, vspec: VLLMEngineSpec) -> StudentPlan:
-    """student_plan(spec) as an engine under `vspec` runs it: where LoRA is merged (merges_lora), a
-    LoRA student's plan is its merged copy (made on first use, then cached) with no LoRA request."""
-    plan = student_plan(spec)
+def engine_plan(spec: ModelSpec, vspec: VLLMEngineSpec, plan: StudentPlan | None = None) -> StudentPlan:
+    """student_plan(spec) (or `plan`, already made from it) as an engine under `vspec` runs it: where
+    LoRA is merged (merges_lora), a LoRA student's plan is its merged copy (made on first use, then
+    cached) with no LoRA request."""
+    plan = plan or student_plan(spec)
     if plan.lora_dir is None or not merges_lora(vspec):
         return plan
     return StudentPlan(str(merged_lora_source(spec, vspec.dtype or plan.dtype)), plan.dtype)
@@ -179,6 +180,16 @@ def check_engine(source: str, vspec: VLLMEngineSpec, *, dtype: str, trust_remote
                 f"vllm.kv_cache_gib: {vspec.kv_cache_gib} GiB cannot hold one sequence of {length} tokens "
                 f"({per_token * length / (1 << 30):.2f} GiB); raise kv_cache_gib or lower vllm.max_model_len")
     return int(length) if length is not None else 0
+
+
+def prepare_student(spec: ModelSpec, vspec: VLLMEngineSpec) -> StudentPlan:
+    """What a run does once, in the driver, before any engine, actor or replica starts: the student
+    checked for vLLM (student_plan: P-Tuning is refused; check_engine on its engine model: context
+    length and KV cache) and, where LoRA is merged, its merged copy made (engine_plan). Returns the
+    engine plan; a worker that calls it again finds the merged copy cached."""
+    plan = student_plan(spec)
+    check_engine(plan.source, vspec, dtype=plan.dtype, trust_remote_code=spec.trust_remote_code)
+    return engine_plan(spec, vspec, plan)
 
 
 def start_engine(kwargs: dict[str, Any], vspec: VLLMEngineSpec) -> Any:
@@ -506,6 +517,7 @@ __all__ = [
     "engine_kwargs",
     "generation_eos",
     "merges_lora",
+    "prepare_student",
     "stage_params",
     "start_engine",
     "student_plan",

@@ -107,11 +107,9 @@ def run_serve(cfg: ServeConfig, *, blocking: bool = True) -> str:
     resolve_source(cfg.student)
     warn_if_objective_unrecorded(cfg.student)  # said once, in the terminal, not in each replica's log
     if cfg.backend == "vllm":  # a student vLLM cannot run, or an engine that cannot start, fails here
-        from ray_cotd.lm.vllm import check_engine, engine_plan, student_plan
+        from ray_cotd.lm.vllm import prepare_student
 
-        plan = student_plan(cfg.student)
-        check_engine(plan.source, cfg.vllm, dtype=plan.dtype, trust_remote_code=cfg.student.trust_remote_code)
-        engine_plan(cfg.student, cfg.vllm)  # merges a LoRA student (on CPU) once here, not in every replica
+        prepare_student(cfg.student, cfg.vllm)  # merges a LoRA student (on CPU) once here, not in every replica
     token_digest(cfg)
     connect()  # [ray]
     # Serve's own timeout is a backstop above ours, so a normal timeout is our 503 with a reason.

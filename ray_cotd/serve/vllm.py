@@ -23,12 +23,10 @@ from ray_cotd.lm.generate import GenerationLimits, TwoStageResult, _Row
 from ray_cotd.lm.model import answers_through_label_task, load_tokenizer
 from ray_cotd.lm.vllm import (
     TwoStages,
-    check_engine,
     engine_env,
     engine_kwargs,
-    engine_plan,
     generation_eos,
-    student_plan,
+    prepare_student,
 )
 from ray_cotd.worker_hooks import setup as setup_worker
 
@@ -119,9 +117,7 @@ def replica_backend(cfg: ServeConfig) -> VLLMBackend:
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    check = student_plan(cfg.student)
-    check_engine(check.source, cfg.vllm, dtype=check.dtype, trust_remote_code=cfg.student.trust_remote_code)
-    plan = engine_plan(cfg.student, cfg.vllm)  # a merged LoRA student (on CPU) runs from its cached copy
+    plan = prepare_student(cfg.student, cfg.vllm)  # a merged LoRA student (on CPU) runs from its cached copy
     setup_worker()  # a replica is a Ray worker (the job's hook ran already when ray-cotd started the job)
     os.environ.update(engine_env(cfg.vllm))
     kwargs = engine_kwargs(plan.source, cfg.vllm, dtype=plan.dtype, lora_rank=plan.lora_rank,

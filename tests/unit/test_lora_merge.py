@@ -127,3 +127,19 @@ def test_lora_requests_share_one_engine_per_base(base_dir, tmp_path, monkeypatch
     gens = [engines.generator(s) for s in students]
     assert log == [("start", str(base_dir), 3)]
     assert [g.lora.lora_int_id for g in gens] == [1, 2, 3] and engines.max_engines is None
+
+
+def test_prepare_student_checks_the_engine_on_the_base_before_merging(base_dir, tmp_path, monkeypatch):
+    # the driver's one call before any worker starts (evaluate, serve, a replica): a setting the
+    # engine cannot start with fails before anything is merged; otherwise the merged copy is made
+    monkeypatch.setenv("RAY_COTD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    spec = _lora_student(base_dir, tmp_path / "student", seed=1)
+    positions = tiny_llama()[0].config.max_position_embeddings
+    with pytest.raises(lm_vllm.EngineStartError, match="vllm.max_model_len"):
+        lm_vllm.prepare_student(spec, VLLMEngineSpec(max_model_len=positions + 1))
+    assert not (tmp_path / "cache" / "merged").exists()
+    plan = lm_vllm.prepare_student(spec, VLLMEngineSpec())
+    assert plan.lora_dir is None and plan.source == str(merged_lora_source(spec, "float32"))
+    request = lm_vllm.prepare_student(spec, VLLMEngineSpec(lora="request"))
+    assert request.source == str(base_dir.resolve()) and request.lora_dir == str((tmp_path / "student").resolve())
