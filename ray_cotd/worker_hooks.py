@@ -11,8 +11,10 @@ Two shutdown races of vLLM inside Ray actors, each logging a traceback after all
 2. When a Ray worker exits, Ray kills its child processes, Python's multiprocessing resource
    tracker among them, while the worker may still unlink vLLM's shared memory; its unregister
    calls then start a fresh tracker, which prints a KeyError traceback for every name it never
-   saw. Here an unregister is dropped once the tracker is dead: the segment is already unlinked by
-   its owner, and a dead tracker has nothing left to clean.
+   saw. Here an unregister goes only to the tracker its name was registered with, and is dropped
+   once that tracker is dead: the segment is already unlinked by its owner, and a dead tracker has
+   nothing left to clean. (Checking the tracker alive before each unregister was not enough: Ray
+   could kill it between the check and the send, and a relaunched one got every later name.)
 """
 
 from __future__ import annotations
@@ -42,15 +44,28 @@ def setup() -> None:
 
 
 def _quiet_resource_tracker() -> None:
+    import os
     from multiprocessing import resource_tracker
 
     tracker = resource_tracker._resource_tracker  # private, on purpose: the module offers no switch
     send = tracker._send
+    registered_with: dict[tuple[str, str], int | None] = {}  # name -> the tracker process that knows it
 
     def _send(cmd: str, name: str, rtype: str) -> None:
-        if cmd == "UNREGISTER" and tracker._fd is not None and not tracker._check_alive():
+        if cmd != "UNREGISTER":
+            send(cmd, name, rtype)
+            if cmd == "REGISTER":
+                registered_with[(name, rtype)] = tracker._pid
             return
-        send(cmd, name, rtype)
+        # An unregister never (re)starts a tracker, as the original does: a new one does not know the
+        # name. It is written to the tracker the name was registered with, or dropped.
+        pid, fd = registered_with.pop((name, rtype), tracker._pid), tracker._fd
+        if fd is None or pid != tracker._pid:
+            return
+        try:
+            os.write(fd, f"{cmd}:{name}:{rtype}\n".encode("ascii"))
+        except OSError:  # that tracker is dead (the check-then-send of before raced with Ray's kill)
+            pass
 
     tracker._send = _send
 

@@ -61,3 +61,34 @@ def test_async_llm_shutdown_cancels_the_output_reader_before_stopping_the_engine
     """vLLM's order (engine core first) lets the reader fail on the dead core and log a traceback."""
     assert _shut_down(patched=False) == (["AsyncLLM output_handler failed."], False)
     assert _shut_down(patched=True) == ([], True)
+
+
+_TRACKER_SCRIPT = """
+import os, signal, sys, time
+from multiprocessing import resource_tracker
+from ray_cotd import worker_hooks
+if sys.argv[1] == "patched":
+    worker_hooks._quiet_resource_tracker()
+tracker = resource_tracker._resource_tracker
+resource_tracker.register("/rcotd-a", "shared_memory")
+resource_tracker.register("/rcotd-b", "shared_memory")
+os.kill(tracker._pid, signal.SIGKILL)  # Ray kills a worker's children when the worker exits
+time.sleep(0.3)
+resource_tracker.register("/rcotd-c", "shared_memory")  # a fresh tracker, started meanwhile
+for name in ("/rcotd-a", "/rcotd-b", "/rcotd-c"):
+    resource_tracker.unregister(name, "shared_memory")  # the owner unlinked these segments itself
+"""
+
+
+def test_unregistering_after_the_tracker_was_killed_prints_no_traceback(tmp_path):
+    """The race behind a "KeyError: '/psm_...'" traceback at the end of a vLLM annotation run: names
+    registered with a tracker Ray killed, unregistered through the fresh one that never saw them."""
+    import subprocess
+
+    script = tmp_path / "tracker.py"
+    script.write_text(_TRACKER_SCRIPT)
+    runs = {mode: subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=60)
+            for mode in ("unpatched", "patched")}
+    assert all(r.returncode == 0 for r in runs.values()), {m: r.stderr for m, r in runs.items()}
+    assert "KeyError: '/rcotd-a'" in runs["unpatched"].stderr  # what the patch is for, reproduced
+    assert "Traceback" not in runs["patched"].stderr and "KeyError" not in runs["patched"].stderr, runs["patched"].stderr
