@@ -11,10 +11,10 @@ Two shutdown races of vLLM inside Ray actors, each logging a traceback after all
 2. When a Ray worker exits, Ray kills its child processes, Python's multiprocessing resource
    tracker among them, while the worker may still unlink vLLM's shared memory; its unregister
    calls then start a fresh tracker, which prints a KeyError traceback for every name it never
-   saw. Here an unregister goes only to the tracker its name was registered with, and is dropped
-   once that tracker is dead: the segment is already unlinked by its owner, and a dead tracker has
-   nothing left to clean. (Checking the tracker alive before each unregister was not enough: Ray
-   could kill it between the check and the send, and a relaunched one got every later name.)
+   saw (something else, such as starting a process, may also have relaunched it). Here an
+   unregister goes only to the tracker its name was registered with (a name a child process
+   registered: this process's first tracker), and is dropped once that tracker is dead: the
+   segment is already unlinked by its owner, and a dead tracker has nothing left to clean.
 """
 
 from __future__ import annotations
@@ -49,22 +49,29 @@ def _quiet_resource_tracker() -> None:
 
     tracker = resource_tracker._resource_tracker  # private, on purpose: the module offers no switch
     send = tracker._send
-    registered_with: dict[tuple[str, str], int | None] = {}  # name -> the tracker process that knows it
+    # The tracker process each name was registered with here; a name registered by a child process
+    # (vLLM's engine core writes to the tracker it inherited) belongs to this process's first tracker.
+    registered_with: dict[tuple[str, str], int | None] = {}
+    first: list[int | None] = [tracker._pid]
 
     def _send(cmd: str, name: str, rtype: str) -> None:
+        if first[0] is None:
+            first[0] = tracker._pid
         if cmd != "UNREGISTER":
             send(cmd, name, rtype)
+            if first[0] is None:
+                first[0] = tracker._pid
             if cmd == "REGISTER":
                 registered_with[(name, rtype)] = tracker._pid
             return
         # An unregister never (re)starts a tracker, as the original does: a new one does not know the
         # name. It is written to the tracker the name was registered with, or dropped.
-        pid, fd = registered_with.pop((name, rtype), tracker._pid), tracker._fd
+        pid, fd = registered_with.pop((name, rtype), first[0]), tracker._fd
         if fd is None or pid != tracker._pid:
             return
         try:
             os.write(fd, f"{cmd}:{name}:{rtype}\n".encode("ascii"))
-        except OSError:  # that tracker is dead (the check-then-send of before raced with Ray's kill)
+        except OSError:  # that tracker is dead: Ray killed it, and the owner unlinks its segment itself
             pass
 
     tracker._send = _send

@@ -64,19 +64,34 @@ def test_async_llm_shutdown_cancels_the_output_reader_before_stopping_the_engine
 
 
 _TRACKER_SCRIPT = """
-import os, signal, sys, time
+import multiprocessing, os, signal, sys, time
 from multiprocessing import resource_tracker
 from ray_cotd import worker_hooks
-if sys.argv[1] == "patched":
-    worker_hooks._quiet_resource_tracker()
-tracker = resource_tracker._resource_tracker
-resource_tracker.register("/rcotd-a", "shared_memory")
-resource_tracker.register("/rcotd-b", "shared_memory")
-os.kill(tracker._pid, signal.SIGKILL)  # Ray kills a worker's children when the worker exits
-time.sleep(0.3)
-resource_tracker.register("/rcotd-c", "shared_memory")  # a fresh tracker, started meanwhile
-for name in ("/rcotd-a", "/rcotd-b", "/rcotd-c"):
-    resource_tracker.unregister(name, "shared_memory")  # the owner unlinked these segments itself
+
+
+def child():  # a spawned process (vLLM's engine core) registers with the tracker it inherited
+    resource_tracker.register("/rcotd-child", "shared_memory")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "patched":
+        worker_hooks._quiet_resource_tracker()
+    tracker = resource_tracker._resource_tracker
+    resource_tracker.register("/rcotd-a", "shared_memory")
+    resource_tracker.register("/rcotd-b", "shared_memory")
+    spawned = multiprocessing.get_context("spawn").Process(target=child)
+    spawned.start()
+    spawned.join()
+    time.sleep(0.3)
+    os.kill(tracker._pid, signal.SIGKILL)  # Ray kills a worker's children when the worker exits
+    time.sleep(0.3)
+    if sys.argv[2] == "getfd":
+        resource_tracker.getfd()  # starting a process relaunches the tracker, without a register
+    else:
+        resource_tracker.register("/rcotd-c", "shared_memory")  # a fresh tracker, started meanwhile
+        resource_tracker.unregister("/rcotd-c", "shared_memory")
+    for name in ("/rcotd-a", "/rcotd-child", "/rcotd-b"):
+        resource_tracker.unregister(name, "shared_memory")  # their owners unlinked these segments
 """
 
 
@@ -87,8 +102,11 @@ def test_unregistering_after_the_tracker_was_killed_prints_no_traceback(tmp_path
 
     script = tmp_path / "tracker.py"
     script.write_text(_TRACKER_SCRIPT)
-    runs = {mode: subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=60)
-            for mode in ("unpatched", "patched")}
-    assert all(r.returncode == 0 for r in runs.values()), {m: r.stderr for m, r in runs.items()}
-    assert "KeyError: '/rcotd-a'" in runs["unpatched"].stderr  # what the patch is for, reproduced
-    assert "Traceback" not in runs["patched"].stderr and "KeyError" not in runs["patched"].stderr, runs["patched"].stderr
+    for relaunch in ("register", "getfd"):
+        runs = {mode: subprocess.run([sys.executable, str(script), mode, relaunch], capture_output=True, text=True,
+                                     timeout=60) for mode in ("unpatched", "patched")}
+        assert all(r.returncode == 0 for r in runs.values()), {m: r.stderr for m, r in runs.items()}
+        assert "KeyError: '/rcotd-a'" in runs["unpatched"].stderr  # what the patch is for, reproduced
+        assert "KeyError: '/rcotd-child'" in runs["unpatched"].stderr
+        patched = runs["patched"].stderr
+        assert "Traceback" not in patched and "KeyError" not in patched, (relaunch, patched)
