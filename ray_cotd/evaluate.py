@@ -392,10 +392,18 @@ def generation_settings(cfg: EvaluateConfig, demos: dict) -> str:
                 "max_answer_tokens": cfg.max_answer_tokens, "backend": cfg.backend,
                 "vllm": asdict(cfg.vllm), "faithfulness": cfg.faithfulness, "demos": demos}
     if cfg.backend == "vllm":
-        from ray_cotd.lm.vllm import merges_lora
-
-        settings["lora_merged"] = merges_lora(cfg.vllm)  # what vllm.lora "auto" chose on this machine
+        settings["lora_merged"] = lora_merged(cfg)
     return stable_id(json.dumps(settings, sort_keys=True))
+
+
+def lora_merged(cfg: EvaluateConfig) -> bool | None:
+    """On vLLM, whether LoRA students run from merged weights (what vllm.lora "auto" chose on this
+    machine); None on the HF backend, which applies the adapter."""
+    if cfg.backend != "vllm":
+        return None
+    from ray_cotd.lm.vllm import merges_lora
+
+    return merges_lora(cfg.vllm)
 
 
 def _plain(value: Any) -> Any:
@@ -770,6 +778,8 @@ def _generate_and_report(cfg: EvaluateConfig, generate: GenerateFn, sets: list[E
         "run_dirs": [str(out_dir)],
         "mode": cfg.mode,
         "limits": {"max_rationale_tokens": cfg.max_rationale_tokens, "max_answer_tokens": cfg.max_answer_tokens},
+        # how the answers were generated: the backend, and on vLLM whether LoRA students ran merged
+        "generation": {"backend": cfg.backend, "lora_merged": lora_merged(cfg)},
         "systems": [{"name": s.name, "kind": s.kind, "model": asdict(s.model), "few_shot": s.few_shot,
                      SPLIT_KEY: (student_records.get(s.name) or {}).get(SPLIT_KEY)} for s in systems],
         "test_sets": [{"name": ts.name, "split": ts.split, "path": ts.path, "answer_type": ts.answer_type,
@@ -826,7 +836,8 @@ def markdown_table(report: dict) -> str:
     lines = [
         "# Evaluation report",
         "",
-        f"Mode: {report['mode']}. Accuracy with Wilson 95% CI (correct/n); unparseable outputs count as wrong.",
+        f"Mode: {report['mode']}{generated_on(report.get('generation'))}. Accuracy with Wilson 95% CI (correct/n); "
+        "unparseable outputs count as wrong.",
         "",
         "| test set | split | type | " + " | ".join(systems) + " |",
         "|---|---|---|" + "---|" * len(systems),
@@ -903,6 +914,15 @@ def plot_rates(report: dict, metric: str, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def generated_on(generation: dict | None) -> str:
+    """", on vLLM (LoRA merged)" for the report's first line; "" where a report does not say."""
+    if not generation:
+        return ""
+    merged = generation.get("lora_merged")
+    lora = "" if merged is None else (" (LoRA students merged)" if merged else " (LoRA as requests)")
+    return f", on {generation['backend']}{lora}"
 
 
 def write_report(report: dict, out_dir: Path) -> None:

@@ -80,6 +80,9 @@ SMALLER = [
     "evaluate.test_sets=[{path: ray_cotd/assets/word_problems.jsonl, name: word_problems, answer_type: numeric,"
     " holdout: test, limit: 6}]",
     "evaluate.max_rationale_tokens=24",
+    # the student as a LoRA request on the baseline's engine: one engine start instead of two (the main job
+    # merges it, the CPU default; a merged student on vLLM is test_vllm.py's evaluate test)
+    "evaluate.vllm.lora=request",
 ]
 
 

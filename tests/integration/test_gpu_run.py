@@ -1,5 +1,5 @@
 """studies/gpu_run.py at smoke scale on the CPU: the study's core (item 1's arms, item 2's levels) in
-one process with Ray made unimportable, 2 steps per run and 4 questions per set, writing the runner's
+one process with Ray made unimportable, 2 steps per run and 2 questions per set, writing the runner's
 run layout and tables; a second start redoes nothing."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_gpu_run_smoke_without_ray(shared_data: Path, tmp_path: Path) -> None:
     (blocker / "__init__.py").write_text('raise ImportError("ray is not installed here")\n')
     env = {**os.environ, "PYTHONPATH": str(blocker.parent), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "out"
-    argv = [sys.executable, str(GPU_RUN), "--scale", "smoke", "--device", "cpu", "--steps", "2", "--limit", "4",
+    argv = [sys.executable, str(GPU_RUN), "--scale", "smoke", "--device", "cpu", "--steps", "2", "--limit", "2",
             "--data", str(shared_data), "--out", str(out)]
     proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_gpu_run_smoke_without_ray(shared_data: Path, tmp_path: Path) -> None:
         assert summary["steps"] == 2 and summary["device"] == "cpu"
         assert (out / "objectives" / arm / "seed0" / "student" / "student.json").is_file()
         report = json.loads((out / "objectives" / arm / "evaluate" / "report.json").read_text())
-        assert {t["name"]: t["n"] for t in report["test_sets"]} == {"strategyqa": 4, "commonsenseqa": 4}
+        assert {t["name"]: t["n"] for t in report["test_sets"]} == {"strategyqa": 2, "commonsenseqa": 2}
     prada = json.loads((out / "objectives" / "prada" / "seed0" / "student" / "student.json").read_text())
     assert prada["peft"] == "lora+ptuning" and prada["num_virtual_tokens"] > 0
     prada_cfg = (out / "objectives" / "prada" / "seed0" / "resolved_config.yaml").read_text()
@@ -41,7 +41,7 @@ def test_gpu_run_smoke_without_ray(shared_data: Path, tmp_path: Path) -> None:
     assert {r["system"] for r in granularity["results"]} == {"std_cot-L6", "cascod-L6"}
     tables = (out / "tables.md").read_text()
     assert "## 1. Objectives" in tables and "## 2. Granularity" in tables
-    assert "commonsenseqa (OOD, n=4, constrained)" in tables  # constrained choices beside free accuracy
+    assert "commonsenseqa (OOD, n=2, constrained)" in tables  # constrained choices beside free accuracy
     assert (out / "study_objectives.png").is_file() and (out / "study_granularity.png").is_file()
 
     again = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -111,23 +111,6 @@ def hf_lora(lora_student) -> list:
     return Generator.from_spec(lora_student).two_stage(QUESTIONS[:6], LIMITS)
 
 
-def test_a_lora_student_runs_merged_on_cpu_as_on_the_hf_backend(engines, lora_student, hf_lora):
-    """The CPU default (vllm.lora auto -> merge): the adapter merged once into a cached full-weights
-    copy, an engine of its own, no LoRA request; fp32, greedy: the HF backend's rationales."""
-    plan = engine_plan(lora_student, ENGINE)
-    assert plan.lora_dir is None and "merged" in Path(plan.source).parts
-    merged = VLLMEngines(ENGINE, [lora_student])
-    try:
-        gen = merged.generator(lora_student)
-        assert gen.lora is None and list(merged.engines) == [(plan.source, "float32")]
-        ours = gen.two_stage(QUESTIONS[:6], LIMITS)
-    finally:
-        merged.close()
-    assert sum(a.rationale == b.rationale for a, b in zip(ours, hf_lora)) >= 5
-    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
-    assert [r.rationale for r in ours] != [r.rationale for r in base]  # the merged copy carries the adapter
-
-
 def test_a_lora_student_runs_as_a_lora_request_on_its_base(engines, lora_student, hf_lora):
     """vllm.lora: request (the GPU default): one engine on the base serves the base and the student,
     the adapter applied per request."""
@@ -151,24 +134,35 @@ def test_a_ptuning_student_is_refused_naming_the_hf_backend(tmp_path):
 
 
 @pytest.mark.ray
-def test_evaluate_on_the_vllm_backend(ray_cluster, tmp_path, lora_student):
+def test_evaluate_runs_a_merged_lora_student_on_vllm_as_the_hf_backend(ray_cluster, tmp_path, lora_student, hf_lora,
+                                                                        engines):
+    """The CPU default (vllm.lora auto -> merge): the adapter merged once, in the driver, into a
+    cached full-weights copy that the Ray Data actor's engine loads, no LoRA request; fp32, greedy:
+    the HF backend's rationales. (The merged weights equal adapter-on-base: test_lora_merge.py.)"""
     from ray_cotd.evaluate import run_evaluate
 
-    # the student merged (the CPU default) in the actor's engine; the e2e test's main job also
-    # scores the untrained baseline beside a merged student on vLLM (two engines in one actor)
+    plan = engine_plan(lora_student, ENGINE)
+    assert plan.lora_dir is None and "merged" in Path(plan.source).parts
+    # the e2e test's main job also scores the untrained baseline beside a student on vLLM (one actor)
     cfg = EvaluateConfig(
         students=[lora_student], student_names=["lora"], baselines=[], backend="vllm", vllm=ENGINE,
         test_sets=[TestSetSpec(path=str(DEMO), name="demo", answer_type="numeric", limit=6)],
         # faithfulness swaps in the same actor, on its engine (before 2026-12-02 a second Ray Data pass started a
         # second engine: 113 s for this test against 47-53 s without the pass)
-        max_rationale_tokens=48, max_answer_tokens=8, batch_size=16, faithfulness=True,
-        output_dir=str(tmp_path / "eval"))
+        max_rationale_tokens=LIMITS.max_rationale_tokens, max_answer_tokens=LIMITS.max_answer_tokens, batch_size=16,
+        faithfulness=True, output_dir=str(tmp_path / "eval"))
     report = run_evaluate(cfg)
+    assert report["generation"]["lora_merged"] is True
     assert {(r["system"], r["test_set"]) for r in report["results"]} == {("lora", "demo")}
     assert all(r["accuracy"]["n"] == 6 and r["faithfulness"]["n"] == 6 for r in report["results"])
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "lora" / "demo.jsonl").open()]
     assert len(predictions) == 6 and all(p["rationale_stop"] in ("eos", "marker", "length") for p in predictions)
     assert [p["swapped_from"] for p in predictions] == [1, 2, 3, 4, 5, 0]  # the next question's rationale
+    ours = {p["question"]: p["rationale"] for p in predictions}
+    assert set(ours) == set(QUESTIONS[:6])
+    assert sum(ours[q] == r.rationale for q, r in zip(QUESTIONS[:6], hf_lora)) >= 5
+    base = engines.generator(ModelSpec()).two_stage(QUESTIONS[:6], LIMITS)
+    assert [ours[q] for q in QUESTIONS[:6]] != [r.rationale for r in base]  # the merged copy carries the adapter
 
 
 # --------------------------------------------------------------------------- annotation on Ray Data LLM

@@ -90,3 +90,16 @@ def test_a_logged_answer_is_reused_at_its_new_row_and_its_swap_found_by_key():
                                            "index": 7, "swapped_from_index": 3}
     alone = reused(logged, 7, {})  # its donor is not among this run's questions (another limit): not swapped
     assert (alone["swapped_from_index"], alone["swapped_answer_text"]) == (-1, "")
+
+
+def test_the_report_says_how_its_answers_were_generated(monkeypatch):
+    from ray_cotd.config import EvaluateConfig, VLLMEngineSpec
+    from ray_cotd.evaluate import generated_on, lora_merged
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert lora_merged(EvaluateConfig(backend="hf")) is None
+    assert lora_merged(EvaluateConfig(backend="vllm")) is True  # auto merges on CPU
+    assert lora_merged(EvaluateConfig(backend="vllm", vllm=VLLMEngineSpec(lora="request"))) is False
+    assert generated_on({"backend": "vllm", "lora_merged": True}) == ", on vllm (LoRA students merged)"
+    assert generated_on({"backend": "hf", "lora_merged": None}) == ", on hf"
+    assert generated_on(None) == ""  # a report written before the key existed
