@@ -201,7 +201,7 @@ def test_vllm_records_the_teachers_topk_and_training_distils_from_it(ray_cluster
 
     k = 5
     cfg = AnnotateConfig(questions=str(DEMO), output_dir=str(tmp_path / "annotate"), engine="vllm",
-                         teacher=thinking_teacher, limit=8, levels=[3], max_new_tokens=96, batch_size=4,
+                         teacher=thinking_teacher, limit=4, levels=[3], max_new_tokens=64, batch_size=4,
                          answer_type="numeric", wrong="keep", num_workers=1, cpus_per_worker=1.0,
                          vllm={"max_model_len": 1024, "kv_cache_gib": 1}, chat_template_kwargs={"enable_thinking": False},
                          logprobs=k, logprobs_for=ModelSpec())

@@ -42,11 +42,11 @@ def _sweep_config(shared_data: Path, out: Path) -> Path:
         "mlflow": True,  # the default store: sqlite:///<output_dir>/mlflow.db
         "train": {
             "objective": "cascod", "peft": "lora", "lora_r": 4, "lora_alpha": 8,
-            "batch_size": 2, "max_steps": 4, "max_seq_len": 192, "lr": 1.0e-3, "lr_schedule": "constant",
+            "batch_size": 2, "max_steps": 3, "max_seq_len": 192, "lr": 1.0e-3, "lr_schedule": "constant",
             # val_loss at every step (ASHA's rungs); no validation questions generated at each report, which is
             # most of a trial's time here (step 5 below scores them once; val_backend vllm: test_vllm.py)
             "val_every": 1, "val_fraction": 0.02, "val_generate": 0,
-            "checkpoint_every": 4, "num_workers": 1, "cpus_per_worker": 1.0, "seed": 0,
+            "checkpoint_every": 3, "num_workers": 1, "cpus_per_worker": 1.0, "seed": 0,
         },
     }
     path = out.parent / "tune.yaml"
@@ -96,7 +96,7 @@ def test_sweep_interrupt_resume_and_best_config(ray_cluster, shared_data, tmp_pa
     assert len(table) == 3 and set(table["level"]) <= {1, 6}
     assert table["alpha"].between(0.1, 0.9).all()
     assert summary["stopped_early"] >= 1, table.to_string()
-    assert summary["total_steps"] < 3 * 4
+    assert summary["total_steps"] < 3 * 3
     for plot in summary["plots"]:
         assert Path(plot).stat().st_size > 0
     assert any("optimization_history" in p for p in summary["plots"])
@@ -124,8 +124,9 @@ def test_sweep_interrupt_resume_and_best_config(ray_cluster, shared_data, tmp_pa
     best = load_stage_config("train", summary["best_train_yaml"])
     assert best.alpha == pytest.approx(summary["best_params"]["alpha"])
     assert best.corpus.endswith(f"level{summary['best_params']['level']}.json")
-    trained = run_train(dataclasses.replace(best, val_every=0, val_generate=2, val_max_rationale_tokens=16))
-    assert trained["steps"] == 4 and Path(trained["student_dir"], "adapter_config.json").is_file()
+    trained = run_train(dataclasses.replace(best, max_steps=2, checkpoint_every=2, val_every=0, val_generate=2,
+                                            val_max_rationale_tokens=16))
+    assert trained["steps"] == 2 and Path(trained["student_dir"], "adapter_config.json").is_file()
     assert trained["val_loss"] > 0
     assert trained["val_accuracy"] is not None and 0.0 <= trained["val_accuracy"] <= 1.0
 
