@@ -30,6 +30,8 @@ import dataclasses
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,8 @@ def summary_rows(summary: dict[str, Any], log_file: Path | None) -> list[tuple[s
         rows.append(("tune", f"{tuned['trials']} trials, best {tuned['best_params']} -> {tuned['best_train_yaml']}"))
     if "serve" in summary:
         rows.append(("served", served_line(summary["serve"])))
+    if summary.get("stage_s"):
+        rows.append(("time", f"{summary['wall_s']:.0f} s: {stages_line(summary['stage_s'])}"))
     run_dir = summary["run_dir"]
     rows.append(("outputs", f"{run_dir}/: report.md, {HEADLINE_PLOT}, summary.json, annotate/ train/ evaluate/"
                             + (" serve/" if "serve" in summary else "")))
@@ -228,12 +232,28 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         h = summary["headline"]
         tracked.log_metrics({"n": h["n"], "student_correct": h["student_correct"],
                              "baseline_correct": h["baseline_correct"], "p_value": h["p_value"],
-                             "wall_s": summary["wall_s"]})
+                             "wall_s": summary["wall_s"],
+                             **{f"stage_s/{k}": v for k, v in summary["stage_s"].items()}})
         for name in ("report.md", HEADLINE_PLOT, "summary.json"):
             tracked.log_artifact(run_dir / name)
-    print(f"\n=== done in {summary['wall_s']:.0f} s: {headline_text(summary['headline'])}\n", flush=True)
+    print(f"\n=== done in {summary['wall_s']:.0f} s ({stages_line(summary['stage_s'])}): "
+          f"{headline_text(summary['headline'])}\n", flush=True)
     print(format_table(rows), flush=True)
     return summary
+
+
+@contextmanager
+def _timed(summary: dict[str, Any], stage: str) -> Iterator[None]:
+    """summary["stage_s"][stage]: the stage's wall seconds, its start-up (Ray, engines) included."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary["stage_s"][stage] = round(time.perf_counter() - t0, 1)
+
+
+def stages_line(stage_s: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stage_s.items())
 
 
 def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: Run | NoRun) -> dict[str, Any]:
@@ -243,9 +263,10 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
     from ray_cotd.teacher.annotate import run_annotate
 
     total = 3 + (cfg.tune is not None) + (cfg.serve is not None)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "headline": None}
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "headline": None, "stage_s": {}}
 
-    with console.stage(1, total, f"annotate {cfg.annotate.questions} with the {cfg.annotate.engine} teacher"):
+    with console.stage(1, total, f"annotate {cfg.annotate.questions} with the {cfg.annotate.engine} teacher"), \
+            _timed(summary, "annotate"):
         started = dt.datetime.now(dt.timezone.utc)
         # one hold-out split for the whole run: annotate's `holdout: train` skips train's test side
         annotate_cfg = annotate_config(cfg, run_dir)
@@ -261,7 +282,7 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
         print(f"corpus: {corpus_line(stats)}", flush=True)
 
     with console.stage(2, total, f"train a {cfg.train.objective} student ({cfg.train.peft}, "
-                                 f"{cfg.train.max_steps} steps)"):
+                                 f"{cfg.train.max_steps} steps)"), _timed(summary, "train"):
         started = dt.datetime.now(dt.timezone.utc)
         corpus = str(Path(annotate_cfg.output_dir) / "corpus")  # annotate's kept rows (Parquet parts)
         train_cfg = dataclasses.replace(
@@ -276,7 +297,7 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
         summary["train"] = trained
         student = spec_for_student_dir(trained["student_dir"])
 
-    with console.stage(3, total, "evaluate the student against its untrained self"):
+    with console.stage(3, total, "evaluate the student against its untrained self"), _timed(summary, "evaluate"):
         started = dt.datetime.now(dt.timezone.utc)
         eval_cfg = dataclasses.replace(cfg.evaluate, students=[student], output_dir=str(run_dir / "evaluate"),
                                        **_tracked(cfg, tracked, run_dir))
@@ -297,7 +318,7 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
         from ray_cotd.tune import run_tune
 
         step += 1
-        with console.stage(step, total, "tune alpha / lambda / granularity level"):
+        with console.stage(step, total, "tune alpha / lambda / granularity level"), _timed(summary, "tune"):
             started = dt.datetime.now(dt.timezone.utc)
             tune_cfg = dataclasses.replace(cfg.tune, output_dir=str(run_dir / "tune"))
             with _child(cfg, tracked, run_dir, "tune", to_dict(tune_cfg)) as child:
@@ -313,7 +334,7 @@ def _run_stages(cfg: PipelineConfig, run_dir: Path, console: Console, tracked: R
         from ray import serve  # noqa: F401  its logger exists before the stage's sweep
 
         step += 1
-        with console.stage(step, total, "answer a question through the two-stage endpoint"):
+        with console.stage(step, total, "answer a question through the two-stage endpoint"), _timed(summary, "serve"):
             started = dt.datetime.now(dt.timezone.utc)
             serve_cfg = dataclasses.replace(cfg.serve, student=student)
             with _child(cfg, tracked, run_dir, "serve", to_dict(serve_cfg)) as child:

@@ -30,7 +30,9 @@ def _summary(**extra) -> dict:
 def test_the_table_names_every_stage_and_where_things_are():
     serve = {"url": "http://127.0.0.1:8000", "question": "Mia has 7 red pencils and 5 blue pencils. How many?",
              "response": {"answer": "12"}}
-    rows = summary_rows(_summary(serve=serve), Path("runs/quickstart/framework.log"))
+    rows = summary_rows(_summary(serve=serve, wall_s=523.4,
+                                 stage_s={"annotate": 201.2, "train": 150.0, "evaluate": 140.5, "serve": 30.1}),
+                        Path("runs/quickstart/framework.log"))
     table = dict(rows)
     assert table["corpus"] == "kept 13 of 14 teacher samples, rejected 1 (no_marker 1); the teacher was right on 14%"
     assert table["contamination"] == "word-problems: 0 exact, 0 by 13-gram of 11 training rows (nothing to do)"
@@ -38,10 +40,11 @@ def test_the_table_names_every_stage_and_where_things_are():
     assert table["accuracy"] == ("trained 50.0% [37.7, 62.3] (30/60) vs untrained 16.7% [9.3, 28.1] (10/60); "
                                  "exact McNemar p = 1.9e-06, n = 60")
     assert table["served"].endswith("-> '12' (http://127.0.0.1:8000/v1/reason)")
+    assert table["time"] == "523 s: annotate 201 s, train 150 s, evaluate 140 s, serve 30 s"
     assert table["logs"] == "runs/quickstart/framework.log (framework logs)"
     text = format_table(rows)
     assert text.splitlines()[0].startswith("corpus         kept 13")
-    assert len(text.splitlines()) == 7
+    assert len(text.splitlines()) == 8
 
 
 def test_no_contamination_check_and_verbose_runs_say_so():
