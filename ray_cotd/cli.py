@@ -146,6 +146,26 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cache(args: argparse.Namespace) -> int:
+    from ray_cotd.lm.cache import cache_entries, format_entries, prune_merged
+    from ray_cotd.lm.model import cache_root
+
+    if not args.prune:
+        if args.older_than is not None or args.orphaned or args.dry_run:
+            raise ConfigError("--older-than, --orphaned and --dry-run go with --prune")
+        print(format_entries(cache_entries(), cache_root()))
+        return 0
+    try:
+        pruned = prune_merged(older_than_days=args.older_than, orphaned_only=args.orphaned, dry_run=args.dry_run)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    verb = "would delete" if args.dry_run else "deleted"
+    for entry in pruned:
+        print(f"{verb} {entry.path} ({entry.bytes / 1e9:.2f} GB)")
+    print(f"{verb} {len(pruned)} merged copies, {sum(e.bytes for e in pruned) / 1e9:.2f} GB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-cotd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from ray_cotd import __version__
@@ -176,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "13-gram); repeatable")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_inspect)
+
+    p = sub.add_parser("cache", help="list the model cache (RAY_COTD_CACHE); --prune deletes merged LoRA copies",
+                       description="List the model cache: GGUF conversions (models/) and LoRA students merged for "
+                                   "vLLM on CPU (merged/, one per student and dtype), with sizes and last use. "
+                                   "--prune deletes merged copies; every copy is remade when a run needs it.")
+    p.add_argument("--prune", action="store_true", help="delete merged LoRA copies (all, or those chosen below)")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only copies unused for DAYS days")
+    p.add_argument("--orphaned", action="store_true", help="only copies whose adapter directory is gone")
+    p.add_argument("--dry-run", action="store_true", help="say what --prune would delete, delete nothing")
+    p.set_defaults(func=_run_cache)
 
     p = sub.add_parser("report", help="compare earlier evaluation runs without re-evaluating")
     p.add_argument("run_dirs", nargs="+", help="evaluation output directories")

@@ -213,6 +213,10 @@ def merged_lora_source(spec: ModelSpec, dtype: str) -> Path:
         digest.update(f"{name}:{_file_digest(adapter / name)}|".encode())
     target = cache_root() / "merged" / f"{adapter.name}-{digest.hexdigest()[:16]}"
     if (target / "config.json").is_file():
+        try:
+            os.utime(target)  # its last use, which `ray-cotd cache --prune --older-than` reads
+        except OSError:  # a read-only cache
+            pass
         return target
     model = load_model(ModelSpec(**{**asdict(spec), "dtype": "float32"})).merge_and_unload().to(DTYPES[dtype])
     _save_once(target, model, load_tokenizer(spec), f"LoRA adapter {adapter.resolve()} merged into {source}, {dtype}")
