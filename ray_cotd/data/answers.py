@@ -10,10 +10,14 @@ whitespace between the words, optional markdown bold around it, optional colon a
     The answer is X            -> marker "The answer is"
     Therefore, the answer is X -> marker "Therefore, the answer is" (also Thus, So, Hence,
                                   Consequently, Finally; with or without the comma)
+    The final answer is X      -> marker "The final answer is" (MATH / Minerva; also after a
+                                  connective)
+    a last line "#### X"       -> marker "####" (GSM8K's worked solutions)
+    a last line "Answer: X"    -> marker "Answer:" ("Final Answer: X": "Final answer:"; any case,
+                                  bold or not; only the last line counts)
 
-The LAST occurrence wins: teachers often say "the answer is true." mid-text and then restate it.
-Text with no such marker whose last line is "#### X" (GSM8K's worked solutions) splits there, with
-marker "####".
+The LAST marker wins: teachers often say "the answer is true." mid-text and then restate it, and a
+reply that reasons "... the answer is 5" and ends "Answer: 6" answers 6.
 A stray markup tag at either end of the rationale (`<Solution Path>`, `<br>`, `<explanation>`) is
 dropped; markdown bold, quotes, a stray `<answer>` tag and the trailing period are dropped from
 the answer. Glued numbered steps inside the rationale ("which is 290.2. Note that") are left as
@@ -45,7 +49,8 @@ is no float tolerance. LaTeX is read where a number is expected: "\\frac{3}{4}" 
 are dropped.
 
 Golds: `final_answer` reads the final answer out of a gold that is a worked solution ("... #### 72",
-"... \\boxed{\\frac{3}{4}}", "... The answer is 5"); the readers apply it to every gold.
+"...\\nAnswer: 7", "... \\boxed{\\frac{3}{4}}", "... The answer is 5"); the readers apply it to every
+gold.
 
 Boolean: true/false/yes/no at the start, alone or followed by punctuation or "because"/"since"/
 "as" ("Yes because it melts" is true; "True if we assume so" is unreadable).
@@ -85,14 +90,17 @@ PARSE_FAILURE_REASONS = (
     "unreadable_answer",  # answer_type given and the text after the marker is not of that type
 )
 
+_CONNECTIVES = ("therefore", "thus", "so", "hence", "consequently", "finally")
+# "The final answer is" (MATH / Minerva). Not "The correct answer is": LLaMA's CommonsenseQA rationales
+# say "The correct answer is the one that ..." mid-reasoning, which is no answer.
+_ADJECTIVES = ("final",)
 STRICT_MARKERS = (
-    "The answer is",
-    "Therefore, the answer is",
-    "Thus, the answer is",
-    "So, the answer is",
-    "Hence, the answer is",
-    "Consequently, the answer is",
-    "Finally, the answer is",
+    *(f"The {adj}answer is" for adj in ("", *(a + " " for a in _ADJECTIVES))),
+    *(f"{conn.capitalize()}, the {adj}answer is" for conn in _CONNECTIVES
+      for adj in ("", *(a + " " for a in _ADJECTIVES))),
+    "####",  # a last line "#### X" (GSM8K)
+    "Answer:",  # a last line "Answer: X" (many instruction and eval sets)
+    "Final answer:",  # a last line "Final Answer: X"
 )
 LENIENT_MARKERS = {"boolean": "final-boolean", "multiple_choice": "trailing-choice", "numeric": "final-number"}
 
@@ -102,12 +110,11 @@ LENIENT_MARKERS = {"boolean": "final-boolean", "multiple_choice": "trailing-choi
 CHOICE_LETTERS = "ABCDEFGHIJ"
 CHOICE_LABEL = rf"(?:[{CHOICE_LETTERS}]|10|[1-9])"
 
-_CONNECTIVES = ("therefore", "thus", "so", "hence", "consequently", "finally")
 # No word boundary before "the": the release often glues the marker to the rationale's last word
 # ("= 252 piecesThe answer is 252", "our conclusionthe answer is False").
 _MARKER_RE = re.compile(
     r"(?:\b(?P<conn>" + "|".join(_CONNECTIVES) + r")\b\s*,?\s*)?"
-    r"[*_]{0,2}the\s+answer\s+is(?![a-z])[*_]{0,2}\s*:?",
+    r"[*_]{0,2}the\s+(?:(?P<adj>" + "|".join(_ADJECTIVES) + r")\s+)?answer\s+is(?![a-z])[*_]{0,2}\s*:?",
     re.IGNORECASE,
 )
 # A markup tag at an end of the rationale: <Solution Path>, </Solution Path>, <br />, <explanation>.
@@ -142,6 +149,11 @@ _BARE_NUMBER_RE = re.compile(r"\d+\.?")
 # GSM8K ends a worked solution with a last line "#### <answer>"; only a last line counts, so a
 # markdown heading ("#### Step 1") earlier in a reply is never read as an answer.
 _HASHES_RE = re.compile(r"(?:^|\n)[ \t]*####[ \t]*(?P<answer>[^\n#]*\S)[ \t]*\s*$")
+# A last line "Answer: X" or "Final Answer: X" (bold or not); like "####", only a last line counts.
+_ANSWER_LINE_RE = re.compile(
+    r"(?:^|\n)[ \t]*[*_]{0,2}(?P<final>final[ \t]+)?answer[*_]{0,2}[ \t]*:[*_]{0,2}[ \t]*(?P<answer>[^\n]*\S)\s*$",
+    re.IGNORECASE,
+)
 _PUNCTUATION = frozenset(string.punctuation)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
@@ -207,23 +219,37 @@ def split_output(
     if not text.strip():
         return ParseFailure("empty")
 
+    found = _last_marker(text)
+    if found is None:
+        if lenient and answer_type in LENIENT_MARKERS:
+            guessed = _lenient_split(text, answer_type)
+            if guessed is not None:
+                return _with_rationale_check(guessed, require_rationale)
+        return ParseFailure("no_marker", _tail(text))
+    start, answer, marker = found
+    return _typed_split(text[:start], answer, marker, answer_type, require_rationale, text)
+
+
+def _last_marker(text: str) -> tuple[int, str, str] | None:
+    """(where the rationale ends, the text after the marker, the marker) of the marker that comes
+    last: "The answer is" (any connective or adjective) anywhere, or a last line "#### X" or
+    "Answer: X"; None when there is none."""
+    found = []
     last = None
     for last in _MARKER_RE.finditer(text):
         pass
-    if last is None:
-        hashes = _HASHES_RE.search(text)
-        if hashes is not None:
-            return _typed_split(text[: hashes.start()], hashes.group("answer"), "####", answer_type,
-                                require_rationale, text)
-        if lenient and answer_type in LENIENT_MARKERS:
-            found = _lenient_split(text, answer_type)
-            if found is not None:
-                return _with_rationale_check(found, require_rationale)
-        return ParseFailure("no_marker", _tail(text))
-
-    conn = last.group("conn")
-    marker = f"{conn.capitalize()}, the answer is" if conn else ANSWER_MARKER
-    return _typed_split(text[: last.start()], text[last.end() :], marker, answer_type, require_rationale, text)
+    if last is not None:
+        conn, adj = last.group("conn"), last.group("adj")
+        the = f"the {adj.lower()} answer is" if adj else "the answer is"
+        marker = f"{conn.capitalize()}, {the}" if conn else the[0].upper() + the[1:]
+        found.append((last.start(), text[last.end():], marker))
+    hashes = _HASHES_RE.search(text)
+    if hashes is not None:
+        found.append((hashes.start(), hashes.group("answer"), "####"))
+    line = _ANSWER_LINE_RE.search(text)
+    if line is not None:
+        found.append((line.start(), line.group("answer"), "Final answer:" if line.group("final") else "Answer:"))
+    return max(found, key=lambda f: f[0]) if found else None
 
 
 def _typed_split(rationale: str, after: str, marker: str, answer_type: AnswerType | None, require_rationale: bool,
@@ -353,18 +379,21 @@ def final_answer(gold: str) -> str:
     '\\\\frac{3}{4}'
     >>> final_answer("3 + 2 = 5. The answer is 5.")                   # the one parser's marker
     '5'
+    >>> final_answer("3 + 4 = 7.\\nAnswer: 7")                         # a last line "Answer: X"
+    '7'
     >>> final_answer("Paris")
     'Paris'
     """
     if not isinstance(gold, str):
         return gold
-    hashes = _HASHES_RE.search(gold)
-    if hashes is not None:
-        return _clean_answer(hashes.group("answer")) or gold
+    found = _last_marker(gold)
+    if found is not None and found[2] in ("####", "Answer:", "Final answer:"):  # a last line says it
+        answer = _clean_answer(found[1])
+        return last_boxed(answer) or answer or gold
     boxed = last_boxed(gold)
     if boxed:
         return boxed
-    if _MARKER_RE.search(gold) is not None:
+    if found is not None:
         parsed = split_output(gold)
         if isinstance(parsed, ParsedOutput):
             return parsed.answer

@@ -159,6 +159,9 @@ def test_math_golds_are_the_last_boxed_answer_and_latex_fractions_are_numbers(tm
     ("Step one.\n#### 72", "72"), ("#### 1,000", "1,000"), ("x = $\\boxed{2^{10}}$.", "2^{10}"),
     ("a \\boxed{1} then \\boxed{2}", "2"), ("3 + 2 = 5. The answer is 5.", "5"), ("Paris", "Paris"),
     ("True", "True"), ("\\boxed{1", "\\boxed{1"),  # unbalanced: left as it is
+    ("3 + 4 = 7.\nAnswer: 7", "7"), ("Work.\n\n**Final Answer:** $\\boxed{9}$", "9"), ("ANSWER: (B)", "(B)"),
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "$5$. I hope it is correct"),  # Minerva
+    ("Answer: 7\nExplanation: it adds up", "Answer: 7\nExplanation: it adds up"),  # not a last line: no marker
 ])
 def test_final_answer(gold, expected):
     assert final_answer(gold) == expected
@@ -177,6 +180,29 @@ def test_a_gsm8k_solution_splits_at_its_last_line_and_a_heading_is_no_answer():
     assert (parsed.rationale, parsed.answer, parsed.marker) == ("He has 3 * 24 = 72 apples.", "72", "####")
     assert split_output("#### Step 1\nadd them up").reason == "no_marker"
     assert split_output("#### Step 1\nadd. The answer is 5").answer == "5"
+
+
+@pytest.mark.parametrize("text, answer_type, rationale, answer, marker", [
+    ("3 + 4 = 7.\nAnswer: 7", "numeric", "3 + 4 = 7.", "7", "Answer:"),
+    ("It is a whale.\n**Final Answer:** (B)", "multiple_choice", "It is a whale.", "B", "Final answer:"),
+    ("So 2 + 3 = 5. Therefore, the final answer is: 5.", "numeric", "So 2 + 3 = 5.", "5",
+     "Therefore, the final answer is"),
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "numeric", "Final Answer:", "5",
+     "The final answer is"),  # Minerva's MATH format: the later marker wins
+    ("First I thought the answer is 5.\nAnswer: 6", "numeric", "First I thought the answer is 5.", "6", "Answer:"),
+    ("so the answer is 72.\n#### 72", "numeric", "so the answer is 72.", "72", "####"),
+])
+def test_other_answer_formats_split_at_the_last_marker(text, answer_type, rationale, answer, marker):
+    parsed = split_output(text, answer_type=answer_type)
+    assert (parsed.rationale, parsed.answer, parsed.marker) == (rationale, answer, marker)
+    assert not parsed.lenient
+
+
+def test_an_answer_line_that_is_not_the_last_line_and_the_correct_answer_are_no_markers():
+    assert split_output("Answer: 7\nExplanation: it adds up", answer_type="numeric").reason == "no_marker"
+    assert split_output("The answers is 7").reason == "no_marker"  # no marker in "answers is"
+    # LLaMA's CommonsenseQA rationales say this mid-reasoning; it is no answer
+    assert split_output("The correct answer is the one that fits. The answer is B").answer == "B"
 
 
 def test_one_column_per_option_named_by_letter_is_detected(tmp_path):
