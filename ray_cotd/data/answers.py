@@ -94,13 +94,13 @@ _CONNECTIVES = ("therefore", "thus", "so", "hence", "consequently", "finally")
 # "The final answer is" (MATH / Minerva). Not "The correct answer is": LLaMA's CommonsenseQA rationales
 # say "The correct answer is the one that ..." mid-reasoning, which is no answer.
 _ADJECTIVES = ("final",)
+# The markers of a last line: "#### X" (GSM8K), "Answer: X" (many instruction and eval sets), "Final Answer: X".
+_LAST_LINE_MARKERS = ("####", "Answer:", "Final answer:")
 STRICT_MARKERS = (
     *(f"The {adj}answer is" for adj in ("", *(a + " " for a in _ADJECTIVES))),
     *(f"{conn.capitalize()}, the {adj}answer is" for conn in _CONNECTIVES
       for adj in ("", *(a + " " for a in _ADJECTIVES))),
-    "####",  # a last line "#### X" (GSM8K)
-    "Answer:",  # a last line "Answer: X" (many instruction and eval sets)
-    "Final answer:",  # a last line "Final Answer: X"
+    *_LAST_LINE_MARKERS,
 )
 LENIENT_MARKERS = {"boolean": "final-boolean", "multiple_choice": "trailing-choice", "numeric": "final-number"}
 
@@ -387,7 +387,7 @@ def final_answer(gold: str) -> str:
     if not isinstance(gold, str):
         return gold
     found = _last_marker(gold)
-    if found is not None and found[2] in ("####", "Answer:", "Final answer:"):  # a last line says it
+    if found is not None and found[2] in _LAST_LINE_MARKERS:  # a last line says it
         answer = _clean_answer(found[1])
         return last_boxed(answer) or answer or gold
     boxed = last_boxed(gold)
