@@ -18,12 +18,14 @@ OUT/study.json and the PNG plots.
     1. objectives   answer_only, std_cot, step_by_step, cascod, da_lora, cascod+da_lora (domain-adversarial
                     LoRA) and prada (P-Tuning + LoRA, three teachers' CoTs, DANN ramp) on StrategyQA
                     chatgpt level 1; StrategyQA test (IND) and CommonsenseQA test (OOD) + untrained
+    granularity_curve  issue 21: std_cot on SVAMP chatgpt levels 1-6 as arms, one epoch each, the whole
+                    SVAMP hold-out; the level is chosen on validation rows (val_accuracy, design `choose`)
     2. granularity  std_cot and cascod on SVAMP chatgpt levels 1-6; the fixed SVAMP hold-out split
     3. teachers     cascod on the best level of item 2 from chatgpt, gemini, llama (llama: levels 1-4)
     4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
                     evaluated beside item 1's cascod+da_lora student
 
-The first two are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
+The first three are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
 per seed of the scale (TrainConfig.seed; the hold-out split's split_seed stays fixed), optionally after
 a learning-rate / LoRA-rank sweep on validation rows, and is evaluated in its own run (so a stop loses
 at most one arm's evaluation). The design's comparisons and their rule (`decide`: the exact paired
@@ -35,7 +37,7 @@ Nothing trains or selects on a test set: StrategyQA and CommonsenseQA test files
 evaluate; PRADA's target questions are CommonsenseQA *train* questions; SVAMP questions on the test
 side of the hold-out split are removed by training and are the only ones evaluate scores; sweeps
 select on validation rows carved from the training side; item 3's level is chosen on hold-out rows
-apart from item 2's test rows.
+apart from item 2's test rows (granularity), or on validation rows (granularity_curve's `choose`).
 """
 
 from __future__ import annotations
@@ -65,11 +67,13 @@ STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
 # The fixed run order: teachers needs granularity's best level, tune item 1's cascod+da_lora student.
-EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity", "teachers", "tune")
-ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives")  # driven by studies/<experiment>/design.yaml
+EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity", "teachers", "tune")
+# driven by studies/<experiment>/design.yaml
+ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
-              "objectives": "1. Objectives (IND vs OOD)"}
+              "objectives": "1. Objectives (IND vs OOD)",
+              "granularity_curve": "2. Granularity curve (SVAMP, std_cot at levels 1-6, the whole hold-out)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
@@ -153,7 +157,10 @@ def load_scale(name: str, path: Path = STUDY_DIR / "scales.yaml") -> dict[str, A
 # -- arm experiments: design, sweep, epochs, pre-registration -----------------------------------
 
 SWEEP_KEYS = ("lr", "lora_r")  # what a sweep may vary; lora_alpha follows lora_r (alpha / r stays 2)
-SELECT_BY = {"val_loss": "min"}  # how a sweep's runs are ranked: summary key -> lower or higher is better
+# How a sweep's runs (or a design's `choose` among arms) are ranked: summary key -> lower or higher is better.
+# val_loss compares runs of one arm (the same targets); val_accuracy also compares arms whose targets differ
+# (granularity levels), since every arm answers the same validation questions.
+SELECT_BY = {"val_loss": "min", "val_accuracy": "max"}
 
 
 def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
@@ -166,6 +173,8 @@ def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
             raise StudyError(f"{path}: lacks {key!r}")
     if design["select_by"] not in SELECT_BY:
         raise StudyError(f"{path}: select_by {design['select_by']!r}; choose from {list(SELECT_BY)}")
+    if "choose" in design and (not isinstance(design["choose"], dict) or design["choose"].get("by") not in SELECT_BY):
+        raise StudyError(f"{path}: choose needs `by` in {list(SELECT_BY)} (and optionally `what`): {design['choose']!r}")
     for arm, spec in design["arms"].items():
         extra = [k for k in spec if k not in ("train", "corpora", "evaluate")]
         if extra or not isinstance(spec.get("train"), list):
@@ -212,16 +221,23 @@ def point_overrides(point: dict[str, Any]) -> list[str]:
 
 
 def choose_point(runs: list[tuple[dict[str, Any], dict]], select_by: str) -> dict[str, Any]:
-    """The grid point whose run's summary is best by `select_by` (SELECT_BY: val_loss, lowest);
-    a tie goes to the earlier point. runs: (point, summary.json) in grid order."""
+    """The grid point whose run's summary is best by `select_by` (SELECT_BY: val_loss lowest,
+    val_accuracy highest); a tie goes to the earlier point. runs: (point, summary.json) in grid order."""
+    return runs[best_index([s for _, s in runs], select_by, [point_name(p) for p, _ in runs])][0]
+
+
+def best_index(summaries: list[dict], select_by: str, names_: list[str]) -> int:
+    """The index of the best summary by `select_by` (a tie goes to the earlier one); a summary
+    without the value is a StudyError naming its run."""
     sign = 1 if SELECT_BY[select_by] == "min" else -1
     scored = []
-    for i, (point, summary) in enumerate(runs):
+    for i, summary in enumerate(summaries):
         value = summary.get(select_by)
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            raise StudyError(f"sweep run {point_name(point)} has no {select_by} (set val_fraction > 0)")
+            hint = "val_generate > 0" if select_by == "val_accuracy" else "val_fraction > 0"
+            raise StudyError(f"run {names_[i]} has no {select_by} (set {hint})")
         scored.append((sign * value, i))
-    return runs[min(scored)[1]][0]
+    return min(scored)[1]
 
 
 def steps_for_epochs(rows: int, epochs: float, rows_per_step: int) -> int:
@@ -907,6 +923,26 @@ class Study:
                 self.evaluate(experiment, design["evaluate"], {system_name(arm, s): p for s, p in by_seed.items()},
                               run=f"{slug(arm)}/evaluate",
                               extra=["baselines=[]", *design["arms"][arm].get("evaluate", [])])
+        self.chosen_arm(experiment, design)
+
+    def chosen_arm(self, experiment: str, design: dict[str, Any]) -> dict[str, Any] | None:
+        """A design's `choose`: the arm whose first-seed student is best on its validation rows by
+        `choose.by` (a tie goes to the earlier arm), written to OUT/<experiment>/choice.json with
+        every arm's value. Nothing here reads a test row. None without `choose` or before every
+        arm's first seed has trained."""
+        if "choose" not in design:
+            return None
+        arms, by = self.arms(experiment, design), design["choose"]["by"]
+        first = self.seeds(experiment)[0]
+        dirs = {arm: self.arm_train_dirs(experiment, arm, [first])[first] for arm in arms}
+        if not all(is_done("train", d) for d in dirs.values()):
+            return None
+        summaries = [json.loads((dirs[a] / "summary.json").read_text()) for a in arms]
+        choice = {"by": by, "what": design["choose"].get("what", "arm"), "seed": first,
+                  "chosen": arms[best_index(summaries, by, [self._show(dirs[a]) for a in arms])],
+                  "candidates": {a: s.get(by) for a, s in zip(arms, summaries)}}
+        (self.out / experiment / "choice.json").write_text(json.dumps(choice, indent=2))
+        return choice
 
     def train_arm(self, experiment: str, design: dict[str, Any], arm: str, seeds: list[int]) -> dict[int, Path] | None:
         """An arm's students by seed. With a sweep grid: one run per grid point at the first seed
@@ -961,6 +997,9 @@ class Study:
 
     def objectives(self) -> None:
         self.arm_experiment("objectives")
+
+    def granularity_curve(self) -> None:
+        self.arm_experiment("granularity_curve")
 
     def granularity(self) -> dict | None:
         students = {}
@@ -1037,11 +1076,13 @@ class Study:
             epochs = epochs_of(run_dir)
             loss = summary.get("final_loss")
             val = summary.get("val_loss")
+            val_acc = summary.get("val_accuracy")
             kind = cfg["objective"] + (f" ({cfg['peft']})" if cfg.get("peft") != "lora" else "")
             rows.append([self._show(run_dir), kind,
                          str(summary["steps"]), str(encode.get("rows", "–")), f"{epochs:.2f}" if epochs else "–",
                          f"{cfg['lr']:g}", str(cfg["lora_r"]), f"{loss:.3f}" if loss is not None else "–",
-                         f"{val:.3f}" if val is not None else "–"])
+                         f"{val:.3f}" if val is not None else "–",
+                         f"{100 * val_acc:.0f}%" if val_acc is not None else "–"])
         return rows
 
     def arm_outputs(self, experiment: str) -> dict[str, Any] | None:
@@ -1067,6 +1108,12 @@ class Study:
                     f"Seeds {seeds}; the design and its rules were recorded {when}.\n\n"
                     + arms_table(report, arms, seeds, training, refs)
                     + "\n\nEvery seed:\n\n" + seeds_table(report, arms, seeds, training))
+        choice = self.chosen_arm(experiment, design)
+        if choice is not None:
+            markdown += (f"\n\nThe {choice['what']} chosen on validation rows (seed {choice['seed']}'s "
+                         f"{choice['by']}, no test row read): **{choice['chosen']}** ("
+                         + ", ".join(f"{a} {v:.3f}" if v is not None else f"{a} –" for a, v in choice["candidates"].items())
+                         + ")")
         if comparisons:
             markdown += ("\n\nComparisons (design.yaml), each decided by its stated rule: the exact paired "
                          "sign-flip test over every seed, question by question (ray_cotd.metrics.paired_sign_flip):\n\n"
@@ -1075,7 +1122,7 @@ class Study:
                 "rates": {arm: {f"{t}:{sc}": arm_rates(report, arm, seeds, t, sc) for t, sc in score_columns(report)}
                           for arm in arms},
                 "untrained": {f"{t}:{sc}": rate_of(report, UNTRAINED, t, sc) for t, sc in score_columns(report)},
-                "comparisons": comparisons, "results": report["results"]}
+                "comparisons": comparisons, "choice": choice, "results": report["results"]}
 
     def write_outputs(self) -> dict[str, Any]:
         self.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -1121,9 +1168,10 @@ class Study:
                              "results": r["results"]}
         if training := self.training_rows():
             sections.append("## Training runs\n\nEvery finished train run: its steps, epochs over its training rows, "
-                            "learning rate, LoRA rank, last loss and validation loss.\n\n"
+                            "learning rate, LoRA rank, last loss, validation loss and, where it scored validation "
+                            "questions by generation (val_generate), its validation accuracy.\n\n"
                             + md_table(["run", "objective", "steps", "training rows", "epochs", "lr", "LoRA r",
-                                        "final loss", "val loss"], training))
+                                        "final loss", "val loss", "val acc"], training))
         stage_s: dict[str, float] = {}
         for t in self.timings.values():
             stage_s[t["experiment"]] = stage_s.get(t["experiment"], 0.0) + t["seconds"]

@@ -308,6 +308,7 @@ def _fake_runners(calls: list, correct: Callable[[str, int], bool], n: int = 10)
         (out / "student").mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
         summary = {"steps": cfg.max_steps, "final_loss": 0.5, "val_loss": 1.0 + cfg.lora_r / 100,
+                   "val_accuracy": 0.5 if "level6" in cfg.corpus else 0.25,
                    "data": {"encode": {"rows": 2 * cfg.max_steps * cfg.batch_size, "dropped_too_long": 0}}}
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
@@ -381,6 +382,36 @@ def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> No
     again.scale = {**again.scale, "seeds": {"answer_only_vs_cot": [0, 1, 2]}}
     with pytest.raises(run.StudyError, match="another seeds"):  # the rules are fixed once runs exist
         again.answer_only_vs_cot()
+
+
+def test_granularity_curve_chooses_the_level_on_validation_rows(tmp_path: Path) -> None:
+    """granularity_curve at the smoke scale (levels 3 and 6) with stand-in runners: one std_cot
+    student per level on that level's corpus, scoring validation questions by generation; the level
+    with the higher val_accuracy (6) is chosen from the training summaries alone (choice.json), before
+    and whatever the test rows say; the tables show it, the val accuracy column and the primary
+    comparison."""
+    calls: list = []
+    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("L3") else 3))
+    out = tmp_path / "out"
+    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
+    study.scale = {**study.scale, "epochs": {}}
+    study.granularity_curve()
+    trains = {Path(c.output_dir).parent.name: c for kind, c in calls if kind == "train"}
+    assert sorted(trains) == ["L3", "L6"]
+    assert [(c.objective, c.corpus.endswith(f"train_chatgpt_level{arm[1]}.json"), c.val_generate, c.lora_r)
+            for arm, c in sorted(trains.items())] == [("std_cot", True, 2, 32)] * 2
+    choice = json.loads((out / "granularity_curve" / "choice.json").read_text())
+    assert choice == {"by": "val_accuracy", "what": "level", "seed": 0, "chosen": "L6",
+                      "candidates": {"L3": 0.25, "L6": 0.5}}
+    result = study.write_outputs()["granularity_curve"]
+    assert result["choice"]["chosen"] == "L6"
+    (primary,) = [c for c in result["comparisons"] if c["name"] == "medium_vs_finest"]
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
+    tables = (out / "tables.md").read_text()
+    assert "no test row read): **L6** (L3 0.250, L6 0.500)" in tables
+    assert "| val acc |" in tables and "| 50% |" in tables
+    with pytest.raises(run.StudyError, match="has no val_accuracy"):
+        run.best_index([{"val_accuracy": 0.1}, {}], "val_accuracy", ["a", "b"])
 
 
 def test_sweep_and_epoch_helpers(tmp_path: Path) -> None:
