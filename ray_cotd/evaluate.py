@@ -620,8 +620,14 @@ def _run_actor_pool(rows: list[dict], cfg: EvaluateConfig, systems: list[System]
     counted on a progress bar and handed to `on_result` as they come back."""
     import ray.data
 
+    from ray_cotd.ray_session import connect
+
     if not rows:  # every question was too long for its model (fit_prompts)
         return []
+    # The job's session (ray_session.connect), not the bare ray.init Ray Data would make: that one
+    # starts a cluster without the job's runtime env, so its actors would run without the worker
+    # hook (ray_cotd.worker_hooks) and without the address that Train's cleanup relies on.
+    connect()  # [ray]
     ds = ray.data.from_items([{"batch": json.dumps(b)} for b in batches_by_set(rows, cfg.batch_size)])
     ds = ds.map_batches(
         GenerateActor,

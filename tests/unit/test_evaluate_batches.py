@@ -103,3 +103,24 @@ def test_the_report_says_how_its_answers_were_generated(monkeypatch):
     assert generated_on({"backend": "vllm", "lora_merged": True}) == ", on vllm (LoRA students merged)"
     assert generated_on({"backend": "hf", "lora_merged": None}) == ", on hf"
     assert generated_on(None) == ""  # a report written before the key existed
+
+
+def test_the_actor_pool_joins_the_jobs_ray_session_before_ray_data_starts_one(monkeypatch):
+    """`ray-cotd evaluate` run on its own has no Ray session yet: the actor pool must start the
+    job's (ray_session.connect: its runtime env carries the worker hook) before Ray Data would
+    start a bare one; with no rows to answer it starts nothing."""
+    import ray_cotd.ray_session
+    from ray_cotd.config import EvaluateConfig
+    from ray_cotd.evaluate import _run_actor_pool
+
+    class Connected(Exception):
+        pass
+
+    def connect():
+        raise Connected
+
+    monkeypatch.setattr(ray_cotd.ray_session, "connect", connect)
+    cfg = EvaluateConfig(test_sets=[{"path": "x.jsonl", "name": "x"}])
+    assert _run_actor_pool([], cfg, [], {}) == []
+    with pytest.raises(Connected):
+        _run_actor_pool(_rows({("a", "x"): 1}), cfg, [], {})
