@@ -73,7 +73,7 @@ ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
-              "granularity_curve": "2. Granularity curve (SVAMP, std_cot at levels 1-6, the whole hold-out)"}
+              "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
