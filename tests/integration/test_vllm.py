@@ -164,9 +164,11 @@ def _ledger(out: Path) -> dict[str, dict]:
 # engine sometimes logs one of two shutdown tracebacks: multiprocessing's resource tracker
 # ("KeyError: '/psm_...'": a tracker relaunched after Ray killed the first one) or AsyncLLM's
 # output_handler (the engine core stopped under it). ray_cotd/worker_hooks.py patches both in the
-# worker, yet they came back in most runs on 2026-12-02 (and in none of the days before), so some
-# process or path the hook does not reach still does it. They are noise at exit (the run's rows and
-# rc are right, asserted below), and any other traceback still fails this test.
+# worker, yet they came back in most runs on 2026-12-02 (and in none of the days before). The KeyError
+# was traced to vLLM's executor worker process (VLLM::Worker), a grandchild of the Ray worker that the
+# hook does not reach: it unlinks its shared memory after Ray killed the tracker (docs/annotation.md,
+# Limits). They are noise at exit (the run's rows and rc are right, asserted below), and any other
+# traceback still fails this test.
 _KNOWN_SHUTDOWN_NOISE = ("multiprocessing/resource_tracker.py", "async_llm.py")
 
 
