@@ -923,13 +923,14 @@ class Study:
                 self.evaluate(experiment, design["evaluate"], {system_name(arm, s): p for s, p in by_seed.items()},
                               run=f"{slug(arm)}/evaluate",
                               extra=["baselines=[]", *design["arms"][arm].get("evaluate", [])])
-        self.chosen_arm(experiment, design)
+        if (choice := self.chosen_arm(experiment, design)) is not None:
+            (self.out / experiment / "choice.json").write_text(json.dumps(choice, indent=2))
 
     def chosen_arm(self, experiment: str, design: dict[str, Any]) -> dict[str, Any] | None:
         """A design's `choose`: the arm whose first-seed student is best on its validation rows by
-        `choose.by` (a tie goes to the earlier arm), written to OUT/<experiment>/choice.json with
-        every arm's value. Nothing here reads a test row. None without `choose` or before every
-        arm's first seed has trained."""
+        `choose.by` (a tie goes to the earlier arm), with every arm's value (arm_experiment writes
+        it to OUT/<experiment>/choice.json). Nothing here reads a test row. None without `choose` or
+        before every arm's first seed has trained."""
         if "choose" not in design:
             return None
         arms, by = self.arms(experiment, design), design["choose"]["by"]
@@ -938,11 +939,9 @@ class Study:
         if not all(is_done("train", d) for d in dirs.values()):
             return None
         summaries = [json.loads((dirs[a] / "summary.json").read_text()) for a in arms]
-        choice = {"by": by, "what": design["choose"].get("what", "arm"), "seed": first,
-                  "chosen": arms[best_index(summaries, by, [self._show(dirs[a]) for a in arms])],
-                  "candidates": {a: s.get(by) for a, s in zip(arms, summaries)}}
-        (self.out / experiment / "choice.json").write_text(json.dumps(choice, indent=2))
-        return choice
+        return {"by": by, "what": design["choose"].get("what", "arm"), "seed": first,
+                "chosen": arms[best_index(summaries, by, [self._show(dirs[a]) for a in arms])],
+                "candidates": {a: s.get(by) for a, s in zip(arms, summaries)}}
 
     def train_arm(self, experiment: str, design: dict[str, Any], arm: str, seeds: list[int]) -> dict[int, Path] | None:
         """An arm's students by seed. With a sweep grid: one run per grid point at the first seed
