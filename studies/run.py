@@ -20,12 +20,15 @@ OUT/study.json and the PNG plots.
                     chatgpt level 1; StrategyQA test (IND) and CommonsenseQA test (OOD) + untrained
     granularity_curve  issue 21: std_cot on SVAMP chatgpt levels 1-6 as arms, one epoch each, the whole
                     SVAMP hold-out; the level is chosen on validation rows (val_accuracy, design `choose`)
+    teacher_choice  issue 21: std_cot on SVAMP rationales of GPT-4o, Gemini-1.5-Flash, LLaMA-3-70B at
+                    granularity_curve's chosen level (design `level_from`; its GPT-4o student is that
+                    experiment's, `reuse`) and human-written equations, the whole SVAMP hold-out
     2. granularity  std_cot and cascod on SVAMP chatgpt levels 1-6; the fixed SVAMP hold-out split
     3. teachers     cascod on the best level of item 2 from chatgpt, gemini, llama (llama: levels 1-4)
     4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
                     evaluated beside item 1's cascod+da_lora student
 
-The first three are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
+answer_only_vs_cot, objectives, granularity_curve and teacher_choice are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
 per seed of the scale (TrainConfig.seed; the hold-out split's split_seed stays fixed), optionally after
 a learning-rate / LoRA-rank sweep on validation rows, and is evaluated in its own run (so a stop loses
 at most one arm's evaluation). The design's comparisons and their rule (`decide`: the exact paired
@@ -37,7 +40,8 @@ Nothing trains or selects on a test set: StrategyQA and CommonsenseQA test files
 evaluate; PRADA's target questions are CommonsenseQA *train* questions; SVAMP questions on the test
 side of the hold-out split are removed by training and are the only ones evaluate scores; sweeps
 select on validation rows carved from the training side; item 3's level is chosen on hold-out rows
-apart from item 2's test rows (granularity), or on validation rows (granularity_curve's `choose`).
+apart from item 2's test rows (granularity), or on validation rows (granularity_curve's `choose`,
+which teacher_choice reads).
 """
 
 from __future__ import annotations
@@ -67,13 +71,16 @@ STUDY_DIR = Path(__file__).resolve().parent
 REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
 # The fixed run order: teachers needs granularity's best level, tune item 1's cascod+da_lora student.
-EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity", "teachers", "tune")
+# teacher_choice needs granularity_curve's chosen level.
+EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "teacher_choice", "granularity", "teachers",
+               "tune")
 # driven by studies/<experiment>/design.yaml
-ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve")
+ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "teacher_choice")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
-              "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)"}
+              "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)",
+              "teacher_choice": "3. Teacher choice (SVAMP, std_cot, the level chosen on validation rows)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
@@ -175,11 +182,26 @@ def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
         raise StudyError(f"{path}: select_by {design['select_by']!r}; choose from {list(SELECT_BY)}")
     if "choose" in design and (not isinstance(design["choose"], dict) or design["choose"].get("by") not in SELECT_BY):
         raise StudyError(f"{path}: choose needs `by` in {list(SELECT_BY)} (and optionally `what`): {design['choose']!r}")
+    level_from = design.get("level_from")
+    if level_from is not None:
+        if level_from == experiment or level_from not in ARM_EXPERIMENTS:
+            raise StudyError(f"{path}: level_from {level_from!r}: name another arm experiment ({list(ARM_EXPERIMENTS)})")
+        choose = load_design(level_from).get("choose", {})
+        if choose.get("what") != "level":
+            raise StudyError(f"{path}: level_from {level_from!r}: that design does not choose a level "
+                             "(`choose: {by: ..., what: level}`)")
     for arm, spec in design["arms"].items():
-        extra = [k for k in spec if k not in ("train", "corpora", "evaluate")]
-        if extra or not isinstance(spec.get("train"), list):
-            raise StudyError(f"{path}: arm {arm!r} needs a `train` list of overrides (optional: corpora, evaluate); "
-                             f"got keys {list(spec)}")
+        extra = [k for k in spec if k not in ("train", "corpora", "evaluate", "levels", "reuse")]
+        if extra or not (isinstance(spec.get("train"), list) or "reuse" in spec):
+            raise StudyError(f"{path}: arm {arm!r} needs a `train` list of overrides or `reuse` (optional: corpora, "
+                             f"evaluate, levels); got keys {list(spec)}")
+        uses_level = "reuse" in spec or any("{level}" in str(o) for o in spec.get("train", []))
+        if uses_level and level_from is None:
+            raise StudyError(f"{path}: arm {arm!r} uses the chosen level ({{level}} or `reuse`), but the design "
+                             "has no `level_from`")
+        if "reuse" in spec and not (isinstance(spec["reuse"], str) and spec["reuse"].count("/") == 1):
+            raise StudyError(f"{path}: arm {arm!r}: reuse {spec['reuse']!r} must read EXPERIMENT/ARM "
+                             "(ARM may hold {level})")
     names_seen = set()
     for c in design["comparisons"]:
         missing = [k for k in ("name", "a", "b", "test_set", "score", "alpha") if k not in c]
@@ -318,10 +340,14 @@ def best_level(report: dict, objective: str = "cascod", test_set: str = "svamp")
     return min(scored)[1]
 
 
+def nearest_level(levels: Any, level: int) -> int:
+    """`level` if it is in `levels`, else the nearest of them (a tie goes to the lower)."""
+    return min(levels, key=lambda lv: (abs(lv - level), lv))
+
+
 def teacher_level(teacher: str, level: int) -> int:
     """`level` if the teacher has it for SVAMP, else its nearest level (llama stops at 4)."""
-    levels = TEACHER_LEVELS[teacher]
-    return min(levels, key=lambda lv: (abs(lv - level), lv))
+    return nearest_level(TEACHER_LEVELS[teacher], level)
 
 
 def pct(acc: dict | None) -> str:
@@ -900,13 +926,69 @@ class Study:
 
     def design_record(self, experiment: str, design: dict[str, Any]) -> dict[str, Any]:
         """What is fixed before an arm experiment's first run: its design (arms, comparisons and
-        their rule's alpha, select_by) and the scale's arms, seeds, sweep grid, epochs, training
-        overrides and test limits."""
-        return {"design": design, "arms": self.arms(experiment, design), "seeds": self.seeds(experiment),
-                "sweep": self.scale.get("sweep", {}).get(experiment),
+        their rule's alpha, select_by), the scale's arms, seeds, sweep grid, epochs, training
+        overrides and test limits, and (with `level_from`) the level chosen there."""
+        record = {"design": design, "arms": self.arms(experiment, design), "seeds": self.seeds(experiment),
+                  **self.training_record(experiment), "test_limits": self.test_limits(experiment)}
+        if design.get("level_from"):
+            record["level"] = self.chosen_level(experiment, design)
+        return record
+
+    def training_record(self, experiment: str) -> dict[str, Any]:
+        """How the scale trains an experiment's arms: its sweep grid, epochs and training overrides."""
+        return {"sweep": self.scale.get("sweep", {}).get(experiment),
                 "epochs": self.scale.get("epochs", {}).get(experiment),
-                "train": [*self.scale["train"], *self.scale.get("train_by_experiment", {}).get(experiment, [])],
-                "test_limits": self.test_limits(experiment)}
+                "train": [*self.scale["train"], *self.scale.get("train_by_experiment", {}).get(experiment, [])]}
+
+    def chosen_level(self, experiment: str, design: dict[str, Any]) -> int:
+        """The level a `level_from` design trains at: the one its source experiment chose on
+        validation rows (that design's `choose`, arms named L<level>). StudyError before the source
+        has chosen: a level is never guessed, and never picked on test rows."""
+        source = design["level_from"]
+        choice = self.chosen_arm(source, load_design(source))
+        if choice is None:
+            raise StudyError(f"{experiment} trains at the level {source} chooses on validation rows, and {source} "
+                             f"has not chosen yet (its arms' first seeds are not all trained under {self.out}): "
+                             f"run --only {source} first")
+        chosen = choice["chosen"]
+        if not (chosen.startswith("L") and chosen[1:].isdigit()):
+            raise StudyError(f"{source} chose {chosen!r}; {experiment} needs a level arm named L<level>")
+        return int(chosen[1:])
+
+    def arm_spec(self, experiment: str, design: dict[str, Any], arm: str) -> dict[str, Any]:
+        """An arm's design entry with the chosen level filled in (`level_from`): {level} in its train
+        overrides and `reuse` becomes the level, or the nearest of the arm's `levels` where it gives
+        them (a teacher without the chosen level); `reuse` becomes (experiment, arm)."""
+        spec = dict(design["arms"][arm])
+        if not design.get("level_from"):
+            return spec
+        level = self.chosen_level(experiment, design)
+        if "levels" in spec:
+            level = nearest_level(spec["levels"], level)
+        spec["level"] = level
+        spec["train"] = [str(o).replace("{level}", str(level)) for o in spec.get("train", [])]
+        if "reuse" in spec:
+            source, source_arm = spec["reuse"].replace("{level}", str(level)).split("/")
+            spec["reuse"] = (source, source_arm)
+        return spec
+
+    def reused_students(self, experiment: str, design: dict[str, Any], arm: str, source: str, source_arm: str,
+                        seeds: list[int]) -> dict[int, Path] | None:
+        """An arm whose students are another experiment's arm (trained there if they are not yet):
+        only when both train the same way (train YAML, sweep, epochs, training overrides), else a
+        StudyError, since the arm would not be the recipe the design says."""
+        source_design = load_design(source)
+        if source_arm not in source_design["arms"]:
+            raise StudyError(f"{experiment}: arm {arm!r} reuses {source}/{source_arm}, which is no arm of {source} "
+                             f"({list(source_design['arms'])})")
+        ours = {"train YAML": design["train"], **self.training_record(experiment)}
+        theirs = {"train YAML": source_design["train"], **self.training_record(source)}
+        changed = [k for k in ours if ours[k] != theirs[k]]
+        if changed:
+            raise StudyError(f"{experiment}: arm {arm!r} reuses {source}/{source_arm}'s students, but the two "
+                             f"experiments train with another {', '.join(changed)} at scale {self.scale_name!r} "
+                             f"({ours} vs {theirs}); make them equal in scales.yaml or give the arm its own `train`")
+        return self.train_arm(source, source_design, source_arm, seeds)
 
     def arm_experiment(self, experiment: str) -> None:
         """Evaluate the untrained baseline; then, arm by arm, train its seeds (after its sweep, where
@@ -949,7 +1031,9 @@ class Study:
         validation rows (choice.json), whose run is the first seed's student; the other seeds train
         with that choice (OUT/<experiment>/<arm>/seed<k>). None while a --parallel runner elsewhere
         is still sweeping."""
-        spec = design["arms"][arm]
+        spec = self.arm_spec(experiment, design, arm)
+        if "reuse" in spec:
+            return self.reused_students(experiment, design, arm, *spec["reuse"], seeds)
         overrides = list(spec["train"])
         if spec.get("corpora"):
             combined = combine_corpora([Path(rebase(p, self.data)) for p in spec["corpora"]],
@@ -983,7 +1067,11 @@ class Study:
         return students
 
     def arm_train_dirs(self, experiment: str, arm: str, seeds: list[int]) -> dict[int, Path]:
-        """Where each seed of an arm trained (the chosen sweep run for the first seed, when swept)."""
+        """Where each seed of an arm trained (the chosen sweep run for the first seed, when swept;
+        the source experiment's runs for an arm that reuses another's students)."""
+        design = load_design(experiment)
+        if "reuse" in design["arms"][arm]:
+            return self.arm_train_dirs(*self.arm_spec(experiment, design, arm)["reuse"], seeds)
         arm_dir = self.out / experiment / slug(arm)
         choice = arm_dir / "choice.json"
         dirs = {seed: arm_dir / f"seed{seed}" for seed in seeds}
@@ -999,6 +1087,9 @@ class Study:
 
     def granularity_curve(self) -> None:
         self.arm_experiment("granularity_curve")
+
+    def teacher_choice(self) -> None:
+        self.arm_experiment("teacher_choice")
 
     def granularity(self) -> dict | None:
         students = {}
@@ -1107,6 +1198,8 @@ class Study:
                     f"Seeds {seeds}; the design and its rules were recorded {when}.\n\n"
                     + arms_table(report, arms, seeds, training, refs)
                     + "\n\nEvery seed:\n\n" + seeds_table(report, arms, seeds, training))
+        if design.get("level_from"):
+            markdown += "\n\n" + self.level_note(experiment, design, arms)
         choice = self.chosen_arm(experiment, design)
         if choice is not None:
             markdown += (f"\n\nThe {choice['what']} chosen on validation rows (seed {choice['seed']}'s "
@@ -1121,7 +1214,22 @@ class Study:
                 "rates": {arm: {f"{t}:{sc}": arm_rates(report, arm, seeds, t, sc) for t, sc in score_columns(report)}
                           for arm in arms},
                 "untrained": {f"{t}:{sc}": rate_of(report, UNTRAINED, t, sc) for t, sc in score_columns(report)},
-                "comparisons": comparisons, "choice": choice, "results": report["results"]}
+                "comparisons": comparisons, "choice": choice, "results": report["results"],
+                **({"level": self.chosen_level(experiment, design)} if design.get("level_from") else {})}
+
+    def level_note(self, experiment: str, design: dict[str, Any], arms: list[str]) -> str:
+        """A `level_from` experiment's line under its table: the level, where it was chosen, the arms
+        at another level (the nearest they have) and the arms whose students another experiment trained."""
+        level = self.chosen_level(experiment, design)
+        notes = [f"Level: **L{level}**, chosen by {design['level_from']} on validation rows (its choice.json), "
+                 "no test row read"]
+        for arm in arms:
+            spec, raw = self.arm_spec(experiment, design, arm), design["arms"][arm]
+            if "reuse" in spec:
+                notes.append(f"{arm}'s students are {'/'.join(spec['reuse'])}'s")
+            elif spec["level"] != level and any("{level}" in str(o) for o in raw.get("train", [])):
+                notes.append(f"{arm} at L{spec['level']}, its nearest level")
+        return "; ".join(notes) + "."
 
     def write_outputs(self) -> dict[str, Any]:
         self.plots_dir.mkdir(parents=True, exist_ok=True)

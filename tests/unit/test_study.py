@@ -70,10 +70,11 @@ def test_every_experiment_config_loads(scale: str, tmp_path: Path) -> None:
                                           [*s.get("evaluate", []), 'students=[{"source": "default", "adapter": "x"}]',
                                            'student_names=["a"]']), data)
         assert all(ts.path.startswith(str(data)) for ts in ev.test_sets)
-    for name in run.ARM_EXPERIMENTS:  # every arm's overrides load on its train YAML
+    for name in run.ARM_EXPERIMENTS:  # every arm's overrides load on its train YAML (a reused arm has none)
         design = run.load_design(name)
         for arm, spec in design["arms"].items():
-            cfg = load_stage_config("train", run.STUDY_DIR / design["train"], [*s["train"], *spec["train"]])
+            overrides = [o.replace("{level}", "2") for o in spec.get("train", [])]
+            cfg = load_stage_config("train", run.STUDY_DIR / design["train"], [*s["train"], *overrides])
             assert cfg.objective in ("answer_only", "std_cot", "step_by_step", "cascod", "prada", "cascod+prada")
             load_stage_config("evaluate", run.STUDY_DIR / design["evaluate"], [*s.get("evaluate", []),
                                                                                 *spec.get("evaluate", [])])
@@ -94,7 +95,7 @@ def test_no_training_config_reads_a_test_file() -> None:
     paths = [*tune.level_corpora.values()] + [p for t in trains for p in (t.corpus, t.target_questions) if p]
     for name in run.ARM_EXPERIMENTS:
         for spec in run.load_design(name)["arms"].values():
-            paths += spec.get("corpora", []) + [o.split("=", 1)[1] for o in spec["train"]
+            paths += spec.get("corpora", []) + [o.split("=", 1)[1] for o in spec.get("train", [])
                                                  if o.split("=")[0] in ("corpus", "target_questions")]
     assert paths and not [p for p in paths if p.endswith("test.json")]
     assert all(t.target_questions is None or t.target_questions.endswith("commonsenseqa/train_answer_only.json")
@@ -412,6 +413,62 @@ def test_granularity_curve_chooses_the_level_on_validation_rows(tmp_path: Path) 
     assert "| val acc |" in tables and "| 50% |" in tables
     with pytest.raises(run.StudyError, match="has no val_accuracy"):
         run.best_index([{"val_accuracy": 0.1}, {}], "val_accuracy", ["a", "b"])
+
+
+def test_teacher_choice_trains_at_the_level_chosen_on_validation_rows(tmp_path: Path) -> None:
+    """teacher_choice at the smoke scale (chatgpt, llama, human) with stand-in runners: it refuses to
+    start before granularity_curve has chosen; then it records the chosen level (6) in design.json,
+    reuses granularity_curve's level-6 student for chatgpt (no new train run), trains llama at its
+    nearest level (4) and human on the equations, scores each arm in its own run, and says so in the
+    tables; an arm that would reuse a student trained another way is refused."""
+    calls: list = []
+    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("human") else 3))
+    out = tmp_path / "out"
+    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
+    study.scale = {**study.scale, "epochs": {}}
+    with pytest.raises(run.StudyError, match="run --only granularity_curve first"):
+        study.teacher_choice()
+    assert not (out / "teacher_choice" / "design.json").exists()
+    study.granularity_curve()
+    calls.clear()
+    study.teacher_choice()
+    trains = {Path(c.output_dir).relative_to(out).parts[1]: c for kind, c in calls if kind == "train"}
+    assert sorted(trains) == ["human", "llama"]  # chatgpt: granularity_curve's L6 student
+    assert trains["llama"].corpus.endswith("svamp/train_llama_level4.json")
+    assert trains["human"].corpus.endswith("svamp/train_human.json")
+    assert {(c.objective, c.lora_r, c.val_generate) for c in trains.values()} == {("std_cot", 32, 2)}
+    evaluates = {Path(c.output_dir).relative_to(out / "teacher_choice").parts[0]: c
+                 for kind, c in calls if kind == "evaluate"}
+    assert sorted(evaluates) == ["chatgpt", "human", "llama", "untrained"]
+    assert [s.adapter for s in evaluates["chatgpt"].students] == [str(out / "granularity_curve" / "L6" / "seed0"
+                                                                      / "student")]
+    recorded = json.loads((out / "teacher_choice" / "design.json").read_text())
+    assert recorded["level"] == 6 and recorded["arms"] == ["chatgpt", "llama", "human"]
+
+    result = study.write_outputs()["teacher_choice"]
+    assert result["level"] == 6 and result["training"]["chatgpt"][0]["run"].endswith("granularity_curve/L6/seed0")
+    (primary,) = [c for c in result["comparisons"] if c["primary"]]
+    assert primary["name"] == "llm_vs_human" and (primary["test"]["a_better"], primary["test"]["b_better"]) == (0, 3)
+    tables = (out / "tables.md").read_text()
+    assert ("Level: **L6**, chosen by granularity_curve on validation rows (its choice.json), no test row read; "
+            "chatgpt's students are granularity_curve/L6's; llama at L4, its nearest level.") in tables
+
+    study.scale = {**study.scale, "train_by_experiment": {"granularity_curve": ["val_generate=2"]}}
+    with pytest.raises(run.StudyError, match="train with another train"):
+        study.train_arm("teacher_choice", run.load_design("teacher_choice"), "chatgpt", [0])
+
+
+def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
+    base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
+    cases = [({"level_from": "objectives"}, "does not choose a level"),
+             ({"level_from": "teacher_choice"}, "name another arm experiment"),
+             ({"level_from": None}, "has no `level_from`"),
+             ({"arms": {**base["arms"], "chatgpt": {"reuse": "L{level}"}}}, "must read EXPERIMENT/ARM")]
+    for change, message in cases:
+        path = tmp_path / "design.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(run.StudyError, match=message):
+            run.load_design("teacher_choice", path)
 
 
 def test_sweep_and_epoch_helpers(tmp_path: Path) -> None:
