@@ -20,6 +20,8 @@ OUT/study.json and the PNG plots.
                     chatgpt level 1; StrategyQA test (IND) and CommonsenseQA test (OOD) + untrained
     granularity_curve  issue 21: std_cot on SVAMP chatgpt levels 1-6 as arms, one epoch each, the whole
                     SVAMP hold-out; the level is chosen on validation rows (val_accuracy, design `choose`)
+    granularity_seeds  issue 21 item 1: granularity_curve's primary comparison (L3 vs L6) over seeds 0-2,
+                    seed 0 being granularity_curve's students (`reuse`)
     teacher_choice  issue 21: std_cot on SVAMP rationales of GPT-4o, Gemini-1.5-Flash, LLaMA-3-70B at
                     granularity_curve's chosen level (design `level_from`; its GPT-4o student is that
                     experiment's, `reuse`) and human-written equations, the whole SVAMP hold-out
@@ -72,14 +74,15 @@ REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
 # The fixed run order: teachers needs granularity's best level, tune item 1's cascod+da_lora student.
 # teacher_choice needs granularity_curve's chosen level.
-EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "teacher_choice", "granularity", "teachers",
-               "tune")
+EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity_seeds", "teacher_choice",
+               "granularity", "teachers", "tune")
 # driven by studies/<experiment>/design.yaml
-ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "teacher_choice")
+ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity_seeds", "teacher_choice")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
               "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)",
+              "granularity_seeds": "2b. Granularity, level 3 vs level 6 over three seeds (SVAMP, std_cot)",
               "teacher_choice": "3. Teacher choice (SVAMP, std_cot, the level chosen on validation rows)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
@@ -195,13 +198,12 @@ def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
         if extra or not (isinstance(spec.get("train"), list) or "reuse" in spec):
             raise StudyError(f"{path}: arm {arm!r} needs a `train` list of overrides or `reuse` (optional: corpora, "
                              f"evaluate, levels); got keys {list(spec)}")
-        uses_level = "reuse" in spec or any("{level}" in str(o) for o in spec.get("train", []))
-        if uses_level and level_from is None:
-            raise StudyError(f"{path}: arm {arm!r} uses the chosen level ({{level}} or `reuse`), but the design "
-                             "has no `level_from`")
         if "reuse" in spec and not (isinstance(spec["reuse"], str) and spec["reuse"].count("/") == 1):
             raise StudyError(f"{path}: arm {arm!r}: reuse {spec['reuse']!r} must read EXPERIMENT/ARM "
                              "(ARM may hold {level})")
+        if level_from is None and any("{level}" in str(o) for o in [*spec.get("train", []), spec.get("reuse", "")]):
+            raise StudyError(f"{path}: arm {arm!r} uses the chosen level ({{level}}), but the design has no "
+                             "`level_from`")
     names_seen = set()
     for c in design["comparisons"]:
         missing = [k for k in ("name", "a", "b", "test_set", "score", "alpha") if k not in c]
@@ -956,20 +958,20 @@ class Study:
         return int(chosen[1:])
 
     def arm_spec(self, experiment: str, design: dict[str, Any], arm: str) -> dict[str, Any]:
-        """An arm's design entry with the chosen level filled in (`level_from`): {level} in its train
-        overrides and `reuse` becomes the level, or the nearest of the arm's `levels` where it gives
-        them (a teacher without the chosen level); `reuse` becomes (experiment, arm)."""
+        """An arm's design entry as it runs: with `level_from`, {level} in its train overrides and
+        `reuse` becomes the chosen level, or the nearest of the arm's `levels` where it gives them (a
+        teacher without the chosen level), and `level` is set; `reuse` becomes (experiment, arm)."""
         spec = dict(design["arms"][arm])
-        if not design.get("level_from"):
-            return spec
-        level = self.chosen_level(experiment, design)
-        if "levels" in spec:
-            level = nearest_level(spec["levels"], level)
-        spec["level"] = level
-        spec["train"] = [str(o).replace("{level}", str(level)) for o in spec.get("train", [])]
+        if design.get("level_from"):
+            level = self.chosen_level(experiment, design)
+            if "levels" in spec:
+                level = nearest_level(spec["levels"], level)
+            spec["level"] = level
+            spec["train"] = [str(o).replace("{level}", str(level)) for o in spec.get("train", [])]
+            if "reuse" in spec:
+                spec["reuse"] = spec["reuse"].replace("{level}", str(level))
         if "reuse" in spec:
-            source, source_arm = spec["reuse"].replace("{level}", str(level)).split("/")
-            spec["reuse"] = (source, source_arm)
+            spec["reuse"] = tuple(spec["reuse"].split("/"))
         return spec
 
     def reused_students(self, experiment: str, design: dict[str, Any], arm: str, source: str, source_arm: str,
@@ -1087,6 +1089,9 @@ class Study:
 
     def granularity_curve(self) -> None:
         self.arm_experiment("granularity_curve")
+
+    def granularity_seeds(self) -> None:
+        self.arm_experiment("granularity_seeds")
 
     def teacher_choice(self) -> None:
         self.arm_experiment("teacher_choice")

@@ -458,6 +458,32 @@ def test_teacher_choice_trains_at_the_level_chosen_on_validation_rows(tmp_path: 
         study.train_arm("teacher_choice", run.load_design("teacher_choice"), "chatgpt", [0])
 
 
+def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> None:
+    """granularity_seeds at the smoke scale (seeds 0, 1) with stand-in runners: seed 0 of L3 and L6 is
+    granularity_curve's student (not retrained), seed 1 trains beside it with the same recipe, each
+    arm is scored over both seeds without a baseline run, and the primary comparison is tested over
+    both seeds; granularity_curve's own tables still read seed 0 only."""
+    calls: list = []
+    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("L3") else 3))
+    out = tmp_path / "out"
+    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
+    study.scale = {**study.scale, "epochs": {}}
+    study.granularity_curve()
+    calls.clear()
+    study.granularity_seeds()
+    trained = sorted(str(Path(c.output_dir).relative_to(out)) for kind, c in calls if kind == "train")
+    assert trained == ["granularity_curve/L3/seed1", "granularity_curve/L6/seed1"]
+    assert {(c.seed, c.objective, c.lora_r) for kind, c in calls if kind == "train"} == {(1, "std_cot", 32)}
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(Path(c.output_dir).parent.name, c.student_names, c.baselines) for c in evaluates] == [
+        ("L3", ["L3-s0", "L3-s1"], []), ("L6", ["L6-s0", "L6-s1"], [])]
+    results = study.write_outputs()
+    (primary,) = results["granularity_seeds"]["comparisons"]
+    assert primary["name"] == "medium_vs_finest" and sorted(primary["per_seed"]) == [0, 1]
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
+    assert results["granularity_curve"]["seeds"] == [0]
+
+
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
     base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
     cases = [({"level_from": "objectives"}, "does not choose a level"),
