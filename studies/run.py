@@ -30,10 +30,11 @@ OUT/study.json and the PNG plots.
     4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
                     evaluated beside item 1's cascod+da_lora student
 
-answer_only_vs_cot, objectives, granularity_curve and teacher_choice are *arm experiments* (studies/<experiment>/design.yaml): each arm trains one student
-per seed of the scale (TrainConfig.seed; the hold-out split's split_seed stays fixed), optionally after
-a learning-rate / LoRA-rank sweep on validation rows, and is evaluated in its own run (so a stop loses
-at most one arm's evaluation). The design's comparisons and their rule (`decide`: the exact paired
+The experiments of ARM_EXPERIMENTS are *arm experiments* (studies/<experiment>/design.yaml): each arm
+trains one student per seed of the scale (TrainConfig.seed; the hold-out split's split_seed stays
+fixed), optionally after a learning-rate / LoRA-rank sweep on validation rows, or reuses another
+experiment's arm (`reuse`), and is evaluated in its own run (so a stop loses at most one arm's
+evaluation). The design's comparisons and their rule (`decide`: the exact paired
 sign-flip test of ray_cotd.metrics.paired_sign_flip, two-sided at the stated alpha) are recorded in
 OUT/<experiment>/design.json at the first start; a later start with another design, seeds, grid,
 epochs or test limits is refused, so the rules are fixed before any result exists.
@@ -1203,8 +1204,8 @@ class Study:
                     f"Seeds {seeds}; the design and its rules were recorded {when}.\n\n"
                     + arms_table(report, arms, seeds, training, refs)
                     + "\n\nEvery seed:\n\n" + seeds_table(report, arms, seeds, training))
-        if design.get("level_from"):
-            markdown += "\n\n" + self.level_note(experiment, design, arms)
+        if note := self.provenance_note(experiment, design, arms):
+            markdown += "\n\n" + note
         choice = self.chosen_arm(experiment, design)
         if choice is not None:
             markdown += (f"\n\nThe {choice['what']} chosen on validation rows (seed {choice['seed']}'s "
@@ -1222,19 +1223,22 @@ class Study:
                 "comparisons": comparisons, "choice": choice, "results": report["results"],
                 **({"level": self.chosen_level(experiment, design)} if design.get("level_from") else {})}
 
-    def level_note(self, experiment: str, design: dict[str, Any], arms: list[str]) -> str:
-        """A `level_from` experiment's line under its table: the level, where it was chosen, the arms
-        at another level (the nearest they have) and the arms whose students another experiment trained."""
-        level = self.chosen_level(experiment, design)
-        notes = [f"Level: **L{level}**, chosen by {design['level_from']} on validation rows (its choice.json), "
-                 "no test row read"]
+    def provenance_note(self, experiment: str, design: dict[str, Any], arms: list[str]) -> str | None:
+        """The line under an arm experiment's table that says where its arms come from: the level
+        (`level_from`: chosen where, and the arms at another level, the nearest they have) and the arms
+        whose students another experiment trained (`reuse`). None when there is nothing to say."""
+        notes = []
+        level = self.chosen_level(experiment, design) if design.get("level_from") else None
+        if level is not None:
+            notes.append(f"Level: **L{level}**, chosen by {design['level_from']} on validation rows (its "
+                         "choice.json), no test row read")
         for arm in arms:
             spec, raw = self.arm_spec(experiment, design, arm), design["arms"][arm]
             if "reuse" in spec:
                 notes.append(f"{arm}'s students are {'/'.join(spec['reuse'])}'s")
-            elif spec["level"] != level and any("{level}" in str(o) for o in raw.get("train", [])):
+            elif level is not None and spec["level"] != level and any("{level}" in str(o) for o in raw.get("train", [])):
                 notes.append(f"{arm} at L{spec['level']}, its nearest level")
-        return "; ".join(notes) + "."
+        return "; ".join(notes) + "." if notes else None
 
     def write_outputs(self) -> dict[str, Any]:
         self.plots_dir.mkdir(parents=True, exist_ok=True)

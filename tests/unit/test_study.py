@@ -482,6 +482,8 @@ def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> 
     assert primary["name"] == "medium_vs_finest" and sorted(primary["per_seed"]) == [0, 1]
     assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
     assert results["granularity_curve"]["seeds"] == [0]
+    tables = (out / "tables.md").read_text()
+    assert "L3's students are granularity_curve/L3's; L6's students are granularity_curve/L6's." in tables
 
 
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
