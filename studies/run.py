@@ -83,8 +83,8 @@ SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, o
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
               "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)",
-              "granularity_seeds": "2b. Granularity, level 3 vs level 6 over three seeds (SVAMP, std_cot)",
-              "teacher_choice": "3. Teacher choice (SVAMP, std_cot, the level chosen on validation rows)"}
+              "granularity_seeds": "2b. Granularity L3 vs L6 (SVAMP, std_cot)",
+              "teacher_choice": "3. Teacher choice (SVAMP, std_cot, level from validation)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)
