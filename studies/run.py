@@ -189,7 +189,8 @@ def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
     level_from = design.get("level_from")
     if level_from is not None:
         if level_from == experiment or level_from not in ARM_EXPERIMENTS:
-            raise StudyError(f"{path}: level_from {level_from!r}: name another arm experiment ({list(ARM_EXPERIMENTS)})")
+            raise StudyError(f"{path}: level_from {level_from!r}: name another arm experiment "
+                             f"({list(ARM_EXPERIMENTS)})")
         choose = load_design(level_from).get("choose", {})
         if choose.get("what") != "level":
             raise StudyError(f"{path}: level_from {level_from!r}: that design does not choose a level "
@@ -202,7 +203,7 @@ def load_design(experiment: str, path: Path | None = None) -> dict[str, Any]:
         if "reuse" in spec and not (isinstance(spec["reuse"], str) and spec["reuse"].count("/") == 1):
             raise StudyError(f"{path}: arm {arm!r}: reuse {spec['reuse']!r} must read EXPERIMENT/ARM "
                              "(ARM may hold {level})")
-        if level_from is None and any("{level}" in str(o) for o in [*spec.get("train", []), spec.get("reuse", "")]):
+        if level_from is None and uses_level(spec):
             raise StudyError(f"{path}: arm {arm!r} uses the chosen level ({{level}}), but the design has no "
                              "`level_from`")
     names_seen = set()
@@ -341,6 +342,11 @@ def best_level(report: dict, objective: str = "cascod", test_set: str = "svamp")
     if not scored:
         raise StudyError(f"the granularity report has no {objective} students")
     return min(scored)[1]
+
+
+def uses_level(spec: dict[str, Any]) -> bool:
+    """Whether a design arm's train overrides or `reuse` name the chosen level ({level})."""
+    return any("{level}" in str(o) for o in [*spec.get("train", []), spec.get("reuse", "")])
 
 
 def nearest_level(levels: Any, level: int) -> int:
@@ -959,11 +965,12 @@ class Study:
         return int(chosen[1:])
 
     def arm_spec(self, experiment: str, design: dict[str, Any], arm: str) -> dict[str, Any]:
-        """An arm's design entry as it runs: with `level_from`, {level} in its train overrides and
-        `reuse` becomes the chosen level, or the nearest of the arm's `levels` where it gives them (a
-        teacher without the chosen level), and `level` is set; `reuse` becomes (experiment, arm)."""
+        """An arm's design entry as it runs: where it uses the chosen level (`level_from`), {level} in
+        its train overrides and `reuse` becomes that level, or the nearest of the arm's `levels` where it
+        gives them (a teacher without the chosen level), and `level` is set; `reuse` becomes
+        (experiment, arm)."""
         spec = dict(design["arms"][arm])
-        if design.get("level_from"):
+        if design.get("level_from") and uses_level(spec):
             level = self.chosen_level(experiment, design)
             if "levels" in spec:
                 level = nearest_level(spec["levels"], level)
@@ -1020,7 +1027,7 @@ class Study:
             return None
         arms, by = self.arms(experiment, design), design["choose"]["by"]
         first = self.seeds(experiment)[0]
-        dirs = {arm: self.arm_train_dirs(experiment, arm, [first])[first] for arm in arms}
+        dirs = {arm: self.arm_train_dirs(experiment, design, arm, [first])[first] for arm in arms}
         if not all(is_done("train", d) for d in dirs.values()):
             return None
         summaries = [json.loads((dirs[a] / "summary.json").read_text()) for a in arms]
@@ -1069,12 +1076,12 @@ class Study:
                                         [*overrides, *chosen, f"seed={seed}"])
         return students
 
-    def arm_train_dirs(self, experiment: str, arm: str, seeds: list[int]) -> dict[int, Path]:
+    def arm_train_dirs(self, experiment: str, design: dict[str, Any], arm: str, seeds: list[int]) -> dict[int, Path]:
         """Where each seed of an arm trained (the chosen sweep run for the first seed, when swept;
         the source experiment's runs for an arm that reuses another's students)."""
-        design = load_design(experiment)
         if "reuse" in design["arms"][arm]:
-            return self.arm_train_dirs(*self.arm_spec(experiment, design, arm)["reuse"], seeds)
+            source, source_arm = self.arm_spec(experiment, design, arm)["reuse"]
+            return self.arm_train_dirs(source, load_design(source), source_arm, seeds)
         arm_dir = self.out / experiment / slug(arm)
         choice = arm_dir / "choice.json"
         dirs = {seed: arm_dir / f"seed{seed}" for seed in seeds}
@@ -1191,7 +1198,7 @@ class Study:
         if report is None:
             return None
         training = {arm: {seed: self.training_info(d)
-                          for seed, d in self.arm_train_dirs(experiment, arm, seeds).items()} for arm in arms}
+                          for seed, d in self.arm_train_dirs(experiment, design, arm, seeds).items()} for arm in arms}
         refs = {ts["name"]: ref for ts in report["test_sets"]
                 if (ref := constant_answer(report, ts["name"], Path(".")))}
         comparisons = [r for c in design["comparisons"] if c["a"] in arms and c["b"] in arms
@@ -1233,10 +1240,10 @@ class Study:
             notes.append(f"Level: **L{level}**, chosen by {design['level_from']} on validation rows (its "
                          "choice.json), no test row read")
         for arm in arms:
-            spec, raw = self.arm_spec(experiment, design, arm), design["arms"][arm]
+            spec = self.arm_spec(experiment, design, arm)
             if "reuse" in spec:
                 notes.append(f"{arm}'s students are {'/'.join(spec['reuse'])}'s")
-            elif level is not None and spec["level"] != level and any("{level}" in str(o) for o in raw.get("train", [])):
+            elif spec.get("level", level) != level:
                 notes.append(f"{arm} at L{spec['level']}, its nearest level")
         return "; ".join(notes) + "." if notes else None
 
