@@ -324,18 +324,26 @@ def _fake_runners(calls: list, correct: Callable[[str, int], bool], n: int = 10)
     return {"train": train, "evaluate": evaluate}
 
 
+def _smoke_study(tmp_path: Path, correct: Callable[[str, int], bool]) -> tuple[run.Study, list, Path]:
+    """A smoke-scale Study on stand-in runners (_fake_runners) writing to tmp_path/out, with no
+    `epochs` (there is no corpus to count rows in here; steps_for has a shared-data test):
+    (study, the runners' calls, out)."""
+    calls: list = []
+    out = tmp_path / "out"
+    study = run.Study(out, tmp_path / "data", "smoke", runners=_fake_runners(calls, correct))
+    study.scale = {**study.scale, "epochs": {}}
+    return study, calls, out
+
+
 def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> None:
     """answer_only_vs_cot at the smoke scale with stand-in runners: per arm a sweep over LoRA rank at
     seed 0 (the lower val_loss, r 8, wins and is seed 0's student), seed 1 trained with the choice,
     one evaluate run per arm and one for the untrained baseline; a second start runs nothing; an
     evaluate run stopped before its report.json is redone; the comparison is decided by its rule."""
-    calls: list = []
     # std_cot right on questions 0-7 in both seeds, answer_only on 0-1: six questions with d_i = 1,
     # so T* = +-2 x 6 (L = 2) reaches |T| = 12 only with all signs alike: p = 2 / 2^6
-    runners = _fake_runners(calls, lambda s, i: i < (8 if s.startswith("std_cot") else 2))
-    out = tmp_path / "out"
-    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
-    study.scale = {**study.scale, "epochs": {}}  # no corpus to count rows in here (steps_for: shared-data test)
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (8 if s.startswith("std_cot") else 2))
+    runners = study.runners
     study.answer_only_vs_cot()
     trains = [c for kind, c in calls if kind == "train"]
     evaluates = [c for kind, c in calls if kind == "evaluate"]
@@ -391,11 +399,7 @@ def test_granularity_curve_chooses_the_level_on_validation_rows(tmp_path: Path) 
     with the higher val_accuracy (6) is chosen from the training summaries alone (choice.json), before
     and whatever the test rows say; the tables show it, the val accuracy column and the primary
     comparison."""
-    calls: list = []
-    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("L3") else 3))
-    out = tmp_path / "out"
-    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
-    study.scale = {**study.scale, "epochs": {}}
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("L3") else 3))
     study.granularity_curve()
     trains = {Path(c.output_dir).parent.name: c for kind, c in calls if kind == "train"}
     assert sorted(trains) == ["L3", "L6"]
@@ -421,11 +425,7 @@ def test_teacher_choice_trains_at_the_level_chosen_on_validation_rows(tmp_path: 
     reuses granularity_curve's level-6 student for chatgpt (no new train run), trains llama at its
     nearest level (4) and human on the equations, scores each arm in its own run, and says so in the
     tables; an arm that would reuse a student trained another way is refused."""
-    calls: list = []
-    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("human") else 3))
-    out = tmp_path / "out"
-    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
-    study.scale = {**study.scale, "epochs": {}}
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("human") else 3))
     with pytest.raises(run.StudyError, match="run --only granularity_curve first"):
         study.teacher_choice()
     assert not (out / "teacher_choice" / "design.json").exists()
@@ -463,11 +463,7 @@ def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> 
     granularity_curve's student (not retrained), seed 1 trains beside it with the same recipe, each
     arm is scored over both seeds without a baseline run, and the primary comparison is tested over
     both seeds; granularity_curve's own tables still read seed 0 only."""
-    calls: list = []
-    runners = _fake_runners(calls, lambda s, i: i < (6 if s.startswith("L3") else 3))
-    out = tmp_path / "out"
-    study = run.Study(out, tmp_path / "data", "smoke", runners=runners)
-    study.scale = {**study.scale, "epochs": {}}
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("L3") else 3))
     study.granularity_curve()
     calls.clear()
     study.granularity_seeds()
