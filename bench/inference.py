@@ -34,6 +34,16 @@ Questions are generated from our own templates (no dataset rows).
    here: LoRA r 16 on all seven projections of the default model (a trained student's shape) with
    seeded random B matrices. Last line: `lora_merged_over_request=<ratio of questions/s>
    lora_answer_agreement=<share of parsed answers alike>`.
+
+    python bench/inference.py --engine-core [--student DIR]   # ~5 minutes on 2 CPU cores
+
+5. Where vLLM's engine core runs (`vllm.in_process`): in vLLM's own process (its default) or in the
+   caller's (ours). For each, three fresh engines on one LoRA student (DIR, or part 4's stand-in;
+   merged, bf16: what evaluate runs on CPU) answer the same 64 questions two-stage (rationale <= 96
+   tokens) in evaluate's way, one batch of 16 after another: in order, in reverse order, in order
+   again. A question "moved" when its rationale or answer differs between any two of the three.
+   Last line: `moved_process=<questions> moved_in_process=<questions> in_process_speedup=<ratio of
+   the median generation times>`.
 """
 
 from __future__ import annotations
@@ -217,15 +227,53 @@ def lora_modes(student: Path, n: int, limits: GenerationLimits, rounds: int) -> 
     return {"lora_merged_over_request": med["request"] / med["merge"], "lora_answer_agreement": agree}
 
 
+def engine_core(student: Path, n: int, limits: GenerationLimits, batch: int = 16) -> dict[str, float]:
+    """The same answers in any batch order and on every start? Per engine-core placement (see module doc, 5)."""
+    from ray_cotd.lm.model import spec_for_student_dir
+    from ray_cotd.lm.vllm import VLLMEngines
+
+    spec = spec_for_student_dir(student, dtype="bfloat16")
+    qs = [p["question"] for p in generate(n, SEED)]
+    batches = [qs[i:i + batch] for i in range(0, n, batch)]
+    moved, medians = {}, {}
+    for in_process in (False, True):
+        runs, times = [], []
+        for name, order in (("in order", batches), ("reversed", batches[::-1]), ("in order again", batches)):
+            pool = VLLMEngines(VLLMEngineSpec(in_process=in_process), [spec])
+            start, gen = timed(lambda: pool.generator(spec))
+            t, answers = timed(lambda: {q: (r.rationale, r.answer_text)
+                                        for b in order for q, r in zip(b, gen.two_stage(b, limits))})
+            pool.close()
+            runs.append(answers)
+            times.append(t)
+            print(f"in_process={in_process} {name}: engine start {start:.1f}s, {n} questions in {t:.1f}s")
+        moved[in_process] = sum(len({run[q] for run in runs}) > 1 for q in qs)
+        medians[in_process] = statistics.median(times)
+        print(f"in_process={in_process}: {moved[in_process]}/{n} questions moved between the three runs; "
+              f"median {medians[in_process]:.1f}s")
+    return {"moved_process": moved[False], "moved_in_process": moved[True],
+            "in_process_speedup": medians[False] / medians[True]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short rationales, 3 repeats (< 5 min on 2 cores)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lora", action="store_true", help="only part 4: a LoRA student merged vs as a LoRA request")
-    parser.add_argument("--student", type=Path, default=None, help="with --lora: a trained LoRA student directory")
+    parser.add_argument("--engine-core", action="store_true",
+                        help="only part 5: vLLM's engine core in its own process vs in ours, batch orders")
+    parser.add_argument("--student", type=Path, default=None,
+                        help="with --lora or --engine-core: a trained LoRA student directory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.engine_core:
+        with tempfile.TemporaryDirectory() as tmp:
+            student = args.student or stand_in_student(Path(tmp) / "student")
+            out = engine_core(student, 64, GenerationLimits(max_rationale_tokens=96, max_answer_tokens=8))
+        print(f"moved_process={out['moved_process']} moved_in_process={out['moved_in_process']} "
+              f"in_process_speedup={out['in_process_speedup']:.3f}")
+        return
     if args.lora:
         with tempfile.TemporaryDirectory() as tmp:
             student = args.student or stand_in_student(Path(tmp) / "student")

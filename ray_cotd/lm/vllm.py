@@ -193,10 +193,25 @@ def prepare_student(spec: ModelSpec, vspec: VLLMEngineSpec) -> StudentPlan:
 
 
 def start_engine(kwargs: dict[str, Any], vspec: VLLMEngineSpec) -> Any:
-    """A vllm.LLM, or EngineStartError with vLLM's reason and the model it tried."""
+    """A vllm.LLM, or EngineStartError with vLLM's reason and the model it tried.
+
+    With `vspec.in_process` (off by default) its engine core runs in this process: LLM.generate adds a
+    batch's requests, then steps the scheduler, so every step sees the whole batch. In vLLM's own
+    engine-core process the scheduler starts as the first requests arrive, and which requests share
+    the first steps depends on timing; on vLLM 0.32's CPU build (bf16, greedy) that changed 2-10 of
+    137 SVAMP rationales of one student between runs and batch orders. In process, the answers were
+    the same on every start and in either batch order, and the 137 questions took half the time on
+    2 vCPUs (no second process competing for the cores). Off by default while one interaction is
+    open: in the vLLM test module, the constrained-choice comparison failed after a LoRA-request
+    test when every engine ran in the pytest process (it passes alone and with the other tests)."""
+    import vllm.envs
     from vllm import LLM
 
     os.environ.update(engine_env(vspec))
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if vspec.in_process else "1"
+    # An engine core caches vLLM's environment variables once it is up; in process, that cache is
+    # ours, and the next engine (another KV cache size, say) would read the first one's
+    vllm.envs.disable_envs_cache()
     try:
         return LLM(**kwargs)
     except Exception as err:  # vLLM raises many types at start; all mean the engine cannot run
