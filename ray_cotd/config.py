@@ -163,12 +163,13 @@ class VLLMEngineSpec(StageConfig):
                 "weights, run as an engine of its own; request = a LoRA request on its base's engine, one engine "
                 "for the baseline and every LoRA student of that base; auto = merge on CPU (vLLM's CPU LoRA path "
                 "generated ~7x slower than the merged weights), request on GPU")
-    in_process: bool = doc(
-        False, "evaluate and validation: run vLLM's engine core in the calling process, which schedules each batch "
-               "whole, so a student's answers do not depend on timing or batch order (vLLM's own process, the "
-               "default, starts decoding while a batch's requests still arrive), and on 2 vCPUs it generated 1.6x "
-               "faster and started in 2 s instead of 16-20 s; serve and annotation keep vLLM's process. Not the "
-               "default yet: see docs/architecture.md")
+    in_process: Optional[bool] = doc(
+        None, "evaluate: run vLLM's engine core in the evaluating process (None = yes), which schedules each batch "
+              "whole, so a student's answers do not depend on timing or batch order (in vLLM's own process the "
+              "scheduler starts while a batch's requests still arrive), and on 2 vCPUs it generated 1.6x faster and "
+              "started in 2 s instead of 16-20 s; one such engine runs per process at a time. Training validation "
+              "keeps vLLM's process (true is refused there: in process, vLLM's CPU worker pins the training "
+              "process's threads); serve and annotation always use vLLM's process")
     engine_kwargs: dict[str, Any] = doc(factory=dict, text="extra vLLM engine arguments, passed as given")
 
 
@@ -331,6 +332,10 @@ class TrainConfig(StageConfig):
         if self.val_backend == "vllm" and self.val_generate > 0 and self.peft != "lora":
             raise ConfigError(f"val_backend: vllm runs a LoRA student's adapter on its base model; peft {self.peft!r} "
                               "needs val_backend: hf")
+        if self.val_backend == "vllm" and self.vllm.in_process:
+            raise ConfigError("vllm.in_process: true would run validation's vLLM engine inside the training process, "
+                              "where vLLM's CPU worker pins the process's threads and turns torch.set_num_threads "
+                              "into a no-op; leave it unset (validation uses vLLM's own process)")
         check_mlflow_keys(self.mlflow, self.mlflow_uri, self.mlflow_parent_run_id)
         if OBJECTIVES[self.objective].domain_adversarial and not self.target_questions:
             raise ConfigError("target_questions: the prada objectives need unlabeled target-domain questions")

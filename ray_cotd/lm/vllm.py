@@ -20,8 +20,10 @@ base). A P-Tuning student (a prompt encoder in its directory) is refused with th
 virtual-token embeddings are not fed here, and answering without them would be a different model;
 the HF backend runs it.
 
-vLLM runs its engine core in a child process; a script that builds an engine in `__main__` needs
-the `if __name__ == "__main__":` guard.
+Where the engine core runs: in this process for VLLMEngines (evaluate's path; one such engine per
+process, start_engine says why), in vLLM's child process for training validation and wherever
+`vllm.in_process: false`; a script that builds an engine in `__main__` needs the
+`if __name__ == "__main__":` guard for the latter.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class UnsupportedStudent(ModelLoadError):
 
 class EngineStartError(ConfigError):
     """A vLLM engine that cannot start; the message names the setting."""
+
+
+class EngineStoppedError(RuntimeError):
+    """A generator used after VLLMEngines stopped its engine to start another."""
 
 
 @dataclass(frozen=True)
@@ -192,23 +198,27 @@ def prepare_student(spec: ModelSpec, vspec: VLLMEngineSpec) -> StudentPlan:
     return engine_plan(spec, vspec, plan)
 
 
-def start_engine(kwargs: dict[str, Any], vspec: VLLMEngineSpec) -> Any:
+def start_engine(kwargs: dict[str, Any], vspec: VLLMEngineSpec, *, in_process: bool = False) -> Any:
     """A vllm.LLM, or EngineStartError with vLLM's reason and the model it tried.
 
-    With `vspec.in_process` (off by default) its engine core runs in this process: LLM.generate adds a
-    batch's requests, then steps the scheduler, so every step sees the whole batch. In vLLM's own
-    engine-core process the scheduler starts as the first requests arrive, and which requests share
-    the first steps depends on timing; on vLLM 0.32's CPU build (bf16, greedy) that changed 2-10 of
-    137 SVAMP rationales of one student between runs and batch orders. In process, the answers were
-    the same on every start and in either batch order, and the 137 questions took half the time on
-    2 vCPUs (no second process competing for the cores). Off by default while one interaction is
-    open: in the vLLM test module, the constrained-choice comparison failed after a LoRA-request
-    test when every engine ran in the pytest process (it passes alone and with the other tests)."""
+    in_process: its engine core runs in this process (VLLMEngines, evaluate's path), and LLM.generate
+    adds a batch's requests, then steps the scheduler, so every step sees the whole batch. In vLLM's
+    own engine-core process the scheduler starts as the first requests arrive, and which requests
+    share the first steps depends on timing; on vLLM 0.32's CPU build (bf16, greedy) that changed
+    2-10 of 137 SVAMP rationales of one student between runs and batch orders. In process, the
+    answers were the same on every start and in either batch order, and the 137 questions took half
+    the time on 2 vCPUs (no second process competing for the cores).
+
+    In process, vLLM's state is the process's: its parallel groups (an engine's shutdown destroys
+    them, under any other engine still running here), and on CPU its worker binds the process's
+    OpenMP threads and turns torch.set_num_threads into a no-op for the rest of the process. Hence
+    one in-process engine per process at a time (VLLMEngines enforces it), and none in a process that
+    does other torch work (training validation uses vLLM's process)."""
     import vllm.envs
     from vllm import LLM
 
     os.environ.update(engine_env(vspec))
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if vspec.in_process else "1"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
     # An engine core caches vLLM's environment variables once it is up; in process, that cache is
     # ours, and the next engine (another KV cache size, say) would read the first one's
     vllm.envs.disable_envs_cache()
@@ -369,6 +379,10 @@ class VLLMGenerator:
 
     def _run(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
         """vLLM's RequestOutputs of the prompts, in order (one continuous-batching call)."""
+        if self.engine is None:
+            raise EngineStoppedError("this generator's vLLM engine was stopped (VLLMEngines runs one in-process "
+                                     "engine per process and at most max_engines of its own); ask "
+                                     "VLLMEngines.generator for the student again")
         return self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False,
                                     lora_request=self.lora)
 
@@ -445,16 +459,28 @@ class VLLMGenerator:
         return [split_one_stage(self.tokenizer, q, row, seconds) for q, row in zip(questions, rows)]
 
 
+# The engine running in this process, and its VLLMEngines (one at a time: start_engine says why).
+_IN_PROCESS_ENGINE: tuple[VLLMEngines, tuple[str, str]] | None = None
+
+
 class VLLMEngines:
     """The vLLM engines one process needs for a set of students: one per distinct engine model
     (engine_plan), LoRA enabled where a LoRA request student uses that base (each adapter gets its
     own LoRARequest id), and their generators. Where LoRA students are merged, each is an engine of
     its own, and at most `max_engines` (default 2 there, else unbounded) run at once: starting
     another stops the one used least recently (its generators with it), so a run over many students
-    in order holds two engines' memory, not one per student."""
+    in order holds two engines' memory, not one per student.
+
+    Engine cores run in this process unless `vspec.in_process` is false (start_engine says why and
+    what that costs the process). In process, one engine runs per process, across every VLLMEngines
+    in it: starting one stops the other (max_engines is 1, and a stopped engine's generators raise
+    EngineStoppedError). An in-process start takes ~2 s on CPU, so switching students is cheap."""
 
     def __init__(self, vspec: VLLMEngineSpec, specs: list[ModelSpec], max_engines: int | None = None) -> None:
         self.vspec = vspec
+        self.in_process = vspec.in_process is not False
+        if self.in_process:
+            max_engines = 1
         self.max_engines = max_engines if max_engines is not None else (2 if merges_lora(vspec) else None)
         self.plans = {self._key(s): engine_plan(s, vspec) for s in specs}
         self.engines: dict[tuple[str, str], Any] = {}  # in order of last use
@@ -469,8 +495,15 @@ class VLLMEngines:
             self._stop(key)
 
     def _stop(self, key: tuple[str, str]) -> None:
-        self.engines.pop(key).llm_engine.engine_core.shutdown()
+        global _IN_PROCESS_ENGINE
+        engine = self.engines.pop(key)
+        if _IN_PROCESS_ENGINE == (self, key):
+            _IN_PROCESS_ENGINE = None
+        for engine_key, gen in self.generators.values():
+            if engine_key == key:
+                gen.engine = None
         self.generators = {k: v for k, v in self.generators.items() if v[0] != key}
+        engine.llm_engine.engine_core.shutdown()
 
     @staticmethod
     def _key(spec: ModelSpec) -> str:
@@ -489,7 +522,13 @@ class VLLMEngines:
                 self._stop(next(iter(self.engines)))
         kwargs = engine_kwargs(plan.source, self.vspec, dtype=plan.dtype, lora_rank=max(ranks) if ranks else None,
                                max_loras=max(1, len(ranks)), trust_remote_code=spec.trust_remote_code)
-        self.engines[key] = start_engine(kwargs, self.vspec)
+        global _IN_PROCESS_ENGINE
+        if self.in_process and _IN_PROCESS_ENGINE is not None:  # another VLLMEngines' engine in this process
+            owner, owner_key = _IN_PROCESS_ENGINE
+            owner._stop(owner_key)
+        self.engines[key] = start_engine(kwargs, self.vspec, in_process=self.in_process)
+        if self.in_process:
+            _IN_PROCESS_ENGINE = (self, key)
         return key, self.engines[key]
 
     def generator(self, spec: ModelSpec, *, few_shot: list[tuple[str, str, str]] | None = None) -> VLLMGenerator:
@@ -521,6 +560,7 @@ class VLLMEngines:
 
 __all__ = [
     "EngineStartError",
+    "EngineStoppedError",
     "StudentPlan",
     "TwoStages",
     "UnsupportedStudent",

@@ -445,7 +445,8 @@ class VLLMValidation:
         if self.engine is None:
             check_engine(base.source, cfg.vllm, dtype=base.dtype, trust_remote_code=cfg.student.trust_remote_code)
             self.engine = start_engine(engine_kwargs(base.source, cfg.vllm, dtype=base.dtype, lora_rank=cfg.lora_r,
-                                                     trust_remote_code=cfg.student.trust_remote_code), cfg.vllm)
+                                                     trust_remote_code=cfg.student.trust_remote_code), cfg.vllm,
+                                       in_process=False)  # in process, vLLM would pin this training process's threads
             self.eos_ids = generation_eos(base.source, tokenizer)
         self.count += 1
         adapter = self.adapters / f"step-{self.count}"

