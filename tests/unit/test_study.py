@@ -482,6 +482,33 @@ def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> 
     assert "L3's students are granularity_curve/L3's; L6's students are granularity_curve/L6's." in tables
 
 
+def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of_reuses(tmp_path: Path) -> None:
+    """teacher_seeds at the smoke scale (seeds 0, 1) with stand-in runners: chatgpt reuses
+    teacher_choice/chatgpt, itself granularity_curve's student at the chosen level, so its seed 0 is
+    that student and seed 1 trains beside it (granularity_curve/L6/seed1); human's seed 0 is
+    teacher_choice's human student and seed 1 trains beside it on the equations; each arm is scored
+    over both seeds without a baseline, and the primary comparison is tested over both seeds."""
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("human") else 3))
+    study.granularity_curve()
+    study.teacher_choice()
+    calls.clear()
+    study.teacher_seeds()
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["granularity_curve/L6/seed1", "teacher_choice/human/seed1"]
+    assert trained["teacher_choice/human/seed1"].corpus.endswith("svamp/train_human.json")
+    assert trained["granularity_curve/L6/seed1"].corpus.endswith("train_chatgpt_level6.json")
+    assert {(c.seed, c.objective, c.lora_r) for c in trained.values()} == {(1, "std_cot", 32)}
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(Path(c.output_dir).parent.name, c.student_names, c.baselines) for c in evaluates] == [
+        ("chatgpt", ["chatgpt-s0", "chatgpt-s1"], []), ("human", ["human-s0", "human-s1"], [])]
+    assert [s.adapter for s in evaluates[0].students][0] == str(out / "granularity_curve" / "L6" / "seed0" / "student")
+    results = study.write_outputs()
+    (primary,) = results["teacher_seeds"]["comparisons"]
+    assert primary["name"] == "llm_vs_human" and sorted(primary["per_seed"]) == [0, 1]
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (0, 3)
+    assert results["teacher_choice"]["seeds"] == [0]
+
+
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
     base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
     cases = [({"level_from": "objectives"}, "does not choose a level"),
