@@ -18,10 +18,13 @@
    of questions whose parsed answers agree (`answer_agreement`); the vLLM engine's start is timed
    apart. Then batch-1 decoding on the vLLM engine: 64 tokens with EOS ignored, ms per token, over
    the weight-read floor of this machine: reading the 538 MB of fp32 weights at 30-50 GB/s takes
-   11-18 ms per token; the upper end is the floor (`decode_ms_over_floor`).
+   11-18 ms per token; the upper end is the floor (`decode_ms_over_floor`). The vLLM side runs
+   twice, interleaved: its engine core in this process (evaluate's default, `vllm.in_process`) and
+   in vLLM's own process (`own_process_*`).
 
 The last line is `two_stage_over_single=<ratio> naive_over_single=<ratio> vllm_over_hf=<ratio>
-answer_agreement=<share> decode_ms_over_floor=<ratio>`; the first two are the larger of the
+answer_agreement=<share> decode_ms_over_floor=<ratio> own_process_over_hf=<ratio>
+own_process_decode_ms_over_floor=<ratio>`; the first two are the larger of the
 batch-1 and batch-8 ratios of medians (the target is two_stage_over_single <= 1.1).
 Questions are generated from our own templates (no dataset rows).
 
@@ -132,24 +135,26 @@ def throughput(gen: Generator, batch: int, n: int, limits: GenerationLimits) -> 
 
 
 def backends(hf: Generator, n: int, limits: GenerationLimits, rounds: int) -> dict[str, float]:
-    """vLLM vs HF two-stage on the same n questions, each at its default settings (see module doc)."""
+    """vLLM vs HF two-stage on the same n questions, each at its default settings, and vLLM's engine
+    core in this process (evaluate's default) beside one in vLLM's own process (see module doc)."""
     from ray_cotd.lm.vllm import VLLMGenerator
 
     qs = [p["question"] for p in generate(n, SEED)]
-    start, vllm = timed(lambda: VLLMGenerator.from_spec(ModelSpec(), VLLMEngineSpec()))
-    print(f"vllm engine start: {start:.1f}s")
+    engines = {}
+    for name, in_process in (("vllm", True), ("vllm_own_process", False)):
+        start, engines[name] = timed(lambda: VLLMGenerator.from_spec(ModelSpec(), VLLMEngineSpec(in_process=in_process)))
+        print(f"{name} engine start: {start:.1f}s")
 
     def run_hf() -> list:
         return [r for i in range(0, n, 32) for r in hf.two_stage(qs[i:i + 32], limits)]
 
-    def run_vllm() -> list:
-        return vllm.two_stage(qs, limits)
-
-    run_hf(), run_vllm()  # warm-up
-    times: dict[str, list[float]] = {"hf": [], "vllm": []}
+    runs = {"hf": run_hf, **{name: (lambda g=g: g.two_stage(qs, limits)) for name, g in engines.items()}}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     answers: dict[str, list] = {}
     for _ in range(rounds):
-        for name, fn in (("hf", run_hf), ("vllm", run_vllm)):
+        for name, fn in runs.items():
             t, results = timed(fn)
             times[name].append(t)
             answers[name] = results
@@ -157,21 +162,28 @@ def backends(hf: Generator, n: int, limits: GenerationLimits, rounds: int) -> di
     for k, v in times.items():
         print(f"two-stage {k}: {n / med[k]:.3f} questions/s, median {med[k]:.1f}s over {rounds} rounds "
               f"(min {min(v):.1f}, max {max(v):.1f})")
+    vllm = engines["vllm"]
     agree = sum(a.answer == b.answer for a, b in zip(answers["hf"], answers["vllm"])) / n
     same_rationale = sum(a.rationale == b.rationale for a, b in zip(answers["hf"], answers["vllm"])) / n
+    same_placement = sum(a.rationale == b.rationale for a, b in zip(answers["vllm"], answers["vllm_own_process"]))
     print(f"answers agree on {agree * n:.0f}/{n} questions ({agree:.3f}); rationales identical on "
-          f"{same_rationale * n:.0f}/{n}; vLLM stage 2 found {vllm.stats.stage2_cached_tokens} of "
-          f"{vllm.stats.stage2_prompt_tokens} prompt tokens in the prefix cache")
+          f"{same_rationale * n:.0f}/{n} (in process vs own process: {same_placement}/{n}); vLLM stage 2 found "
+          f"{vllm.stats.stage2_cached_tokens} of {vllm.stats.stage2_prompt_tokens} prompt tokens in the prefix cache")
 
     from vllm import SamplingParams
 
-    prompt = {"prompt_token_ids": vllm.stages.prompt_ids(qs[0])}
     one = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
-    vllm.engine.generate([prompt], one, use_tqdm=False)  # warm-up
-    decode = statistics.median(timed(lambda: vllm.engine.generate([prompt], one, use_tqdm=False))[0] * 1000 / 64
-                               for _ in range(5))
-    print(f"vllm batch-1 decode: {decode:.1f} ms/token (median of 5 runs of 64 tokens); floor {FLOOR_MS} ms")
-    return {"vllm_over_hf": med["hf"] / med["vllm"], "answer_agreement": agree, "decode_ms_over_floor": decode / FLOOR_MS}
+    decode = {}
+    for name, g in engines.items():
+        prompt = {"prompt_token_ids": g.stages.prompt_ids(qs[0])}
+        g.engine.generate([prompt], one, use_tqdm=False)  # warm-up
+        decode[name] = statistics.median(timed(lambda: g.engine.generate([prompt], one, use_tqdm=False))[0] * 1000 / 64
+                                         for _ in range(5))
+        print(f"{name} batch-1 decode: {decode[name]:.1f} ms/token (median of 5 runs of 64 tokens); floor {FLOOR_MS} ms")
+    return {"vllm_over_hf": med["hf"] / med["vllm"], "answer_agreement": agree,
+            "decode_ms_over_floor": decode["vllm"] / FLOOR_MS,
+            "own_process_over_hf": med["hf"] / med["vllm_own_process"],
+            "own_process_decode_ms_over_floor": decode["vllm_own_process"] / FLOOR_MS}
 
 
 def stand_in_student(out: Path) -> Path:
@@ -297,7 +309,8 @@ def main() -> None:
     vs = backends(gen, 64 if args.quick else 100, eval_limits, rounds=2 if args.quick else 3)
     print(f"two_stage_over_single={max(ratios['two_stage']):.3f} naive_over_single={max(ratios['naive']):.3f} "
           f"vllm_over_hf={vs['vllm_over_hf']:.3f} answer_agreement={vs['answer_agreement']:.3f} "
-          f"decode_ms_over_floor={vs['decode_ms_over_floor']:.3f}")
+          f"decode_ms_over_floor={vs['decode_ms_over_floor']:.3f} own_process_over_hf={vs['own_process_over_hf']:.3f} "
+          f"own_process_decode_ms_over_floor={vs['own_process_decode_ms_over_floor']:.3f}")
 
 
 if __name__ == "__main__":  # vLLM spawns its engine core: the guard is required
