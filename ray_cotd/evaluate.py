@@ -512,6 +512,12 @@ class GenerateActor:
         self.models: dict[str, tuple[Any, Any, Any]] = {}  # model, tokenizer, prompt encoder or None
         self.generators: dict[tuple[str, str | None], Any] = {}
 
+    def close(self) -> None:
+        """Stop the vLLM engines now (an in-process engine holds its memory until stopped, or until
+        another starts in this process); a caller that goes on in this process calls it."""
+        if self.vllm_engines is not None:
+            self.vllm_engines.close()
+
     def generator(self, system: str, answer_type: str) -> Any:
         info = self.systems[system]
         demo_type = answer_type if info["few_shot"] else None

@@ -144,7 +144,11 @@ def evaluate_in_process(cfg: Any, *, device: str) -> dict[str, Any]:
         return [by_index[row["index"]] for row in rows]
 
     started = time.perf_counter()
-    report = evaluate_systems(cfg, generate=generate)
+    try:
+        report = evaluate_systems(cfg, generate=generate)
+    finally:  # the next arm trains in this process: a vLLM engine (in process by default) gives its memory back
+        for actor in actors:
+            actor.close()
     report["throughput"]["device"] = device
     out_dir = Path(cfg.output_dir)
     write_report(report, out_dir)  # again, with the device

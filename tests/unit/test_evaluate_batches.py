@@ -124,3 +124,13 @@ def test_the_actor_pool_joins_the_jobs_ray_session_before_ray_data_starts_one(mo
     assert _run_actor_pool([], cfg, [], {}) == []
     with pytest.raises(Connected):
         _run_actor_pool(_rows({("a", "x"): 1}), cfg, [], {})
+
+
+def test_close_stops_the_actors_vllm_engines_and_is_harmless_without_them():
+    # the GPU runner evaluates in the process that trains the next arm: close gives the engine's memory back
+    actor = _actor(faithfulness=False)
+    actor.close()  # hf: nothing to stop
+    closed = []
+    actor.vllm_engines = type("Engines", (), {"close": lambda self: closed.append(True)})()
+    actor.close()
+    assert closed == [True]
