@@ -41,7 +41,8 @@ Questions are generated from our own templates (no dataset rows).
     python bench/inference.py --engine-core [--student DIR]   # ~5 minutes on 2 CPU cores
 
 5. Where vLLM's engine core runs (`vllm.in_process`): in vLLM's own process (vLLM's default) or in
-   the caller's (evaluate's default since 2026-12-03; part 4 runs there too, part 3 both ways). For
+   the caller's (evaluate's default since 2026-12-03; part 3 runs both ways, part 4 its two engines in
+   vLLM's own processes, as they ran before). For
    each, three fresh engines on one LoRA student (DIR, or part 4's stand-in; merged, bf16: what
    evaluate runs on CPU) answer the same 64 questions two-stage (rationale <= 96
    tokens) in evaluate's way, one batch of 16 after another: in order, in reverse order, in order
@@ -216,7 +217,8 @@ def lora_modes(student: Path, n: int, limits: GenerationLimits, rounds: int) -> 
     qs = [p["question"] for p in generate(n, SEED)]
     gens, engines = {}, []
     for mode in ("merge", "request"):
-        start, pool = timed(lambda: VLLMEngines(VLLMEngineSpec(lora=mode), [spec]))
+        # two engines at once, interleaved: in vLLM's own processes (one in-process engine per process)
+        start, pool = timed(lambda: VLLMEngines(VLLMEngineSpec(lora=mode, in_process=False), [spec]))
         t, gens[mode] = timed(lambda: pool.generator(spec))
         engines.append(pool)
         print(f"{mode}: plan (merge included) {start:.1f}s, engine start {t:.1f}s")
