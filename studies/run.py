@@ -27,6 +27,8 @@ OUT/study.json and the PNG plots.
                     experiment's, `reuse`) and human-written equations, the whole SVAMP hold-out
     teacher_seeds   issue 21 item 1: teacher_choice's primary comparison (GPT-4o vs human) over seeds
                     0-2, seed 0 being teacher_choice's students (`reuse`)
+    objectives_seeds  issue 21 item 1: objectives' cascod vs std_cot (OOD primary, IND exploratory) over
+                    seeds 0-2, seed 0 being objectives' students (`reuse`)
     2. granularity  std_cot and cascod on SVAMP chatgpt levels 1-6; the fixed SVAMP hold-out split
     3. teachers     cascod on the best level of item 2 from chatgpt, gemini, llama (llama: levels 1-4)
     4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
@@ -77,14 +79,15 @@ REPO = STUDY_DIR.parent
 DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relative to the repo root)
 # The fixed run order: teachers needs granularity's best level, tune item 1's cascod+da_lora student.
 # teacher_choice needs granularity_curve's chosen level; teacher_seeds, teacher_choice's students.
-EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity_seeds", "teacher_choice",
-               "teacher_seeds", "granularity", "teachers", "tune")
+EXPERIMENTS = ("answer_only_vs_cot", "objectives", "objectives_seeds", "granularity_curve", "granularity_seeds",
+               "teacher_choice", "teacher_seeds", "granularity", "teachers", "tune")
 # driven by studies/<experiment>/design.yaml
-ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "granularity_curve", "granularity_seeds", "teacher_choice",
-                   "teacher_seeds")
+ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "objectives_seeds", "granularity_curve", "granularity_seeds",
+                   "teacher_choice", "teacher_seeds")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
+              "objectives_seeds": "1b. Objectives: cascod vs std_cot (IND and OOD)",
               "granularity_curve": "2. Granularity curve (SVAMP, std_cot, levels 1-6)",
               "granularity_seeds": "2b. Granularity L3 vs L6 (SVAMP, std_cot)",
               "teacher_choice": "3. Teacher choice (SVAMP, std_cot, level from validation)",
@@ -1110,6 +1113,9 @@ class Study:
 
     def teacher_seeds(self) -> None:
         self.arm_experiment("teacher_seeds")
+
+    def objectives_seeds(self) -> None:
+        self.arm_experiment("objectives_seeds")
 
     def granularity(self) -> dict | None:
         students = {}

@@ -509,6 +509,35 @@ def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of
     assert results["teacher_choice"]["seeds"] == [0]
 
 
+def test_objectives_seeds_trains_objectives_students_at_each_seed_and_tests_both_comparisons(tmp_path: Path) -> None:
+    """objectives_seeds at the smoke scale (seeds 0, 1) with stand-in runners, objectives not run first:
+    its arms reuse objectives/std_cot and objectives/cascod, so every seed trains into objectives' arm
+    directories with objectives' recipe; each arm is scored over both seeds on both test sets without
+    a baseline, and the OOD primary is tested on constrained-choice correctness, the IND comparison
+    on free correctness."""
+    # (free, constrained): free right on questions 0-2 for both arms; constrained: cascod on 0-5, std_cot on 0-2
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: (i < 3, i < (6 if s.startswith("cascod") else 3)))
+    study.objectives_seeds()
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["objectives/cascod/seed0", "objectives/cascod/seed1",
+                               "objectives/std_cot/seed0", "objectives/std_cot/seed1"]
+    assert {(str(Path(k).parent), c.seed, c.objective, c.lora_r) for k, c in trained.items()} == {
+        ("objectives/std_cot", 0, "std_cot", 16), ("objectives/std_cot", 1, "std_cot", 16),
+        ("objectives/cascod", 0, "cascod", 16), ("objectives/cascod", 1, "cascod", 16)}
+    assert all(c.corpus.endswith("strategyqa/train_chatgpt_level1.json") for c in trained.values())
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(str(Path(c.output_dir).relative_to(out)), c.student_names, c.baselines) for c in evaluates] == [
+        ("objectives_seeds/std_cot/evaluate", ["std_cot-s0", "std_cot-s1"], []),
+        ("objectives_seeds/cascod/evaluate", ["cascod-s0", "cascod-s1"], [])]
+    assert [ts.name for ts in evaluates[0].test_sets] == ["strategyqa", "commonsenseqa"]
+    results = study.write_outputs()
+    ood, ind = results["objectives_seeds"]["comparisons"]
+    assert (ood["name"], ood["primary"], sorted(ood["per_seed"])) == ("cascod_vs_std_cot_ood", True, [0, 1])
+    assert (ood["test"]["a_better"], ood["test"]["b_better"]) == (3, 0)
+    assert ind["name"] == "cascod_vs_std_cot_ind" and (ind["test"]["a_better"], ind["test"]["b_better"]) == (0, 0)
+    assert ood["decision"] == ind["decision"] == "unresolved"  # 3 questions over 2 seeds: p = 2 / 2^3
+
+
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
     base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
     cases = [({"level_from": "objectives"}, "does not choose a level"),
