@@ -42,11 +42,10 @@ Questions are generated from our own templates (no dataset rows).
 
 5. Where vLLM's engine core runs (`vllm.in_process`): in vLLM's own process (vLLM's default) or in
    the caller's (evaluate's default since 2026-12-03; part 3 runs both ways, part 4 its two engines in
-   vLLM's own processes, as they ran before). For
-   each, three fresh engines on one LoRA student (DIR, or part 4's stand-in; merged, bf16: what
-   evaluate runs on CPU) answer the same 64 questions two-stage (rationale <= 96
-   tokens) in evaluate's way, one batch of 16 after another: in order, in reverse order, in order
-   again. A question "moved" when its rationale or answer differs between any two of the three.
+   vLLM's own processes, as they ran before). For each, three fresh engines on one LoRA student
+   (DIR, or part 4's stand-in; merged, bf16: what evaluate runs on CPU) answer the same 64
+   questions two-stage (rationale <= 96 tokens) in evaluate's way, one batch of 16 after another:
+   in order, in reverse order, in order again. A question "moved" when its rationale or answer differs between any two of the three.
    Last line: `moved_process=<questions> moved_in_process=<questions> in_process_speedup=<ratio of
    the median generation times>`.
 """

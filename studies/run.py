@@ -1096,27 +1096,6 @@ class Study:
             dirs[seeds[0]] = arm_dir / "sweep" / json.loads(choice.read_text())["run"]
         return dirs
 
-    def answer_only_vs_cot(self) -> None:
-        self.arm_experiment("answer_only_vs_cot")
-
-    def objectives(self) -> None:
-        self.arm_experiment("objectives")
-
-    def granularity_curve(self) -> None:
-        self.arm_experiment("granularity_curve")
-
-    def granularity_seeds(self) -> None:
-        self.arm_experiment("granularity_seeds")
-
-    def teacher_choice(self) -> None:
-        self.arm_experiment("teacher_choice")
-
-    def teacher_seeds(self) -> None:
-        self.arm_experiment("teacher_seeds")
-
-    def objectives_seeds(self) -> None:
-        self.arm_experiment("objectives_seeds")
-
     def granularity(self) -> dict | None:
         students = {}
         for objective in GRANULARITY_OBJECTIVES:
@@ -1361,7 +1340,10 @@ def run_study(study: Study, only: list[str], *, tables_only: bool = False) -> di
         for experiment in EXPERIMENTS:  # the fixed order: teachers needs granularity's best level
             if experiment in only:
                 print(f"[study] === {experiment} ===", flush=True)
-                getattr(study, experiment)()
+                if experiment in ARM_EXPERIMENTS:
+                    study.arm_experiment(experiment)
+                else:
+                    getattr(study, experiment)()
     result = study.write_outputs()
     print(f"[study] tables: {study.out / 'tables.md'}; plots: {study.plots_dir}/study_*.png", flush=True)
     for experiment, seconds in study.session_s.items():

@@ -344,7 +344,7 @@ def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> No
     # so T* = +-2 x 6 (L = 2) reaches |T| = 12 only with all signs alike: p = 2 / 2^6
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (8 if s.startswith("std_cot") else 2))
     runners = study.runners
-    study.answer_only_vs_cot()
+    study.arm_experiment("answer_only_vs_cot")
     trains = [c for kind, c in calls if kind == "train"]
     evaluates = [c for kind, c in calls if kind == "evaluate"]
     assert len(trains) == 6 and len(evaluates) == 3  # 2 arms x (2 sweep points + seed 1); baseline + 2 arms
@@ -370,10 +370,10 @@ def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> No
     calls.clear()
     again = run.Study(out, tmp_path / "data", "smoke", runners=runners)
     again.scale = study.scale
-    again.answer_only_vs_cot()
+    again.arm_experiment("answer_only_vs_cot")
     assert calls == []  # every run finished: nothing is redone
     (arm_dir / "evaluate" / "report.json").unlink()  # stopped before its report: the run is redone
-    again.answer_only_vs_cot()
+    again.arm_experiment("answer_only_vs_cot")
     assert [(k, c.output_dir) for k, c in calls] == [("evaluate", str(arm_dir / "evaluate"))]
 
     result = again.write_outputs()["answer_only_vs_cot"]
@@ -390,7 +390,7 @@ def test_arm_experiment_sweeps_seeds_evaluates_and_resumes(tmp_path: Path) -> No
 
     again.scale = {**again.scale, "seeds": {"answer_only_vs_cot": [0, 1, 2]}}
     with pytest.raises(run.StudyError, match="another seeds"):  # the rules are fixed once runs exist
-        again.answer_only_vs_cot()
+        again.arm_experiment("answer_only_vs_cot")
 
 
 def test_granularity_curve_chooses_the_level_on_validation_rows(tmp_path: Path) -> None:
@@ -400,7 +400,7 @@ def test_granularity_curve_chooses_the_level_on_validation_rows(tmp_path: Path) 
     and whatever the test rows say; the tables show it, the val accuracy column and the primary
     comparison."""
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("L3") else 3))
-    study.granularity_curve()
+    study.arm_experiment("granularity_curve")
     trains = {Path(c.output_dir).parent.name: c for kind, c in calls if kind == "train"}
     assert sorted(trains) == ["L3", "L6"]
     assert [(c.objective, c.corpus.endswith(f"train_chatgpt_level{arm[1]}.json"), c.val_generate, c.lora_r)
@@ -427,11 +427,11 @@ def test_teacher_choice_trains_at_the_level_chosen_on_validation_rows(tmp_path: 
     tables; an arm that would reuse a student trained another way is refused."""
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("human") else 3))
     with pytest.raises(run.StudyError, match="run --only granularity_curve first"):
-        study.teacher_choice()
+        study.arm_experiment("teacher_choice")
     assert not (out / "teacher_choice" / "design.json").exists()
-    study.granularity_curve()
+    study.arm_experiment("granularity_curve")
     calls.clear()
-    study.teacher_choice()
+    study.arm_experiment("teacher_choice")
     trains = {Path(c.output_dir).relative_to(out).parts[1]: c for kind, c in calls if kind == "train"}
     assert sorted(trains) == ["human", "llama"]  # chatgpt: granularity_curve's L6 student
     assert trains["llama"].corpus.endswith("svamp/train_llama_level4.json")
@@ -464,9 +464,9 @@ def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> 
     arm is scored over both seeds without a baseline run, and the primary comparison is tested over
     both seeds; granularity_curve's own tables still read seed 0 only."""
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("L3") else 3))
-    study.granularity_curve()
+    study.arm_experiment("granularity_curve")
     calls.clear()
-    study.granularity_seeds()
+    study.arm_experiment("granularity_seeds")
     trained = sorted(str(Path(c.output_dir).relative_to(out)) for kind, c in calls if kind == "train")
     assert trained == ["granularity_curve/L3/seed1", "granularity_curve/L6/seed1"]
     assert {(c.seed, c.objective, c.lora_r) for kind, c in calls if kind == "train"} == {(1, "std_cot", 32)}
@@ -489,10 +489,10 @@ def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of
     teacher_choice's human student and seed 1 trains beside it on the equations; each arm is scored
     over both seeds without a baseline, and the primary comparison is tested over both seeds."""
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("human") else 3))
-    study.granularity_curve()
-    study.teacher_choice()
+    study.arm_experiment("granularity_curve")
+    study.arm_experiment("teacher_choice")
     calls.clear()
-    study.teacher_seeds()
+    study.arm_experiment("teacher_seeds")
     trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
     assert sorted(trained) == ["granularity_curve/L6/seed1", "teacher_choice/human/seed1"]
     assert trained["teacher_choice/human/seed1"].corpus.endswith("svamp/train_human.json")
@@ -517,7 +517,7 @@ def test_objectives_seeds_trains_objectives_students_at_each_seed_and_tests_both
     on free correctness."""
     # (free, constrained): free right on questions 0-2 for both arms; constrained: cascod on 0-5, std_cot on 0-2
     study, calls, out = _smoke_study(tmp_path, lambda s, i: (i < 3, i < (6 if s.startswith("cascod") else 3)))
-    study.objectives_seeds()
+    study.arm_experiment("objectives_seeds")
     trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
     assert sorted(trained) == ["objectives/cascod/seed0", "objectives/cascod/seed1",
                                "objectives/std_cot/seed0", "objectives/std_cot/seed1"]
