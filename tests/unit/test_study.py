@@ -538,6 +538,37 @@ def test_objectives_seeds_trains_objectives_students_at_each_seed_and_tests_both
     assert ood["decision"] == ind["decision"] == "unresolved"  # 3 questions over 2 seeds: p = 2 / 2^3
 
 
+def test_cascod_svamp_reuses_the_chosen_levels_std_cot_students_and_trains_cascod_beside_them(tmp_path: Path) -> None:
+    """cascod_svamp at the smoke scale (seeds 0, 1) with stand-in runners, after granularity_curve:
+    its std_cot arm is granularity_curve's student at the chosen level (seed 0 reused, seed 1 trained
+    beside it with std_cot); its cascod arm trains the same recipe at that level with objective cascod
+    in its own directories; each arm is scored over both seeds without a baseline and the primary is
+    tested on free correctness over both seeds."""
+    # cascod right on questions 0-5 of the stand-in's 10, std_cot on 0-2: questions 3-5 in both seeds
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (6 if s.startswith("cascod") else 3))
+    study.arm_experiment("granularity_curve")
+    level = json.loads((out / "granularity_curve" / "choice.json").read_text())["chosen"]
+    calls.clear()
+    study.arm_experiment("cascod_svamp")
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["cascod_svamp/cascod/seed0", "cascod_svamp/cascod/seed1", f"granularity_curve/{level}/seed1"]
+    assert {(k.split("/")[0], c.seed, c.objective, c.alpha, c.lora_r) for k, c in trained.items()} == {
+        ("cascod_svamp", 0, "cascod", 0.3, 32), ("cascod_svamp", 1, "cascod", 0.3, 32),
+        ("granularity_curve", 1, "std_cot", 0.3, 32)}
+    assert all(c.corpus.endswith(f"svamp/train_chatgpt_level{level[1:]}.json") for c in trained.values())
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(str(Path(c.output_dir).relative_to(out)), c.student_names, c.baselines) for c in evaluates] == [
+        ("cascod_svamp/std_cot/evaluate", ["std_cot-s0", "std_cot-s1"], []),
+        ("cascod_svamp/cascod/evaluate", ["cascod-s0", "cascod-s1"], [])]
+    assert evaluates[0].students[0].adapter == str(out / "granularity_curve" / level / "seed0" / "student")
+    assert [ts.name for ts in evaluates[0].test_sets] == ["svamp"]
+    results = study.write_outputs()
+    (primary,) = results["cascod_svamp"]["comparisons"]
+    assert (primary["name"], primary["primary"], sorted(primary["per_seed"])) == ("cascod_vs_std_cot_svamp", True, [0, 1])
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
+    assert primary["decision"] == "unresolved"  # 3 questions over 2 seeds: p = 2 / 2^3
+
+
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
     base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
     cases = [({"level_from": "objectives"}, "does not choose a level"),
