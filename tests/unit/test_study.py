@@ -551,7 +551,8 @@ def test_cascod_svamp_reuses_the_chosen_levels_std_cot_students_and_trains_casco
     calls.clear()
     study.arm_experiment("cascod_svamp")
     trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
-    assert sorted(trained) == ["cascod_svamp/cascod/seed0", "cascod_svamp/cascod/seed1", f"granularity_curve/{level}/seed1"]
+    assert sorted(trained) == ["cascod_svamp/cascod/seed0", "cascod_svamp/cascod/seed1",
+                               f"granularity_curve/{level}/seed1"]
     assert {(k.split("/")[0], c.seed, c.objective, c.alpha, c.lora_r) for k, c in trained.items()} == {
         ("cascod_svamp", 0, "cascod", 0.3, 32), ("cascod_svamp", 1, "cascod", 0.3, 32),
         ("granularity_curve", 1, "std_cot", 0.3, 32)}
@@ -564,9 +565,31 @@ def test_cascod_svamp_reuses_the_chosen_levels_std_cot_students_and_trains_casco
     assert [ts.name for ts in evaluates[0].test_sets] == ["svamp"]
     results = study.write_outputs()
     (primary,) = results["cascod_svamp"]["comparisons"]
-    assert (primary["name"], primary["primary"], sorted(primary["per_seed"])) == ("cascod_vs_std_cot_svamp", True, [0, 1])
+    assert primary["name"] == "cascod_vs_std_cot_svamp" and primary["primary"] and sorted(primary["per_seed"]) == [0, 1]
     assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
     assert primary["decision"] == "unresolved"  # 3 questions over 2 seeds: p = 2 / 2^3
+
+
+def test_granularity_curve_cascod_trains_each_level_with_cascod_and_chooses_on_validation_rows(tmp_path: Path) -> None:
+    """granularity_curve_cascod at the smoke scale (levels 3 and 6, seed 0) with stand-in runners:
+    every level trains granularity_curve's recipe with objective cascod in its own directories, is
+    scored without a baseline, the level is chosen by validation accuracy (the stand-in's level 6),
+    and the primary compares L3 with L6."""
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (5 if s.startswith("L3") else 2))
+    study.arm_experiment("granularity_curve_cascod")
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["granularity_curve_cascod/L3/seed0", "granularity_curve_cascod/L6/seed0"]
+    assert {(c.seed, c.objective, c.alpha, c.lora_r) for c in trained.values()} == {(0, "cascod", 0.3, 32)}
+    assert trained["granularity_curve_cascod/L3/seed0"].corpus.endswith("svamp/train_chatgpt_level3.json")
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(Path(c.output_dir).parent.name, c.student_names, c.baselines) for c in evaluates] == [
+        ("L3", ["L3-s0"], []), ("L6", ["L6-s0"], [])]
+    choice = json.loads((out / "granularity_curve_cascod" / "choice.json").read_text())
+    assert (choice["chosen"], choice["what"], choice["candidates"]) == ("L6", "level", {"L3": 0.25, "L6": 0.5})
+    results = study.write_outputs()
+    (primary,) = results["granularity_curve_cascod"]["comparisons"]  # L3 vs L1: L1 is not a smoke arm
+    assert (primary["name"], primary["a"], primary["b"], primary["primary"]) == ("medium_vs_finest", "L3", "L6", True)
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
 
 
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
