@@ -13,9 +13,10 @@
    weight gradients), N = the student's parameter count (tied embedding counted once);
    attention FLOPs are left out. MFU = achieved FLOP/s / the peak of that precision.
    Full fp32 also runs in a plain loop in the same process, so Ray Train's cost is a side-by-side ratio.
-   The bench re-executes itself with the glibc malloc tunables that training workers get
-   (ray_cotd.student.train.CPU_MALLOC_TUNABLES, TrainConfig.cpu_malloc_cache); `--malloc stock`
-   measures without them. Without --quick, a child process with stock malloc times the plain full
+   The bench re-executes itself with the glibc malloc tunables that full fine-tuning workers get
+   (ray_cotd.student.train.CPU_MALLOC_TUNABLES, TrainConfig.cpu_malloc_cache; LoRA and P-Tuning
+   workers keep glibc's defaults since 2026-12-03, so the LoRA modes here run under tunables those
+   workers no longer get); `--malloc stock` measures without them. Without --quick, a child process with stock malloc times the plain full
    fp32 loop once more (malloc_cache_speedup). The first 2 steps of each mode are warm-up (they
    still page-fault their buffers in).
 3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each), their steps

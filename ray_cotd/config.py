@@ -313,8 +313,9 @@ class TrainConfig(StageConfig):
     merge_adapters: bool = doc(False, "also write adapters merged into full weights (what vLLM/serve load)")
     cpu_malloc_cache: bool = doc(
         True,
-        "CPU workers keep freed memory (glibc malloc tunables) instead of page-faulting about 1 GB back "
-        "in every step: full fp32 steps about 1.2x faster here (docs/benchmarks.md)",
+        "CPU workers of full fine-tuning (peft: full) keep freed memory (glibc malloc tunables) instead of "
+        "page-faulting about 1 GB back in every step: full fp32 steps about 1.2x faster here; not applied to "
+        "LoRA / P-Tuning, whose small steps ran 1.37x slower with them (docs/benchmarks.md)",
     )
     decontaminate: Literal["warn", "drop", "off"] = doc(
         "warn",

@@ -762,14 +762,18 @@ def export_student(checkpoint_dir: str | Path, cfg: TrainConfig) -> dict[str, st
 # so they go into the workers' environment (a mallopt() call at run time left most faults in place).
 # arena_max=1 matters: Ray Train runs the loop in a non-main thread, whose arena mmaps large blocks
 # whatever the threshold. The cost is a higher peak RSS (+11% for full fp32 here: 7.4 vs 6.7 GB).
+# Full fine-tuning only: on a LoRA step (~300 tokens, many small kernels) arena_max=1 makes every
+# thread allocate from one arena, and a 16-step LoRA bf16 run stepped 1.37x slower in a Ray Train
+# worker with the tunables than without (1.97 vs 1.44 s; docs/benchmarks.md, 2026-12-03).
 CPU_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
                        ":glibc.malloc.arena_max=1")
 
 
 def worker_runtime_env(cfg: TrainConfig) -> dict[str, Any]:
-    """The Ray Train workers' runtime env: the malloc tunables for CPU workers, unless turned off
-    or the caller already set GLIBC_TUNABLES (workers inherit the job's environment)."""
-    if cfg.use_gpu or not cfg.cpu_malloc_cache or "GLIBC_TUNABLES" in os.environ:
+    """The Ray Train workers' runtime env: the malloc tunables for CPU workers that fine-tune every
+    weight (peft: full), unless turned off or the caller already set GLIBC_TUNABLES (workers inherit
+    the job's environment). LoRA and P-Tuning workers keep glibc's defaults (see CPU_MALLOC_TUNABLES)."""
+    if cfg.use_gpu or not cfg.cpu_malloc_cache or cfg.peft != "full" or "GLIBC_TUNABLES" in os.environ:
         return {}
     return {"env_vars": {"GLIBC_TUNABLES": CPU_MALLOC_TUNABLES}}
 

@@ -11,10 +11,13 @@ from ray_cotd.student.train import CPU_MALLOC_TUNABLES, worker_runtime_env
 # (0 faults on the dev venv, 179k on a fresh clone's), so it could not be a stable test.
 
 
-def test_runtime_env_only_for_cpu_workers_when_enabled(monkeypatch):
+def test_runtime_env_only_for_full_fine_tuning_on_cpu_when_enabled(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    assert worker_runtime_env(TrainConfig()) == {"env_vars": {"GLIBC_TUNABLES": CPU_MALLOC_TUNABLES}}
-    assert worker_runtime_env(TrainConfig(use_gpu=True)) == {}
-    assert worker_runtime_env(TrainConfig(cpu_malloc_cache=False)) == {}
+    full = TrainConfig(peft="full")
+    assert worker_runtime_env(full) == {"env_vars": {"GLIBC_TUNABLES": CPU_MALLOC_TUNABLES}}
+    assert worker_runtime_env(TrainConfig(peft="full", use_gpu=True)) == {}
+    assert worker_runtime_env(TrainConfig(peft="full", cpu_malloc_cache=False)) == {}
+    # LoRA / P-Tuning steps ran slower with arena_max=1 (docs/benchmarks.md): glibc's defaults
+    assert [worker_runtime_env(TrainConfig(peft=p)) for p in ("lora", "ptuning", "lora+ptuning")] == [{}, {}, {}]
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the operator's own choice wins
-    assert worker_runtime_env(TrainConfig()) == {}
+    assert worker_runtime_env(full) == {}
