@@ -19,6 +19,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.ray-cotd-installed-$(cat pyproject.toml scripts/setup.sh scripts/deps.py | sha256sum | cut -c1-16)-${TORCH}-${EXTRAS//,/_}"
 if [ -f "$stamp" ]; then
+  # A .venv copied from another checkout keeps that checkout's editable install (an absolute
+  # path): its python would import the other checkout's ray_cotd. Point it here again.
+  repo="$(pwd -P)"
+  imported="$(cd / && "$repo/.venv/bin/python" -c 'import os, ray_cotd; print(os.path.dirname(os.path.realpath(ray_cotd.__file__)))' 2>/dev/null || true)"
+  here="$repo/ray_cotd"
+  if [ "$imported" != "$here" ]; then
+    echo "[setup] .venv imports ray_cotd from ${imported:-nowhere}, not $here: reinstalling it editable from here"
+    .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps -e .
+  fi
   echo "[setup] .venv is up to date"
   exit 0
 fi

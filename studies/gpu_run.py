@@ -178,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(study_run.REPO)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = Path(args.data).resolve()
-    if (problem := study_run.check_data(data)) is not None:
-        print(f"studies/gpu_run.py: {problem}", file=sys.stderr)
-        return 2
+    for problem in (study_run.check_library(), study_run.check_data(data)):
+        if problem is not None:
+            print(f"studies/gpu_run.py: {problem}", file=sys.stderr)
+            return 2
     out = Path(args.out).resolve()
     evaluate_overrides = [f"batch_size={args.eval_batch_size or EVAL_BATCH.get(device, 16)}"]
     if device == "cuda":

@@ -1367,6 +1367,20 @@ def check_data(data: Path) -> str | None:
     return None
 
 
+def check_library(repo: Path = REPO) -> str | None:
+    """Why the study must not run with the ray_cotd this Python imports, or None. The runs are
+    recorded as this checkout's code; a .venv copied from another checkout keeps that checkout's
+    editable install (an absolute path) and would silently train and score with its library."""
+    import ray_cotd
+
+    imported = Path(ray_cotd.__file__).resolve().parent
+    if imported != (repo / "ray_cotd").resolve():
+        return (f"this Python imports ray_cotd from {imported}, not from this checkout ({repo / 'ray_cotd'}): "
+                f"the runs would use another checkout's library. Run scripts/setup.sh here (it reinstalls the "
+                f"package editable from this checkout) or use this checkout's own .venv.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="cpu",
@@ -1384,9 +1398,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(REPO)
     data = Path(args.data).resolve()
-    if (problem := check_data(data)) is not None:
-        print(f"studies/run.py: {problem}", file=sys.stderr)
-        return 2
+    for problem in (check_library(), check_data(data)):
+        if problem is not None:
+            print(f"studies/run.py: {problem}", file=sys.stderr)
+            return 2
     out = Path(args.out).resolve()
     try:
         study = Study(out, data, args.scale, Path(args.plots).resolve() if args.plots else None, parallel=args.parallel)

@@ -592,6 +592,15 @@ def test_granularity_curve_cascod_trains_each_level_with_cascod_and_chooses_on_v
     assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (3, 0)
 
 
+def test_the_runner_refuses_a_library_from_another_checkout(tmp_path: Path) -> None:
+    """A .venv copied from another checkout imports that checkout's ray_cotd (its editable install
+    is an absolute path); the study would record this checkout's code and run the other's."""
+    assert run.check_library() is None  # the test session imports this checkout's ray_cotd
+    problem = run.check_library(tmp_path)
+    assert problem is not None and f"not from this checkout ({tmp_path / 'ray_cotd'})" in problem
+    assert "scripts/setup.sh" in problem
+
+
 def test_level_from_and_reuse_are_checked(tmp_path: Path) -> None:
     base = yaml.safe_load((run.STUDY_DIR / "teacher_choice" / "design.yaml").read_text())
     cases = [({"level_from": "objectives"}, "does not choose a level"),
