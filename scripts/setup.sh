@@ -17,6 +17,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 stamp=".venv/.ray-cotd-installed-$(cat pyproject.toml scripts/setup.sh scripts/deps.py | sha256sum | cut -c1-16)-${TORCH}-${EXTRAS//,/_}"
 if [ -f "$stamp" ]; then
   # A .venv copied from another checkout keeps that checkout's editable install (an absolute
@@ -26,13 +27,12 @@ if [ -f "$stamp" ]; then
   here="$repo/ray_cotd"
   if [ "$imported" != "$here" ]; then
     echo "[setup] .venv imports ray_cotd from ${imported:-nowhere}, not $here: reinstalling it editable from here"
-    .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps -e .
+    "${PIP[@]}" install --no-deps -e .
   fi
   echo "[setup] .venv is up to date"
   exit 0
 fi
 
-PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 start=$(date +%s)
 "${PIP[@]}" install --upgrade pip
 if [ "$TORCH" = "cpu" ]; then
