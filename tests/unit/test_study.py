@@ -482,6 +482,36 @@ def test_granularity_seeds_adds_seeds_to_the_curves_students(tmp_path: Path) -> 
     assert "L3's students are granularity_curve/L3's; L6's students are granularity_curve/L6's." in tables
 
 
+def test_granularity_l1_seeds_reuses_the_curves_students_and_trains_the_missing_ones(tmp_path: Path) -> None:
+    """granularity_l1_seeds at the smoke scale (seeds 0, 1) with stand-in runners, after a smoke
+    granularity_curve (arms L3 and L6): L3's seed 0 is the curve's student, L3's seed 1 and both of
+    L1's seeds (L1 is not a smoke arm of the curve) train into granularity_curve's arm directories
+    with its recipe; each arm is scored over both seeds without a baseline, and the primary
+    comparison (L3 vs L1) is tested over both seeds."""
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (5 if s.startswith("L3") else 1))
+    study.arm_experiment("granularity_curve")
+    calls.clear()
+    study.arm_experiment("granularity_l1_seeds")
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["granularity_curve/L1/seed0", "granularity_curve/L1/seed1",
+                               "granularity_curve/L3/seed1"]
+    assert {(c.seed, c.objective, c.lora_r, c.val_generate) for c in trained.values()} == {
+        (0, "std_cot", 32, 2), (1, "std_cot", 32, 2)}
+    assert trained["granularity_curve/L1/seed0"].corpus.endswith("svamp/train_chatgpt_level1.json")
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(str(Path(c.output_dir).relative_to(out)), c.student_names, c.baselines) for c in evaluates] == [
+        ("granularity_l1_seeds/L3/evaluate", ["L3-s0", "L3-s1"], []),
+        ("granularity_l1_seeds/L1/evaluate", ["L1-s0", "L1-s1"], [])]
+    assert evaluates[0].students[0].adapter == str(out / "granularity_curve" / "L3" / "seed0" / "student")
+    results = study.write_outputs()
+    (primary,) = results["granularity_l1_seeds"]["comparisons"]
+    assert (primary["name"], primary["primary"], sorted(primary["per_seed"])) == ("medium_vs_tersest", True, [0, 1])
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (4, 0)
+    assert primary["decision"] == "unresolved"  # 4 questions over 2 seeds: p = 2 / 2^4
+    assert "L3's students are granularity_curve/L3's; L1's students are granularity_curve/L1's." in (
+        out / "tables.md").read_text()
+
+
 def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of_reuses(tmp_path: Path) -> None:
     """teacher_seeds at the smoke scale (seeds 0, 1) with stand-in runners: chatgpt reuses
     teacher_choice/chatgpt, itself granularity_curve's student at the chosen level, so its seed 0 is
