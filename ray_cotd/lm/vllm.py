@@ -49,6 +49,7 @@ from ray_cotd.lm.model import (
     check_adapter,
     load_tokenizer,
     merged_lora_source,
+    resolve_precision,
     resolve_source,
 )
 from ray_cotd.lm.prompt_encoder import PROMPT_ENCODER_CONFIG
@@ -128,7 +129,7 @@ def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: 
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = {
         "model": source,
-        "dtype": vspec.dtype or dtype,
+        "dtype": resolve_precision(vspec.dtype or dtype),
         "enable_prefix_caching": vspec.enable_prefix_caching,
         "enforce_eager": vspec.enforce_eager if vspec.enforce_eager is not None else not on_gpu,
         "seed": seed,
@@ -180,7 +181,7 @@ def check_engine(source: str, vspec: VLLMEngineSpec, *, dtype: str, trust_remote
         heads = getattr(config, "num_attention_heads", 1)
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES[vspec.dtype or dtype]
+        per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES[resolve_precision(vspec.dtype or dtype)]
         if per_token * length > vspec.kv_cache_gib * (1 << 30):
             raise EngineStartError(
                 f"vllm.kv_cache_gib: {vspec.kv_cache_gib} GiB cannot hold one sequence of {length} tokens "

@@ -58,7 +58,7 @@ from ray_cotd.data.errors import DataError
 from ray_cotd.data.logprobs import MISMATCH
 from ray_cotd.data.splits import SPLIT_KEY, HoldoutSplit
 from ray_cotd.lm.generate import GenerationLimits, Generator
-from ray_cotd.lm.model import STUDENT_META, load_model, load_tokenizer, write_student_meta
+from ray_cotd.lm.model import STUDENT_META, load_model, load_tokenizer, resolve_precision, write_student_meta
 from ray_cotd.lm.prompt_encoder import (
     PROMPT_ENCODER_CONFIG,
     PROMPT_ENCODER_WEIGHTS,
@@ -249,7 +249,8 @@ def student_meta(cfg: TrainConfig) -> dict[str, Any]:
     hold-out split the student was trained beside (which evaluate checks before scoring it on the
     split's test side)."""
     return {"base": cfg.student.source, "gguf_file": cfg.student.gguf_file, "peft": cfg.peft,
-            "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg), "precision": cfg.precision,
+            "objective": cfg.objective, "num_virtual_tokens": n_virtual(cfg),
+            "precision": resolve_precision(cfg.precision, "cuda" if cfg.use_gpu else "cpu"),
             SPLIT_KEY: HoldoutSplit(cfg.split_seed, cfg.holdout_fraction).as_dict()}
 
 
@@ -264,7 +265,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bfloat16":
+    if resolve_precision(precision, device) == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -597,6 +598,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     # --- setup: resume from the latest checkpoint when there is one (a retry or the same run name)
     device = ray.train.torch.get_device()  # [ray]
+    if rank == 0 and cfg.precision == "auto":
+        progress(f"precision auto: {resolve_precision('auto', device)} on {device.type}")
     start_step, history, state = 0, [], None
     checkpoint = ray.train.get_checkpoint()  # [ray]
     resume_ctx = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
