@@ -3,6 +3,10 @@
     python bench/train.py [--quick] [--steps N] [--corpus PATH]
     python bench/train.py --kd-only [--steps N] [--kd-rows 8] [--kd-k 20] [--device cpu|cuda]
 
+On a CPU without a bf16 path (ray_cotd.lm.model.native_bfloat16 False: an AVX2-only CPU, where a bf16
+LoRA step is ~35x its fp32 time, bench/precision.py) the bf16 peak and bf16 modes are skipped, and the
+LoRA student of parts 3-4 and --kd-only trains at precision auto (fp32 there, bf16 elsewhere).
+
 1. Peak: the machine's fp32 and bf16 matmul rate (torch.mm 2048², median), in this process, at the
    start and again at the end; MFU divides by the higher of the two (on these shared VMs one
    measurement of the peak varied 159-186 GFLOP/s between runs, and a low one inflates MFU).
@@ -20,7 +24,7 @@
    fp32 loop once more (malloc_cache_speedup). The first 2 steps of each mode are warm-up (they
    still page-fault their buffers in).
 3. cascod / std_cot step-time ratio on the same 8 real rows (one forward pass each), their steps
-   alternating on one LoRA bf16 student for steps + 3 rounds; the ratio is the median of the
+   alternating on one LoRA student (precision auto) for steps + 3 rounds; the ratio is the median of the
    per-round ratios (a paired statistic: with 3 rounds, one slow step moved the ratio of medians
    from ~1.0 to 1.197 in one run).
 4. Packing vs randomly ordered padded batches (and length-grouped, left out with --quick) on real
@@ -30,7 +34,7 @@
 Last line: mfu_full_fp32=<fraction> cascod_over_std_cot=<ratio> packing_speedup=<ratio>
 
 --kd-only: the cost of the token-level KD term (TrainConfig.kd_weight, objectives/kd.py) on cascod,
-LoRA bf16, one packed batch of --kd-rows real rows. Every target position gets a synthetic teacher
+LoRA at precision auto, one packed batch of --kd-rows real rows. Every target position gets a synthetic teacher
 top-k (--kd-k entries, the target first): the cost depends on how many positions and k, not on the
 values, and a real corpus aligns at most every target. Step time: kd_weight 0 and 1 alternate on one
 student for steps + 3 rounds, after one warm-up round; the overhead is the median of the per-round
@@ -59,7 +63,7 @@ from ray_cotd.config import TrainConfig
 from ray_cotd.data.splits import holdout_split
 from ray_cotd.student.collate import ROLE_NONE, Batch, collate, plan_batches
 from ray_cotd.student.corpus import read_training_rows
-from ray_cotd.lm.model import load_tokenizer
+from ray_cotd.lm.model import load_tokenizer, native_bfloat16, resolve_precision
 from ray_cotd.student.objectives import OBJECTIVES, LossParams
 from ray_cotd.student.train import (CPU_MALLOC_TUNABLES, build_student, encode_rows, make_scheduler, train_step,
                                     worker_runtime_env)
@@ -219,7 +223,7 @@ def kd_child_peak(args: argparse.Namespace, weight: float) -> int:
 
 
 def kd_section(args: argparse.Namespace) -> None:
-    lora = TrainConfig(peft="lora", precision="bfloat16", objective="cascod", max_steps=1000, lr_schedule="constant")
+    lora = TrainConfig(peft="lora", precision="auto", objective="cascod", max_steps=1000, lr_schedule="constant")
     batch, vocab = kd_batch(args.corpus, args.kd_rows, args.kd_k)
     if args.kd_child is not None:  # the child of kd_child_peak: one mode alone, then its peak
         if args.device == "cuda":
@@ -230,7 +234,7 @@ def kd_section(args: argparse.Namespace) -> None:
         print(peak)
         return
     n = int(batch.kd_index.numel())
-    print(f"KD: cascod, LoRA bf16 on {args.device}, {args.kd_rows} rows packed into {tuple(batch.input_ids.shape)}, "
+    print(f"KD: cascod, LoRA {resolve_precision('auto', args.device)} on {args.device}, {args.kd_rows} rows packed into {tuple(batch.input_ids.shape)}, "
           f"{n} KD positions x top-{args.kd_k}; vocabulary {vocab}: the term keeps {n * vocab * 4 / 2**20:.0f} MiB of "
           "fp32 logits for its backward pass", flush=True)
     times = kd_steps(lora, batch, (0.0, 1.0), (args.steps or 5) + 3, args.device)
@@ -330,9 +334,12 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 5)
     n_batches = args.packing_batches or 6
     threads = torch.get_num_threads()
+    bf16 = native_bfloat16("cpu")
+    if not bf16:
+        print("no bf16 path on this CPU (native_bfloat16 False): bf16 peak and modes skipped, LoRA at fp32", flush=True)
 
     if not args.packing_only:
-        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16) if bf16 else float("nan")
         print(f"peak at start: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({threads} threads)",
               flush=True)
 
@@ -340,7 +347,7 @@ def main() -> None:
     tokenizer, rows, examples, mfu_batch = mfu_batch_and_rows(args.corpus)
     tokens = ROWS * WIDTH
 
-    lora = TrainConfig(peft="lora", precision="bfloat16", max_steps=1000, lr_schedule="constant")
+    lora = TrainConfig(peft="lora", precision="auto", max_steps=1000, lr_schedule="constant")
     if args.packing_only:
         speedup = batching_section(lora, tokenizer, examples, n_batches)
         print(f"packing_speedup={speedup:.3f}")
@@ -351,7 +358,8 @@ def main() -> None:
     # full fp32 runs twice, through Ray Train and in a plain loop, so Ray's cost is measured side by side
     modes = [("full", "float32", True), ("full", "float32", False)]
     if not args.quick:
-        modes += [("lora", "bfloat16", False), ("full", "bfloat16", False), ("lora", "float32", False)]
+        modes += [("lora", "bfloat16", False), ("full", "bfloat16", False)] if bf16 else []
+        modes += [("lora", "float32", False)]
     for peft, precision, via_ray in modes:
         cfg = TrainConfig(peft=peft, precision=precision, objective="std_cot", max_steps=1000, lr_schedule="constant",
                           cpu_malloc_cache=args.malloc == "cache")
@@ -361,7 +369,7 @@ def main() -> None:
         print(f"{mode_label(peft, precision, via_ray)}: step {step:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), "
               f"{tokens / step:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s", flush=True)
 
-    # cascod vs std_cot: the same 8 real rows, LoRA bf16 (the fastest mode), packed; the two
+    # cascod vs std_cot: the same 8 real rows, LoRA at precision auto (the fastest mode), packed; the two
     # objectives' steps alternate on one student, so machine noise hits both alike
     pairs = {}
     for name in ("std_cot", "cascod"):
@@ -379,7 +387,7 @@ def main() -> None:
 
     speedup = batching_section(lora, tokenizer, examples, n_batches,
                                tuple(m for m in BATCHING_MODES if not (args.quick and m == "grouped")))
-    end32, end16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    end32, end16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16) if bf16 else float("nan")
     peak32, peak16 = max(peak32, end32), max(peak16, end16)
     print(f"peak at end: fp32 {end32 / 1e9:.1f} GFLOP/s, bf16 {end16 / 1e9:.1f} GFLOP/s; MFU uses the higher: "
           f"fp32 {peak32 / 1e9:.1f}, bf16 {peak16 / 1e9:.1f}", flush=True)
