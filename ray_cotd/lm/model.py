@@ -12,6 +12,7 @@ Nothing here downloads unless `source` is a hub id; local files load offline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -139,6 +140,12 @@ def native_bfloat16(device: str | torch.device | None = None) -> bool:
     AMD EPYC VM whose hypervisor hides AVX-512), so a bf16 LoRA step takes minutes instead of seconds.
     """
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return _native_bfloat16_on(kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bfloat16_on(kind: str) -> bool:
+    """native_bfloat16 for a device type, probed once per process: training's autocast asks every step."""
     if kind == "cuda":
         try:
             return torch.cuda.is_bf16_supported(including_emulation=False)
