@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,12 +511,18 @@ class VLLMEngines:
     def _key(spec: ModelSpec) -> str:
         return json.dumps([spec.source, spec.gguf_file, spec.adapter, spec.dtype], sort_keys=True)
 
+    def _engine_key(self, plan: StudentPlan) -> tuple[str, str]:
+        """One engine per source and resolved dtype: "auto" and the name it resolves to share it."""
+        with warnings.catch_warnings():  # a slow explicit bf16 warns when its engine starts, not here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return plan.source, resolve_precision(self.vspec.dtype or plan.dtype)
+
     def _engine(self, plan: StudentPlan, spec: ModelSpec) -> tuple[tuple[str, str], Any]:
-        key = (plan.source, self.vspec.dtype or plan.dtype)
+        key = self._engine_key(plan)
         if key in self.engines:
             self.engines[key] = self.engines.pop(key)  # most recently used last
             return key, self.engines[key]
-        siblings = [p for p in self.plans.values() if (p.source, self.vspec.dtype or p.dtype) == key]
+        siblings = [p for p in self.plans.values() if self._engine_key(p) == key]
         ranks = [p.lora_rank for p in siblings if p.lora_rank is not None]
         check_engine(plan.source, self.vspec, dtype=plan.dtype, trust_remote_code=spec.trust_remote_code)
         if self.max_engines is not None:

@@ -175,3 +175,27 @@ def test_prepare_student_checks_the_engine_on_the_base_before_merging(base_dir, 
     assert plan.lora_dir is None and plan.source == str(merged_lora_source(spec, "float32"))
     request = lm_vllm.prepare_student(spec, VLLMEngineSpec(lora="request"))
     assert request.source == str(base_dir.resolve()) and request.lora_dir == str((tmp_path / "student").resolve())
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_and_the_dtype_it_resolves_to_share_one_engine(base_dir, tmp_path, monkeypatch, native):
+    # engines are keyed on the resolved dtype: a study whose students say "auto" and an evaluate
+    # that names the same dtype explicitly do not start a second engine on the same weights
+    from ray_cotd.lm import model as lm_model
+
+    monkeypatch.setattr(lm_model, "native_bfloat16", lambda device=None: native)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    log: list = []
+    monkeypatch.setattr(lm_vllm, "start_engine", lambda kwargs, vspec, in_process: log.append(
+                            ("start", kwargs["model"], kwargs["dtype"])) or _Engine(log, kwargs["model"]))
+    monkeypatch.setattr(lm_vllm, "check_engine", lambda *a, **k: 1024)
+    resolved = "bfloat16" if native else "float32"
+    auto, named = ModelSpec(source=str(base_dir), dtype="auto"), ModelSpec(source=str(base_dir), dtype=resolved)
+    other = ModelSpec(source=str(base_dir), dtype="float32" if native else "bfloat16")
+    engines = VLLMEngines(VLLMEngineSpec(in_process=False), [auto, named, other])
+    engines.generator(auto)
+    engines.generator(named)
+    assert log == [("start", str(base_dir), resolved)] and len(engines.engines) == 1
+    engines.generator(other)  # another dtype is another engine
+    assert log[-1] == ("start", str(base_dir), other.dtype) and len(engines.engines) == 2
+    engines.close()
