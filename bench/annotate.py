@@ -18,7 +18,8 @@ rate (stats.json this_run.tokens_per_s) is printed too.
 Each round runs the plain loop, then each pipeline layout; the ratios are of the medians.
 
 Then the engines side by side, `ray-cotd annotate` end to end on the same --engine-questions
-(default 200) questions, greedy, in the same dtype (--dtype, default bfloat16): the transformers
+(default 200) questions, greedy, in the same dtype (--dtype, default auto: bfloat16 where the CPU runs it
+natively, else float32, as `ray_cotd.lm.model.resolve_precision` decides): the transformers
 engine in its recommended CPU layout (2x1) against the vLLM engine (Ray Data LLM, one replica with
 1 CPU; vLLM's threads use both cores), actor and engine start included, alternating, --engine-rounds
 rounds each.
@@ -146,8 +147,13 @@ def main() -> None:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="2x1", help="the layout of the last line")
     parser.add_argument("--engine-questions", type=int, default=200, help="questions of the engine comparison")
     parser.add_argument("--engine-rounds", type=int, default=None, help="rounds of each engine, alternating")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="engine comparison dtype")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="engine comparison dtype (auto: bfloat16 where native, else float32)")
     args = parser.parse_args()
+    from ray_cotd.lm.model import resolve_precision
+
+    dtype = resolve_precision(args.dtype, "cpu")
+    print(f"engine comparison dtype: {args.dtype} -> {dtype}", flush=True)
     engine_rounds = args.engine_rounds or (1 if args.quick else 2)
     n = args.questions or (40 if args.quick else 96)
     max_new = args.max_new_tokens or (64 if args.quick else 96)
@@ -184,11 +190,11 @@ def main() -> None:
             for rep in range(engine_rounds):
                 for engine in engine_rates:
                     tokens, seconds = engine_run(engine_path, Path(tmp) / f"engine-{engine}-{rep}", engine, args.level,
-                                                 max_new, args.dtype)
+                                                 max_new, dtype)
                     engine_rates[engine].append(tokens / seconds)
                     print(f"engine round {rep}: {engine} {tokens} tokens in {seconds:.1f} s = "
                           f"{engine_rates[engine][-1]:.1f} tok/s end to end ({args.engine_questions} questions, "
-                          f"{args.dtype})", flush=True)
+                          f"{dtype})", flush=True)
         finally:
             ray.shutdown()
 
@@ -204,7 +210,7 @@ def main() -> None:
     print(f"pipeline kept {stats['kept']}/{stats['rows_in']} rows; dropped {stats['dropped_by_reason']}")
     vllm_med, tf_med = statistics.median(engine_rates["vllm"]), statistics.median(engine_rates["transformers"])
     print(f"engines: vllm {vllm_med:.1f} tok/s, transformers (2x1) {tf_med:.1f} tok/s end to end, "
-          f"{args.engine_questions} questions, {args.dtype}, {engine_rounds} round(s)")
+          f"{args.engine_questions} questions, {dtype}, {engine_rounds} round(s)")
     print(f"pipeline_over_plain={statistics.median(pipe_rates[args.layout]) / plain_med:.3f} "
           f"vllm_over_transformers={vllm_med / tf_med:.3f}")
 

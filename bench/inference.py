@@ -33,7 +33,8 @@ Questions are generated from our own templates (no dataset rows).
 4. A LoRA student on vLLM both ways (`vllm.lora`): merged into a cached full-weights copy (the CPU
    default) and as a LoRA request on its base's engine, two engines side by side, the same 64
    questions, two-stage (rationale <= 96 tokens), interleaved rounds after a warm-up of each, in
-   the student's dtype (bf16 here: what training writes). The student is DIR, or a stand-in made
+   precision auto (bf16 where the CPU runs it natively, else float32: what training writes
+   with the shipped configs). The student is DIR, or a stand-in made
    here: LoRA r 16 on all seven projections of the default model (a trained student's shape) with
    seeded random B matrices. Last line: `lora_merged_over_request=<ratio of questions/s>
    lora_answer_agreement=<share of parsed answers alike>`.
@@ -43,7 +44,7 @@ Questions are generated from our own templates (no dataset rows).
 5. Where vLLM's engine core runs (`vllm.in_process`): in vLLM's own process (vLLM's default) or in
    the caller's (evaluate's default since 2026-12-03; part 3 runs both ways, part 4 its two engines in
    vLLM's own processes, as they ran before). For each, three fresh engines on one LoRA student
-   (DIR, or part 4's stand-in; merged, bf16: what evaluate runs on CPU) answer the same 64
+   (DIR, or part 4's stand-in; merged, precision auto: what evaluate runs on CPU) answer the same 64
    questions two-stage (rationale <= 96 tokens) in evaluate's way, one batch of 16 after another:
    in order, in reverse order, in order again. A question "moved" when its rationale or answer differs between any two of the three.
    Last line: `moved_process=<questions> moved_in_process=<questions> in_process_speedup=<ratio of
@@ -191,7 +192,7 @@ def stand_in_student(out: Path) -> Path:
     """A LoRA student directory as training writes it: r 16 on all seven projections, random B."""
     from peft import LoraConfig, get_peft_model
 
-    from ray_cotd.lm.model import load_model, write_student_meta
+    from ray_cotd.lm.model import load_model, resolve_precision, write_student_meta
 
     torch.manual_seed(0)
     model = get_peft_model(load_model(ModelSpec()), LoraConfig(
@@ -203,7 +204,7 @@ def stand_in_student(out: Path) -> Path:
                 param.normal_(0.0, 0.01)
     model.save_pretrained(str(out))
     write_student_meta(out, {"base": "default", "gguf_file": None, "peft": "lora", "objective": "cascod",
-                             "precision": "bfloat16"})
+                             "precision": resolve_precision("auto", "cpu")})
     return out
 
 
@@ -212,7 +213,7 @@ def lora_modes(student: Path, n: int, limits: GenerationLimits, rounds: int) -> 
     from ray_cotd.lm.model import spec_for_student_dir
     from ray_cotd.lm.vllm import VLLMEngines
 
-    spec = spec_for_student_dir(student, dtype="bfloat16")
+    spec = spec_for_student_dir(student, dtype="auto")
     qs = [p["question"] for p in generate(n, SEED)]
     gens, engines = {}, []
     for mode in ("merge", "request"):
@@ -246,7 +247,7 @@ def engine_core(student: Path, n: int, limits: GenerationLimits, batch: int = 16
     from ray_cotd.lm.model import spec_for_student_dir
     from ray_cotd.lm.vllm import VLLMEngines
 
-    spec = spec_for_student_dir(student, dtype="bfloat16")
+    spec = spec_for_student_dir(student, dtype="auto")
     qs = [p["question"] for p in generate(n, SEED)]
     batches = [qs[i:i + batch] for i in range(0, n, batch)]
     moved, medians = {}, {}

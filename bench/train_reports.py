@@ -7,7 +7,8 @@ RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default) through a queue of one, so a 
 every step cannot go faster than one step per poll, however short its steps are.
 `TrainConfig.report_every` sets the cadence (0, the default: checkpoints and validations only).
 
-Each round trains the real default student (SmolLM2-135M-Instruct, LoRA, bf16 autocast) through
+Each round trains the real default student (SmolLM2-135M-Instruct, LoRA, precision auto:
+bf16 autocast where the CPU runs bf16 natively, else float32) through
 `run_train`, the function `ray-cotd train` calls, once with `report_every=1` (what the loop did
 before) and once with the default, the order alternating between rounds, on one local Ray cluster.
 Rows: SVAMP GPT-4o level-1 rationales from ../shared/data (third-party, not in this repo), batch
@@ -36,7 +37,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svam
 
 def train_config(corpus: Path, out: Path, *, steps: int, report_every: int) -> TrainConfig:
     return TrainConfig(
-        corpus=str(corpus), student=ModelSpec(), objective="std_cot", peft="lora", precision="bfloat16",
+        corpus=str(corpus), student=ModelSpec(), objective="std_cot", peft="lora", precision="auto",
         num_workers=1, cpus_per_worker=2.0, batch_size=2, max_steps=steps, checkpoint_every=steps,
         max_seq_len=320, lr=1e-3, warmup_steps=2, val_fraction=0.0, report_every=report_every,
         output_dir=str(out), name=f"reports{report_every}", max_failures=0,
