@@ -302,6 +302,25 @@ def epochs_of(run_dir: Path) -> float | None:
     return summary["steps"] * cfg["batch_size"] * cfg.get("grad_accum", 1) * cfg.get("num_workers", 1) / rows
 
 
+def precision_note(training: dict[str, dict[int, dict[str, Any]]]) -> str | None:
+    """The line under an arm table whose students trained in more than one precision (a study
+    continued on a machine where `auto` resolves otherwise: bf16 where the CPU or GPU runs it
+    natively, fp32 elsewhere), naming each arm's seeds per precision. None when they agree."""
+    by_arm = {arm: {seed: info.get("precision") for seed, info in seeds.items() if info.get("precision")}
+              for arm, seeds in training.items()}
+    if len({p for seeds in by_arm.values() for p in seeds.values()}) <= 1:
+        return None
+    parts = []
+    for arm, seeds in by_arm.items():
+        groups: dict[str, list[int]] = {}
+        for seed, precision in seeds.items():
+            groups.setdefault(precision, []).append(seed)
+        parts.extend(f"{arm} seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))} in {precision}"
+                     for precision, ss in groups.items())
+    return ("**Mixed precision**: these students did not all train in one precision (" + "; ".join(parts)
+            + "), so a difference between them may be the precision's as much as the arm's.")
+
+
 def combine_corpora(paths: list[Path], out: Path) -> Path:
     """One JSON array of the rows of several release files (JSON arrays), in order, written once
     to `out` (under the run directory, never the repository): several teachers' rationales of the
@@ -1159,12 +1178,17 @@ class Study:
     # -- tables, plots, timings ----------------------------------------------------------------
 
     def training_info(self, run_dir: Path) -> dict[str, Any]:
-        """A finished train run's epochs, lr and LoRA rank ({} when unfinished)."""
+        """A finished train run's epochs, lr, LoRA rank and the precision it trained in ({} when
+        unfinished). The precision is the one student.json records (what `auto` resolved to on the
+        machine that trained it), else the config's."""
         config = run_dir / "resolved_config.yaml"
         if not is_done("train", run_dir) or not config.is_file():
             return {}
         cfg = yaml.safe_load(config.read_text())
-        return {"epochs": epochs_of(run_dir), "lr": cfg["lr"], "lora_r": cfg["lora_r"], "run": self._show(run_dir)}
+        meta = run_dir / "student" / "student.json"  # ray_cotd.lm.model.STUDENT_META (that module imports torch)
+        precision = json.loads(meta.read_text()).get("precision") if meta.is_file() else None
+        return {"epochs": epochs_of(run_dir), "lr": cfg["lr"], "lora_r": cfg["lora_r"],
+                "precision": precision or cfg.get("precision"), "run": self._show(run_dir)}
 
     def training_rows(self) -> list[list[str]]:
         """The training table: every finished train run under OUT."""
@@ -1214,6 +1238,8 @@ class Study:
                     + arms_table(report, arms, seeds, training, refs)
                     + "\n\nEvery seed:\n\n" + seeds_table(report, arms, seeds, training))
         if note := self.provenance_note(experiment, design, arms):
+            markdown += "\n\n" + note
+        if note := precision_note(training):
             markdown += "\n\n" + note
         choice = self.chosen_arm(experiment, design)
         if choice is not None:

@@ -299,8 +299,9 @@ def test_selection_table_shows_both_objectives() -> None:
 
 def _fake_runners(calls: list, correct: Callable[[str, int], bool], n: int = 10) -> dict:
     """In-process stand-ins for run_train / run_evaluate that write what the real ones write last
-    (summary.json with the data report, resolved_config.yaml; report.json and predictions), so the
-    runner's arm machinery runs without Ray or a model. The fake val_loss grows with LoRA rank."""
+    (summary.json with the data report, resolved_config.yaml, student.json with the precision `auto`
+    resolves to on a CPU without bf16; report.json and predictions), so the runner's arm machinery
+    runs without Ray or a model. The fake val_loss grows with LoRA rank."""
     from ray_cotd.configbase import save_resolved
 
     def train(cfg) -> dict:
@@ -308,6 +309,8 @@ def _fake_runners(calls: list, correct: Callable[[str, int], bool], n: int = 10)
         out = Path(cfg.output_dir)
         (out / "student").mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
+        precision = "float32" if cfg.precision == "auto" else cfg.precision
+        (out / "student" / "student.json").write_text(json.dumps({"precision": precision}))
         summary = {"steps": cfg.max_steps, "final_loss": 0.5, "val_loss": 1.0 + cfg.lora_r / 100,
                    "val_accuracy": 0.5 if "level6" in cfg.corpus else 0.25,
                    "data": {"encode": {"rows": 2 * cfg.max_steps * cfg.batch_size, "dropped_too_long": 0}}}
@@ -490,6 +493,11 @@ def test_granularity_l1_seeds_reuses_the_curves_students_and_trains_the_missing_
     comparison (L3 vs L1) is tested over both seeds."""
     study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (5 if s.startswith("L3") else 1))
     study.arm_experiment("granularity_curve")
+    study.write_outputs()
+    assert "Mixed precision" not in (out / "tables.md").read_text()  # one machine, one precision
+    # the curve ran on a machine with native bf16, the rest of the study on one without: said under the table
+    curve_l3 = out / "granularity_curve" / "L3" / "seed0" / "student" / "student.json"
+    curve_l3.write_text(json.dumps({"precision": "bfloat16"}))
     calls.clear()
     study.arm_experiment("granularity_l1_seeds")
     trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
@@ -508,8 +516,11 @@ def test_granularity_l1_seeds_reuses_the_curves_students_and_trains_the_missing_
     assert (primary["name"], primary["primary"], sorted(primary["per_seed"])) == ("medium_vs_tersest", True, [0, 1])
     assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (4, 0)
     assert primary["decision"] == "unresolved"  # 4 questions over 2 seeds: p = 2 / 2^4
-    assert "L3's students are granularity_curve/L3's; L1's students are granularity_curve/L1's." in (
-        out / "tables.md").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "L3's students are granularity_curve/L3's; L1's students are granularity_curve/L1's." in tables
+    assert ("**Mixed precision**: these students did not all train in one precision (L3 seed 0 in bfloat16; "
+            "L3 seed 1 in float32; L1 seeds 0, 1 in float32)") in tables
+    assert results["granularity_l1_seeds"]["training"]["L3"][0]["precision"] == "bfloat16"
 
 
 def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of_reuses(tmp_path: Path) -> None:
