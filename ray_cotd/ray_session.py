@@ -7,6 +7,15 @@ address. With a second Ray cluster on the machine (a test session, a study, some
 finds several, gives up, and the stopped trial's CPUs stay reserved, so the next trial never starts
 and the sweep hangs. A cluster started with RAY_ADDRESS already in the environment hands it to all
 its processes, and the lookup then finds exactly one.
+
+A second trap, with the same symptom: a placement group that outlives its job. Ray removes a
+placement group when its job has ended and the actor that created it has died (unless it is
+detached). A Train controller that creates its worker group's placement group in the instant it is
+killed (a sweep interrupted with Ctrl-C while Tune restarts a trial) leaves one whose creator the
+GCS never marks dead: it holds its CPUs for the cluster's lifetime, and the resumed sweep's next
+worker group waits for them forever ("The worker group startup timed out", retried every minute).
+`release_leaked_placement_groups` removes exactly those: run_train and run_tune call it before they
+reserve anything.
 """
 
 from __future__ import annotations
@@ -81,3 +90,52 @@ def connect() -> None:
         ray.init()  # [ray]
     else:
         ray.init(runtime_env=job_runtime_env())  # [ray]
+
+
+def leaked_placement_groups(groups: list[dict[str, Any]], live_jobs: set[str],
+                            live_actors: set[str]) -> list[dict[str, Any]]:
+    """The placement groups of `groups` Ray's own lifetime rule says should be gone: not removed, not
+    detached, their job ended (not in `live_jobs`) and their creator, where an actor created them,
+    no longer alive (not in `live_actors`; the GCS's own flag for that can miss a death, see the
+    module doc). Each group: {"id", "state", "detached", "job", "actor" (hex or None), "bundles"}."""
+    return [g for g in groups
+            if g["state"] != "REMOVED" and not g["detached"] and g["job"] not in live_jobs
+            and (g["actor"] is None or g["actor"] not in live_actors)]
+
+
+def _placement_groups() -> list[dict[str, Any]]:
+    """Every placement group the GCS holds, with the creator fields ray.util.placement_group_table()
+    leaves out (job, creating actor, detached)."""
+    from ray._private import state  # [ray] the GCS table as protobufs: the public table has no creator
+    from ray.core.generated import gcs_pb2  # [ray]
+
+    table = gcs_pb2.PlacementGroupTableData
+    groups = []
+    for raw in state.state._connect_and_get_accessor().get_placement_group_table():  # [ray]
+        pg = table.FromString(raw)
+        actor = pg.creator_actor_id.hex()
+        groups.append({"id": pg.placement_group_id.hex(), "state": table.PlacementGroupState.Name(pg.state),
+                       "detached": pg.is_detached, "job": pg.creator_job_id.hex(),
+                       "actor": None if not actor or set(actor) <= {"f"} else actor,  # nil: the driver made it
+                       "bundles": [dict(b.unit_resources) for b in pg.bundles]})
+    return groups
+
+
+def release_leaked_placement_groups() -> list[dict[str, Any]]:
+    """Remove the cluster's leaked placement groups (leaked_placement_groups), printing each, and
+    return them. Needs a Ray session (connect)."""
+    import ray
+    from ray._private import state  # [ray]
+    from ray.util.placement_group import PlacementGroup
+
+    live_jobs = {j["JobID"] for j in state.jobs() if not j["IsDead"]}  # [ray]
+    candidates = leaked_placement_groups(_placement_groups(), live_jobs, set())
+    creators = {g["actor"] for g in candidates if g["actor"] is not None}
+    live_actors = {a for a in creators if state.actors(actor_id=a).get("State") != "DEAD"}  # [ray]
+    leaked = leaked_placement_groups(candidates, live_jobs, live_actors)
+    for g in leaked:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(g["id"]))))  # [ray]
+        print(f"[ray] removed placement group {g['id']} ({g['bundles']}): its job {g['job']} has ended and its "
+              f"creator is gone, but Ray kept it, which would hold those resources for the cluster's lifetime",
+              flush=True)
+    return leaked

@@ -31,7 +31,7 @@ from typing import Any
 from ray_cotd.config import ConfigError, TrainConfig, TuneConfig
 from ray_cotd.configbase import from_dict, save_resolved, to_dict
 from ray_cotd.names import LEVELS, OBJECTIVES, objectives_using
-from ray_cotd.ray_session import connect
+from ray_cotd.ray_session import connect, release_leaked_placement_groups
 from ray_cotd.tracking import flatten, require_mlflow, tracking_uri
 
 # Metrics every trial reports (the train loop's keys); `metric` must be one of them.
@@ -258,6 +258,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
 
     check_tune_config(cfg)  # before a cluster starts
     connect()  # [ray]
+    release_leaked_placement_groups()  # a sweep stopped at the wrong instant can leave one (ray_session)
     resources = ray.cluster_resources()  # [ray]
     check_resources(cfg, cluster_cpus=resources.get("CPU", 0.0), cluster_gpus=resources.get("GPU", 0.0))
     out = Path(cfg.output_dir)

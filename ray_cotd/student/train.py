@@ -67,7 +67,7 @@ from ray_cotd.lm.prompt_encoder import (
     embed_inputs,
 )
 from ray_cotd.names import OBJECTIVES
-from ray_cotd.ray_session import connect
+from ray_cotd.ray_session import connect, release_leaked_placement_groups
 from ray_cotd.scoring import score, scored_type
 from ray_cotd.student.collate import (IGNORE, Batch, EncodeStats, Sequence, TeacherTopK, collate, plan_batches,
                                       prompt_sequence, segments)
@@ -831,6 +831,7 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None,
             print(f"[train]   {line}", flush=True)
 
     connect()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
+    release_leaked_placement_groups()  # CPUs a dead job's Train run still holds (ray_session)
     datasets = {"train": ray.data.from_items(to_items(data["train"]))}  # [ray]
     if data["val"]:
         datasets["val"] = ray.data.from_items(to_items(data["val"]))  # [ray]
