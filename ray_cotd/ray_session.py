@@ -15,7 +15,7 @@ killed (a sweep interrupted with Ctrl-C while Tune restarts a trial) leaves one 
 GCS never marks dead: it holds its CPUs for the cluster's lifetime, and the resumed sweep's next
 worker group waits for them forever ("The worker group startup timed out", retried every minute).
 `release_leaked_placement_groups` removes exactly those: run_train and run_tune call it before they
-reserve anything.
+reserve anything, and each Tune trial before its Train run.
 """
 
 from __future__ import annotations
