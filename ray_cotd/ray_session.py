@@ -14,8 +14,8 @@ detached). A Train controller that creates its worker group's placement group in
 killed (a sweep interrupted with Ctrl-C while Tune restarts a trial) leaves one whose creator the
 GCS never marks dead: it holds its CPUs for the cluster's lifetime, and the resumed sweep's next
 worker group waits for them forever ("The worker group startup timed out", retried every minute).
-`release_leaked_placement_groups` removes exactly those: run_train and run_tune call it before they
-reserve anything, and each Tune trial before its Train run.
+`release_leaked_placement_groups` removes exactly those: run_tune calls it before it reserves
+anything, and fit_student before every Train run (`ray-cotd train`, and each Tune trial).
 """
 
 from __future__ import annotations

@@ -183,9 +183,6 @@ def _trial(config: dict[str, Any]) -> None:
             if metrics and tune_cfg.metric in metrics[0]:
                 super().after_report(run_context, metrics, checkpoint)
 
-    # Again here, not only when the sweep starts: a resumed sweep's first trial can start before the
-    # GCS has recorded the death of the interrupted run's Train controller.
-    release_leaked_placement_groups()
     # A stable run name per trial: a restored trial resumes its Train run from its last checkpoint.
     fit_student(train_cfg, callbacks=[MetricReports()])  # [ray]
 

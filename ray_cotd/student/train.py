@@ -831,7 +831,10 @@ def fit_student(cfg: TrainConfig, *, callbacks: list[Any] | None = None,
             print(f"[train]   {line}", flush=True)
 
     connect()  # [ray] the embedded local cluster; under `ray job submit` it joins the cluster
-    release_leaked_placement_groups()  # CPUs a dead job's Train run still holds (ray_session)
+    # CPUs a dead job's Train run still holds (ray_session). Every Train run passes here: `ray-cotd
+    # train` and each Tune trial, which may start before the GCS has recorded the death of the
+    # interrupted sweep's Train controller, so run_tune's own call at the start can come too early.
+    release_leaked_placement_groups()
     datasets = {"train": ray.data.from_items(to_items(data["train"]))}  # [ray]
     if data["val"]:
         datasets["val"] = ray.data.from_items(to_items(data["val"]))  # [ray]
