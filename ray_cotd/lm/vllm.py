@@ -124,13 +124,19 @@ def engine_plan(spec: ModelSpec, vspec: VLLMEngineSpec, plan: StudentPlan | None
     return StudentPlan(str(merged_lora_source(spec, vspec.dtype or plan.dtype)), plan.dtype)
 
 
+def engine_dtype(vspec: VLLMEngineSpec, dtype: str) -> str:
+    """The concrete dtype an engine under `vspec` runs a model of `dtype` in: vllm.dtype, where set,
+    over the model spec's; auto resolved for this machine (resolve_precision)."""
+    return resolve_precision(vspec.dtype or dtype)
+
+
 def engine_kwargs(source: str, vspec: VLLMEngineSpec, *, dtype: str, lora_rank: int | None = None,
                   max_loras: int = 1, seed: int = 0, trust_remote_code: bool = False) -> dict[str, Any]:
     """Keyword arguments of vllm.LLM / AsyncEngineArgs for one engine."""
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = {
         "model": source,
-        "dtype": resolve_precision(vspec.dtype or dtype),
+        "dtype": engine_dtype(vspec, dtype),
         "enable_prefix_caching": vspec.enable_prefix_caching,
         "enforce_eager": vspec.enforce_eager if vspec.enforce_eager is not None else not on_gpu,
         "seed": seed,
@@ -182,7 +188,7 @@ def check_engine(source: str, vspec: VLLMEngineSpec, *, dtype: str, trust_remote
         heads = getattr(config, "num_attention_heads", 1)
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES[resolve_precision(vspec.dtype or dtype)]
+        per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES[engine_dtype(vspec, dtype)]
         if per_token * length > vspec.kv_cache_gib * (1 << 30):
             raise EngineStartError(
                 f"vllm.kv_cache_gib: {vspec.kv_cache_gib} GiB cannot hold one sequence of {length} tokens "
@@ -515,7 +521,7 @@ class VLLMEngines:
         """One engine per source and resolved dtype: "auto" and the name it resolves to share it."""
         with warnings.catch_warnings():  # a slow explicit bf16 warns when its engine starts, not here
             warnings.simplefilter("ignore", RuntimeWarning)
-            return plan.source, resolve_precision(self.vspec.dtype or plan.dtype)
+            return plan.source, engine_dtype(self.vspec, plan.dtype)
 
     def _engine(self, plan: StudentPlan, spec: ModelSpec) -> tuple[tuple[str, str], Any]:
         key = self._engine_key(plan)
