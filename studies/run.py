@@ -35,6 +35,8 @@ OUT/study.json and the PNG plots.
                     the level chosen on validation rows)
     granularity_l1_seeds  issue 21 items 1 and 3: the curve's low end (L3 vs L1) over seeds 0-2, the
                     students living in granularity_curve's arms (`reuse`)
+    granularity_cascod_seeds  issue 21 item 1: cascod's curve's primary (L3 vs L6) over seeds 0-2, the
+                    students living in granularity_curve_cascod's arms (`reuse`)
     2. granularity  std_cot and cascod on SVAMP chatgpt levels 1-6; the fixed SVAMP hold-out split
     3. teachers     cascod on the best level of item 2 from chatgpt, gemini, llama (llama: levels 1-4)
     4. tune         Ray Tune over α, λ and level for cascod+da_lora; best_train.yaml trained and
@@ -87,10 +89,11 @@ DATA_PREFIX = "../shared/data"  # how the YAML configs name the data dir (relati
 # teacher_choice and cascod_svamp need granularity_curve's chosen level; teacher_seeds, teacher_choice's students.
 EXPERIMENTS = ("answer_only_vs_cot", "objectives", "objectives_seeds", "granularity_curve", "granularity_seeds",
                "teacher_choice", "teacher_seeds", "cascod_svamp", "granularity_curve_cascod", "granularity_l1_seeds",
-               "granularity", "teachers", "tune")
+               "granularity_cascod_seeds", "granularity", "teachers", "tune")
 # driven by studies/<experiment>/design.yaml
 ARM_EXPERIMENTS = ("answer_only_vs_cot", "objectives", "objectives_seeds", "granularity_curve", "granularity_seeds",
-                   "teacher_choice", "teacher_seeds", "cascod_svamp", "granularity_curve_cascod", "granularity_l1_seeds")
+                   "teacher_choice", "teacher_seeds", "cascod_svamp", "granularity_curve_cascod", "granularity_l1_seeds",
+                   "granularity_cascod_seeds")
 SCORES = ("free", "constrained")  # what a comparison compares: free accuracy, or constrained to the listed choices
 ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)",
               "objectives": "1. Objectives (IND vs OOD)",
@@ -101,7 +104,8 @@ ARM_TITLES = {"answer_only_vs_cot": "Answer-only vs CoT (SVAMP, issue 21 item 3)
               "teacher_seeds": "3b. Teacher choice: GPT-4o vs human (SVAMP, std_cot)",
               "cascod_svamp": "1c. Objectives on SVAMP: cascod vs std_cot (level from validation)",
               "granularity_curve_cascod": "2c. Granularity curve (SVAMP, cascod, levels 1-6)",
-              "granularity_l1_seeds": "2d. Granularity L3 vs L1 (SVAMP, std_cot)"}
+              "granularity_l1_seeds": "2d. Granularity L3 vs L1 (SVAMP, std_cot)",
+              "granularity_cascod_seeds": "2e. Granularity L3 vs L6 (SVAMP, cascod)"}
 GRANULARITY_OBJECTIVES = ("std_cot", "cascod")
 LEVELS = names.LEVELS
 # teacher -> SVAMP levels in the release (llama has only 1-4)

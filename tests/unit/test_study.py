@@ -523,6 +523,33 @@ def test_granularity_l1_seeds_reuses_the_curves_students_and_trains_the_missing_
     assert results["granularity_l1_seeds"]["training"]["L3"][0]["precision"] == "bfloat16"
 
 
+def test_granularity_cascod_seeds_adds_seeds_to_the_cascod_curves_students(tmp_path: Path) -> None:
+    """granularity_cascod_seeds at the smoke scale (seeds 0, 1) with stand-in runners, after a smoke
+    granularity_curve_cascod (arms L3 and L6): each level's seed 0 is the cascod curve's student and
+    seed 1 trains into that curve's arm directory with its recipe (cascod, not granularity_curve's
+    std_cot); each arm is scored over both seeds, and the primary comparison (L3 vs L6) is tested."""
+    study, calls, out = _smoke_study(tmp_path, lambda s, i: i < (3 if s.startswith("L3") else 1))
+    study.arm_experiment("granularity_curve_cascod")
+    calls.clear()
+    study.arm_experiment("granularity_cascod_seeds")
+    trained = {str(Path(c.output_dir).relative_to(out)): c for kind, c in calls if kind == "train"}
+    assert sorted(trained) == ["granularity_curve_cascod/L3/seed1", "granularity_curve_cascod/L6/seed1"]
+    assert {(c.seed, c.objective, c.lora_r, c.val_generate) for c in trained.values()} == {(1, "cascod", 32, 2)}
+    assert trained["granularity_curve_cascod/L6/seed1"].corpus.endswith("svamp/train_chatgpt_level6.json")
+    evaluates = [c for kind, c in calls if kind == "evaluate"]
+    assert [(str(Path(c.output_dir).relative_to(out)), c.student_names, c.baselines) for c in evaluates] == [
+        ("granularity_cascod_seeds/L3/evaluate", ["L3-s0", "L3-s1"], []),
+        ("granularity_cascod_seeds/L6/evaluate", ["L6-s0", "L6-s1"], [])]
+    assert evaluates[1].students[0].adapter == str(out / "granularity_curve_cascod" / "L6" / "seed0" / "student")
+    results = study.write_outputs()
+    (primary,) = results["granularity_cascod_seeds"]["comparisons"]
+    assert (primary["name"], primary["primary"], sorted(primary["per_seed"])) == ("medium_vs_finest", True, [0, 1])
+    assert (primary["test"]["a_better"], primary["test"]["b_better"]) == (2, 0)
+    assert primary["decision"] == "unresolved"
+    assert ("L3's students are granularity_curve_cascod/L3's; L6's students are granularity_curve_cascod/L6's."
+            in (out / "tables.md").read_text())
+
+
 def test_teacher_seeds_adds_seeds_to_teacher_choices_students_through_a_chain_of_reuses(tmp_path: Path) -> None:
     """teacher_seeds at the smoke scale (seeds 0, 1) with stand-in runners: chatgpt reuses
     teacher_choice/chatgpt, itself granularity_curve's student at the chosen level, so its seed 0 is
