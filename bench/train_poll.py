@@ -4,9 +4,8 @@
 
 Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
 default) and takes at most one `ray.train.report` per worker per poll, so a run of a few steps
-waits whole polls while its workers start, per report and at its end. The test suite runs ~30
-such runs (tests/conftest.py sets 0.2 s); a user with many short runs (a sweep's trials) pays the
-same. Ray Train passes the driver's value on to its controller, so the bench sets it in its own
+waits for a poll at each report and at its end, as do a user's many short runs (a sweep's
+trials). Ray Train passes the driver's value on to its controller, so the bench sets it in its own
 environment before each run.
 
 Each round fits, once per interval (the order alternating between rounds, on one local Ray

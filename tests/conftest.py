@@ -17,15 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAY_COTD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
-# Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
-# default; Ray Train passes the driver's value on to its controller) and takes at most one
-# `ray.train.report` per poll, so every report of a short Train run, and its end, waits for a poll.
-# Set here, at the top, so that every driver the suite starts inherits it: the tests' own, the e2e
-# tests' `ray start` head, and the CLIs and jobs they run. A no-op two-worker fit with three reports
-# takes 19.9 s at 2 s and 10.3 s at 0.2 s (bench/train_poll.py, docs/benchmarks.md). Users' jobs
-# keep Ray's default.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
