@@ -25,6 +25,7 @@ Last line: `default_fit_s=<median> fast_fit_s=<median> default_over_fast=<ratio>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -32,9 +33,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ray_cotd.config import TrainConfig
 from ray_cotd.ray_session import start_local_cluster
+from train_reports import DEFAULT_CORPUS, train_config  # bench/ is the script's own directory
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp" / "train_chatgpt_level1.json"
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 DEFAULT_POLL, FAST_POLL = "2.0", "0.2"
 
@@ -52,16 +54,16 @@ def noop_fit(storage: Path, reports: int) -> None:
                  run_config=ray.train.RunConfig(name="poll", storage_path=str(storage))).fit()
 
 
+def real_config(corpus: Path, out: Path, steps: int) -> TrainConfig:
+    """bench/train_reports.py's run (reports at checkpoints only) on two workers of one CPU."""
+    return dataclasses.replace(train_config(corpus, out, steps=steps, report_every=0), num_workers=2,
+                               cpus_per_worker=1.0, warmup_steps=1, name="poll")
+
+
 def real_fit(corpus: Path, out: Path, steps: int) -> None:
-    from ray_cotd.config import ModelSpec, TrainConfig
     from ray_cotd.student.train import run_train
 
-    run_train(TrainConfig(
-        corpus=str(corpus), student=ModelSpec(), objective="std_cot", peft="lora", precision="auto",
-        num_workers=2, cpus_per_worker=1.0, batch_size=2, max_steps=steps, checkpoint_every=steps,
-        max_seq_len=320, lr=1e-3, warmup_steps=1, val_fraction=0.0, output_dir=str(out),
-        name="poll", max_failures=0,
-    ))
+    run_train(real_config(corpus, out, steps))
 
 
 def timed(fit: Callable[[Path], None], out: Path, poll: str) -> float:
